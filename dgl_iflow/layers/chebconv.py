@@ -1,0 +1,147 @@
+"""Spectral Chebyshev graph convolution."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse
+import scipy.sparse.linalg
+import torch
+from torch import Tensor
+
+from .._backend import dgl
+from .basis_conv import BasisConv
+from .graph_operator import GraphMemo, node_matmul, operator_matrix
+
+
+def _normalized_adjacency_values(graph: dgl.DGLGraph, edge_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Edges ``(dst, src)`` and values of :math:`D^{-1/2} A D^{-1/2}`, in-degrees weighted."""
+    src, dst = graph.edges()
+    src, dst = src.to(edge_weight.device), dst.to(edge_weight.device)
+    degree = torch.zeros(graph.num_nodes(), dtype=edge_weight.dtype, device=edge_weight.device)
+    degree = degree.index_add(0, dst, edge_weight)
+    # An isolated node keeps a zero row: its Laplacian row is the identity.
+    inv_sqrt = torch.where(degree > 0, degree.clamp_min(1e-30).rsqrt(), torch.zeros_like(degree))
+    return dst, src, inv_sqrt[dst] * edge_weight * inv_sqrt[src]
+
+
+def laplacian_lambda_max(graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> float:
+    r"""Largest real part of the eigenvalues of :math:`L = I - D^{-1/2} A D^{-1/2}`.
+
+    Dense eigen-decomposition for small graphs, ARPACK for large ones.
+    """
+    num_nodes = graph.num_nodes()
+    weight = torch.ones(graph.num_edges(), dtype=torch.float64) if edge_weight is None \
+        else edge_weight.detach().to("cpu", torch.float64)
+    dst, src, values = _normalized_adjacency_values(graph, weight)
+    norm_adj = scipy.sparse.coo_matrix(
+        (values.numpy(), (dst.cpu().numpy(), src.cpu().numpy())), shape=(num_nodes, num_nodes)
+    ).tocsr()
+    laplacian = scipy.sparse.identity(num_nodes, format="csr") - norm_adj
+    if num_nodes <= 512:
+        eigenvalues = np.linalg.eigvals(laplacian.toarray())
+    else:
+        eigenvalues = scipy.sparse.linalg.eigs(laplacian, k=1, which="LR", return_eigenvectors=False)
+    return float(np.max(eigenvalues.real))
+
+
+class ChebConv(BasisConv):
+    r"""Chebyshev spectral graph convolution (Defferrard et al., 2016).
+
+    .. math::
+        Y = \sum_{k=0}^{K-1} T_k(\tilde{L}) X W_k + b, \qquad
+        \tilde{L} = \frac{2}{\lambda_{max}} \left(I - D^{-1/2} A D^{-1/2}\right) - I,
+
+    with :math:`T_0 = I`, :math:`T_1 = \tilde L`, :math:`T_k = 2 \tilde L T_{k-1} - T_{k-2}`,
+    :math:`A_{vu}` the weight of edge ``u -> v`` and :math:`D` the weighted in-degrees.
+    The layer is spectral: it commutes with every automorphism of the graph.
+
+    Parameters
+    ----------
+    in_feats : int
+        Input feature size :math:`C_{in}`.
+    out_feats : int
+        Output feature size :math:`C_{out}`.
+    k : int
+        Number of Chebyshev terms :math:`K` (filter order :math:`K - 1`).
+    lambda_max : float, optional
+        Largest eigenvalue of the normalized Laplacian; computed from the graph (and the
+        edge weights, taken as constants) when absent.
+    activation : callable, optional
+        Applied to the output. Default: none.
+    bias : bool
+        Learn an additive bias.
+
+    Examples
+    --------
+    >>> import dgl, torch
+    >>> from dgl_iflow.layers import ChebConv
+    >>> g = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
+    >>> conv = ChebConv(2, 4, k=3)
+    >>> conv(g, torch.randn(3, 10, 2)).shape
+    torch.Size([3, 10, 4])
+
+    Without edge weights the scaled Laplacian is cached per graph object, device and dtype
+    (rebuilt when the graph gains nodes or edges). With edge weights it is rebuilt on every
+    call, differentiably; pass ``lambda_max`` then to skip the eigenvalue computation.
+    """
+
+    def __init__(
+        self,
+        in_feats: int,
+        out_feats: int,
+        k: int,
+        lambda_max: float | None = None,
+        activation=None,
+        bias: bool = True,
+    ) -> None:
+        super().__init__(in_feats, out_feats, num_bases=k, bias=bias)
+        if lambda_max is not None and lambda_max <= 0:
+            raise ValueError(f"lambda_max must be positive, got {lambda_max}")
+        self._lambda_max = lambda_max
+        self._activation = activation
+        self._laplacian_memo = GraphMemo()
+        self.reset_parameters()
+
+    def scaled_laplacian(self, graph: dgl.DGLGraph, like: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        r""":math:`\tilde L` as a ``(V, V)`` dense or sparse matrix on ``like``'s device and dtype."""
+        if edge_weight is not None and edge_weight.shape != (graph.num_edges(),):
+            raise ValueError(
+                f"edge_weight must have shape ({graph.num_edges()},) for a graph of "
+                f"{graph.num_edges()} edges, got {tuple(edge_weight.shape)}"
+            )
+
+        def build() -> Tensor:
+            weight = torch.ones(graph.num_edges(), dtype=like.dtype, device=like.device) \
+                if edge_weight is None else edge_weight.to(like.dtype)
+            lambda_max = self._lambda_max or laplacian_lambda_max(graph, edge_weight)
+            dst, src, values = _normalized_adjacency_values(graph, weight)
+            nodes = torch.arange(graph.num_nodes(), device=like.device)
+            scale = 2.0 / lambda_max
+            row = torch.cat([dst, nodes])
+            col = torch.cat([src, nodes])
+            diagonal = torch.full((graph.num_nodes(),), scale - 1.0, dtype=like.dtype, device=like.device)
+            entries = torch.cat([-scale * values, diagonal])
+            return operator_matrix(row, col, entries, (graph.num_nodes(), graph.num_nodes()))
+
+        if edge_weight is not None:
+            return build()
+        return self._laplacian_memo.get(graph, (like.device, like.dtype), build)
+
+    def apply_bases(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
+        if self._num_bases == 1:
+            return feat.unsqueeze(0)
+        laplacian = self.scaled_laplacian(graph, feat, edge_weight)
+        terms = [feat, node_matmul(laplacian, feat)]
+        for _ in range(2, self._num_bases):
+            terms.append(2.0 * node_matmul(laplacian, terms[-1]) - terms[-2])
+        return torch.stack(terms)
+
+    def basis_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
+        identity = torch.eye(graph.num_nodes(), dtype=self.weight.dtype, device=self.weight.device)
+        return self.apply_bases(graph, identity, edge_weight)
+
+    def forward(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        out = super().forward(graph, feat, edge_weight)
+        return out if self._activation is None else self._activation(out)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, k={self._num_bases}, lambda_max={self._lambda_max}"
