@@ -1,0 +1,91 @@
+"""Data sets of node features X and node labels Y on a fixed graph.
+
+Load any of them by name::
+
+    from dgl_iflow.data import load_dataset
+    moons = load_dataset("three_moons", n=1000, seed=1)
+    traffic = load_dataset("traffic", root="/path/to/data")
+    x_train, y_train = traffic.split("train")   # (3070, 15, 2), (3070, 15)
+
+Real data sets (``traffic``, ``solar``) read files from a data root: the ``root`` argument, else
+``$DGL_IFLOW_DATA``, else ``~/.dgl_iflow/data``; see ``docs/datasets.md``.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from . import solar as _solar_module
+from . import traffic as _traffic_module
+from .base import DataFileError, DataRoot, FileReport, GraphDataset, resolve_root, verify_files
+from .solar import solar
+from .synthetic import chordal, three_node
+from .toys import checkerboard, eight_gaussians, three_moons
+from .traffic import traffic
+
+__all__ = [
+    "DataFileError", "DataRoot", "FileReport", "GraphDataset", "checkerboard", "chordal",
+    "eight_gaussians", "list_datasets", "load_dataset", "resolve_root", "solar", "three_moons",
+    "three_node", "traffic", "verify_dataset",
+]
+
+_LOADERS: dict[str, Callable[..., GraphDataset]] = {
+    "three_moons": three_moons,
+    "eight_gaussians": eight_gaussians,
+    "checkerboard": checkerboard,
+    "three_node": three_node,
+    "chordal": chordal,
+    "traffic": traffic,
+    "solar": solar,
+}
+
+#: Data sets read from files: name -> loader module, whose FOLDER and FILES list them.
+_REAL_MODULES = {"traffic": _traffic_module, "solar": _solar_module}
+
+
+def _check_name(name: str, valid: list[str]) -> None:
+    if name not in valid:
+        raise ValueError(f"unknown data set {name!r}; valid names: {', '.join(valid)}")
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by ``load_dataset``, synthetic ones first."""
+    return list(_LOADERS)
+
+
+def load_dataset(name: str, **kwargs) -> GraphDataset:
+    """Build or load the data set ``name``; ``kwargs`` go to its loader (e.g. ``seed``, ``root``).
+
+    Raises
+    ------
+    ValueError
+        If ``name`` is not one of ``list_datasets()``.
+    """
+    _check_name(name, list_datasets())
+    return _LOADERS[name](**kwargs)
+
+
+def verify_dataset(name: str, root: str | os.PathLike | None = None) -> dict[str, FileReport]:
+    """Check a real data set's files against their published sizes and sha256 checksums.
+
+    Never raises for bad files: each report says ``ok``, ``missing``, ``size mismatch`` or
+    ``checksum mismatch``.
+
+    Parameters
+    ----------
+    name : str
+        ``"traffic"`` or ``"solar"``.
+    root : str or PathLike, optional
+        Data root; default ``$DGL_IFLOW_DATA``, else ``~/.dgl_iflow/data``.
+
+    Returns
+    -------
+    dict[str, FileReport]
+        One report per published file name.
+    """
+    _check_name(name, list_datasets())
+    if name not in _REAL_MODULES:
+        raise ValueError(f"data set {name!r} is generated and has no files; data sets read "
+                         f"from files: {', '.join(_REAL_MODULES)}")
+    module = _REAL_MODULES[name]
+    return verify_files(module.FOLDER, module.FILES, root)

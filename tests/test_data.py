@@ -1,0 +1,524 @@
+"""Tests of dgl_iflow.data: synthetic constructions, real-data counts and loader robustness."""
+from __future__ import annotations
+
+import csv
+import importlib
+import itertools
+import os
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from dgl_iflow.data import (DataFileError, GraphDataset, list_datasets, load_dataset,
+                            resolve_root, verify_dataset)
+from dgl_iflow.data import base
+from dgl_iflow.data.base import DataFile, sha256_of
+from dgl_iflow.data.solar import ramp_labels
+from dgl_iflow.data.synthetic import CHORDAL_DELTA
+
+# The package exports the loader functions under the module names, so fetch the modules.
+traffic_module = importlib.import_module("dgl_iflow.data.traffic")
+solar_module = importlib.import_module("dgl_iflow.data.solar")
+
+SYNTHETIC = ["three_moons", "eight_gaussians", "checkerboard", "three_node", "chordal"]
+SMALL_KWARGS = {"chordal": {"p": 31, "num_label_vectors": 3, "n_per_label": 20}}
+
+
+def edge_set(graph) -> set[tuple[int, int]]:
+    src, dst = graph.edges()
+    return set(zip(src.tolist(), dst.tolist()))
+
+
+def dense_adjacency(graph) -> torch.Tensor:
+    """A[dst, src] = 1 for every edge, so row v lists what node v aggregates."""
+    adjacency = torch.zeros(graph.num_nodes(), graph.num_nodes(), dtype=torch.float64)
+    src, dst = graph.edges()
+    adjacency[dst, src] = 1.0
+    return adjacency
+
+
+def check_common(ds: GraphDataset) -> None:
+    n, v, d = ds.x.shape
+    assert ds.x.dtype == torch.float32 and ds.y.dtype == torch.int64
+    assert ds.y.shape == (n, v) and len(ds) == n
+    assert ds.graph.num_nodes() == v == len(ds.node_names) and len(ds.feature_names) == d
+    assert int(ds.y.min()) >= 0 and int(ds.y.max()) < ds.num_classes
+    assert torch.isfinite(ds.x).all()
+    everything = torch.cat([ds.train_idx, ds.test_idx])
+    assert ds.train_idx.dtype == ds.test_idx.dtype == torch.int64
+    assert torch.equal(everything.sort().values, torch.arange(n)), "split must partition N"
+    x_test, y_test = ds.split("test")
+    assert torch.equal(x_test, ds.x[ds.test_idx]) and torch.equal(y_test, ds.y[ds.test_idx])
+    x0, y0 = ds[0]
+    assert x0.shape == (v, d) and y0.shape == (v,)
+
+
+# ----------------------------------------------------------------------------- registry
+def test_registry_names_and_errors():
+    assert list_datasets() == ["three_moons", "eight_gaussians", "checkerboard", "three_node",
+                               "chordal", "traffic", "solar"]
+    with pytest.raises(ValueError, match="three_moons.*solar"):
+        load_dataset("two_moons")
+    with pytest.raises(ValueError, match="no files"):
+        verify_dataset("three_node")
+    with pytest.raises(ValueError, match="unknown split"):
+        load_dataset("three_moons", n=10).split("valid")
+
+
+@pytest.mark.parametrize("name", SYNTHETIC)
+def test_synthetic_common_and_seeded(name):
+    kwargs = SMALL_KWARGS.get(name, {})
+    first = load_dataset(name, seed=3, **kwargs)
+    check_common(first)
+    again = load_dataset(name, seed=3, **kwargs)
+    other = load_dataset(name, seed=4, **kwargs)
+    assert torch.equal(first.x, again.x) and torch.equal(first.y, again.y)
+    assert torch.equal(first.test_idx, again.test_idx)
+    assert not torch.equal(first.x, other.x)
+    assert first.info["seed"] == 3
+
+
+# ----------------------------------------------------------------------------- toys
+@pytest.mark.parametrize("name, classes", [("three_moons", 3), ("eight_gaussians", 8),
+                                           ("checkerboard", 2)])
+def test_toys_single_node_with_self_loop(name, classes):
+    ds = load_dataset(name, n=400)
+    assert ds.x.shape == (400, 1, 2) and ds.num_classes == classes
+    assert edge_set(ds.graph) == {(0, 0)}
+    assert set(ds.y.flatten().tolist()) == set(range(classes))
+    assert len(ds.test_idx) == pytest.approx(80, abs=classes)
+
+
+def test_three_moons_imbalance_is_kept_in_both_splits():
+    ds = load_dataset("three_moons", n=2000)
+    assert torch.bincount(ds.y.flatten()).tolist() == [1000, 600, 400]
+    for part in ("train", "test"):
+        _, y = ds.split(part)
+        shares = torch.bincount(y.flatten()).double() / len(y)
+        assert shares.tolist() == pytest.approx([0.5, 0.3, 0.2], abs=0.01)
+    # Each moon is a noisy unit half-circle: distance to its centre is 1 on average.
+    centres = torch.tensor([[0.0, 0.0], [1.25, 0.5], [2.5, 0.0]]) - torch.tensor([1.25, 0.25])
+    points = ds.x[:, 0]
+    for label in range(3):
+        radius = (points[ds.y[:, 0] == label] - centres[label]).norm(dim=1)
+        assert radius.mean().item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_eight_gaussians_components_and_checkerboard_colours():
+    gauss = load_dataset("eight_gaussians", n=1600)
+    for k in range(8):
+        mean = gauss.x[gauss.y[:, 0] == k, 0].mean(dim=0)
+        angle = torch.tensor(k * np.pi / 4)
+        expected = 2.0 * torch.stack([torch.cos(angle), torch.sin(angle)]).float()
+        assert torch.allclose(mean, expected, atol=0.05)
+    board = load_dataset("checkerboard", n=4000)
+    colour = torch.floor(board.x[:, 0] + 2).long().sum(dim=1) % 2
+    assert torch.equal(colour, board.y[:, 0])
+    assert board.y.float().mean().item() == pytest.approx(0.5, abs=0.03)
+    assert board.x.abs().max() <= 2
+
+
+# ----------------------------------------------------------------------------- three-node
+def test_three_node_graph_labels_and_closed_form():
+    n_per_label = 400
+    ds = load_dataset("three_node", n_per_label=n_per_label)
+    assert edge_set(ds.graph) == {(0, 0), (1, 1), (2, 2), (0, 1), (1, 0), (1, 2), (2, 1)}
+    vectors = Counter(map(tuple, ds.y.tolist()))
+    assert vectors == {vec: n_per_label for vec in itertools.product((0, 1), repeat=3)}
+
+    adjacency = dense_adjacency(ds.graph)
+    operator = adjacency / adjacency.sum(dim=1, keepdim=True)  # D^{-1} A, rows average
+    assert torch.allclose(operator, torch.tensor(ds.info["operator"], dtype=torch.float64))
+    assert torch.allclose(operator[1], torch.full((3,), 1 / 3, dtype=torch.float64))
+
+    shifts = torch.tensor([-4.0, 0.0, 4.0], dtype=torch.float64)
+    x = ds.x.double()
+    latent = torch.einsum("vu,nud->nvd", torch.linalg.inv(operator), x)
+    for vec in itertools.product((0, 1), repeat=3):
+        rows = (ds.y == torch.tensor(vec)).all(dim=1)
+        latent_mean = torch.zeros(3, 2, dtype=torch.float64)
+        latent_mean[:, 0] = shifts
+        latent_mean[:, 1] = torch.tensor([1.5 if label == 0 else -1.5 for label in vec])
+        # Per-node means of X follow in closed form from X = D^{-1} A Z.
+        assert torch.allclose(x[rows].mean(dim=0), operator @ latent_mean, atol=0.06)
+        # Undoing the operator recovers independent N(mean, 0.1 I) latents per node.
+        z = latent[rows]
+        assert torch.allclose(z.mean(dim=0), latent_mean, atol=0.06)
+        flat = (z - z.mean(dim=0)).reshape(len(z), 6)
+        covariance = flat.T @ flat / (len(z) - 1)
+        assert torch.allclose(covariance, 0.1 * torch.eye(6, dtype=torch.float64), atol=0.03)
+
+
+# ----------------------------------------------------------------------------- chordal
+def test_chordal_graph_matches_networkx():
+    p = 503
+    ds = load_dataset("chordal", p=p, num_label_vectors=2, n_per_label=2)
+    edges = edge_set(ds.graph)
+    assert edges == {(dst, src) for src, dst in edges}, "graph must be symmetric"
+    assert {(v, v) for v in range(p)} <= edges
+    simple = nx.Graph(nx.chordal_cycle_graph(p))
+    simple.remove_edges_from(list(nx.selfloop_edges(simple)))
+    expected = torch.tensor([simple.degree(v) + 1 for v in range(p)])
+    assert torch.equal(ds.graph.in_degrees(), expected)
+    assert ds.graph.num_edges() == 2 * simple.number_of_edges() + p
+    for bad in (9, 1, 500):
+        with pytest.raises(ValueError, match="prime"):
+            load_dataset("chordal", p=bad)
+
+
+def test_chordal_labels_and_mixing():
+    p, vectors, per = 31, 4, 300
+    ds = load_dataset("chordal", p=p, num_label_vectors=vectors, n_per_label=per, seed=1)
+    assert len(ds) == vectors * per and ds.x.shape == (vectors * per, p, 2)
+    distinct = torch.unique(ds.y, dim=0)
+    assert len(distinct) == vectors
+    assert (distinct.sum(dim=1) == p // 2).all()
+    adjacency = dense_adjacency(ds.graph)
+    mean_of_neighbours = adjacency / adjacency.sum(dim=1, keepdim=True)
+    operator = 0.8 * torch.eye(p, dtype=torch.float64) + 0.2 * mean_of_neighbours
+    latent = torch.einsum("vu,nud->nvd", torch.linalg.inv(operator), ds.x.double())
+    zeros, ones = latent[ds.y == 0], latent[ds.y == 1]
+    assert CHORDAL_DELTA == pytest.approx(11.157, abs=1e-3)
+    label0_mean = torch.tensor([0.0, CHORDAL_DELTA], dtype=torch.float64)
+    assert torch.allclose(zeros.mean(dim=0), label0_mean, atol=0.05)
+    assert torch.allclose(ones.mean(dim=0), torch.zeros(2, dtype=torch.float64), atol=0.05)
+    assert torch.allclose(ones.std(dim=0), torch.ones(2, dtype=torch.float64), atol=0.05)
+
+
+# ----------------------------------------------------------------------------- real data
+def real_root(folder: str, names: list[str]) -> Path:
+    root = os.environ.get("DGL_IFLOW_DATA")
+    if not root:
+        pytest.skip("DGL_IFLOW_DATA is not set; point it at the data root to run real-data tests")
+    missing = [name for name in names if not (Path(root) / folder / name).is_file()]
+    if missing:
+        pytest.skip(f"{Path(root) / folder} lacks {missing}")
+    return Path(root)
+
+
+@pytest.fixture(scope="module")
+def traffic_ds() -> GraphDataset:
+    real_root(traffic_module.FOLDER, [f.name for f in traffic_module.FILES])
+    return load_dataset("traffic")
+
+
+@pytest.fixture(scope="module")
+def solar_ds() -> GraphDataset:
+    real_root(solar_module.FOLDER, [f.name for f in solar_module.FILES])
+    return load_dataset("solar")
+
+
+@pytest.mark.data
+def test_traffic_paper_split_counts(traffic_ds):
+    check_common(traffic_ds)
+    assert traffic_ds.x.shape == (4390, 15, 2)
+    assert len(traffic_ds.train_idx) == 3070 and len(traffic_ds.test_idx) == 1320
+    _, y_train = traffic_ds.split("train")
+    assert torch.bincount(y_train.flatten()).tolist() == [38500, 7550]
+    _, y_test = traffic_ds.split("test")
+    top = Counter(map(tuple, y_test.tolist())).most_common(3)
+    assert top == [((0,) * 15, 552),
+                   ((0, 0, 0, 1, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1), 85),
+                   ((0, 0, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1), 65)]
+    assert traffic_ds.node_names[:3] == ["248", "318", "173"]
+
+
+@pytest.mark.data
+def test_traffic_graph_and_training_standardization(traffic_ds):
+    graph = traffic_ds.graph
+    assert graph.num_edges() == 45
+    assert (graph.in_degrees() == 3).all()
+    assert {(v, v) for v in range(15)} <= edge_set(graph)
+    # Sensor 248 aggregates itself and its two nearest sensors, 370 and 282.
+    names = traffic_ds.node_names
+    src, dst = graph.in_edges(0)
+    assert sorted(names[s] for s in src.tolist()) == ["248", "282", "370"]
+    x_train, _ = traffic_ds.split("train")
+    assert x_train.mean(dim=0).abs().max() < 0.01
+    assert torch.allclose(x_train.std(dim=0), torch.ones(15, 2), atol=0.01)
+    # Lag feature of hour t is the current feature of hour t - 1, across the split too.
+    assert torch.equal(traffic_ds.x[1:, :, 1], traffic_ds.x[:-1, :, 0])
+
+
+@pytest.mark.data
+def test_traffic_full_split():
+    real_root(traffic_module.FOLDER, [f.name for f in traffic_module.FILES])
+    full = load_dataset("traffic", subsample=False)
+    assert len(full.train_idx) == 6142 and len(full.test_idx) == 2640
+
+
+@pytest.mark.data
+def test_real_checksums_verify():
+    real_root(traffic_module.FOLDER, [f.name for f in traffic_module.FILES])
+    real_root(solar_module.FOLDER, [f.name for f in solar_module.FILES])
+    for name in ("traffic", "solar"):
+        reports = verify_dataset(name)
+        assert reports and all(report.ok for report in reports.values())
+
+
+@pytest.mark.data
+def test_solar_counts_graph_and_standardization(solar_ds):
+    check_common(solar_ds)
+    assert solar_ds.x.shape == (729, 9, 2)
+    assert len(solar_ds.train_idx) == 546 and len(solar_ds.test_idx) == 183
+    assert solar_ds.node_names[0] == "Fremont" and "North San Jose" in solar_ds.node_names
+    edges = edge_set(solar_ds.graph)
+    assert edges == {(dst, src) for src, dst in edges}
+    assert {(v, v) for v in range(9)} <= edges
+    assert (solar_ds.graph.in_degrees() >= 3).all()
+    # Recompute the agreement graph by brute force: 2 best-agreeing others, lower id on ties.
+    _, y_train = solar_ds.split("train")
+    expected = {(v, v) for v in range(9)}
+    for node in range(9):
+        agree = {other: int((y_train[:, node] == y_train[:, other]).sum())
+                 for other in range(9) if other != node}
+        for other in sorted(agree, key=lambda o: (-agree[o], o))[:2]:
+            expected |= {(node, other), (other, node)}
+    assert edges == expected
+    names = solar_ds.node_names
+    assert {tuple(sorted((names[a], names[b]))) for a, b in edges if a < b} == {
+        ("Fremont", "Milpitas"), ("Fremont", "Santa Clara"), ("Milpitas", "North San Jose"),
+        ("Milpitas", "Santa Clara"), ("Mountain View", "Palo Alto"),
+        ("Mountain View", "Redwood City"), ("Mountain View", "San Mateo"),
+        ("Mountain View", "Sunnyvale"), ("North San Jose", "Santa Clara"),
+        ("Palo Alto", "Redwood City"), ("Palo Alto", "Sunnyvale"),
+        ("Redwood City", "San Mateo"), ("Santa Clara", "Sunnyvale")}
+    x_train, _ = solar_ds.split("train")
+    assert x_train[:, :, 0].mean(dim=0).abs().max() < 0.02
+    assert torch.allclose(x_train[:, :, 0].std(dim=0), torch.ones(9), atol=0.02)
+
+
+@pytest.mark.data
+def test_solar_labels_by_brute_force(solar_ds):
+    path = Path(os.environ["DGL_IFLOW_DATA"]) / solar_module.FOLDER / "Palo_Alto_data.csv"
+    node = solar_ds.node_names.index("Palo Alto")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    windows: dict[int, list[float]] = {}
+    for row in rows:
+        day_of_year = (pd.Timestamp(int(row["Year"]), int(row["Month"]), int(row["Day"]))
+                       .dayofyear - 1)
+        windows.setdefault(2 * day_of_year + int(row["Hour"]) // 12, []).append(float(row["DHI"]))
+    for sample in (0, 1, 100, 377, 545, 546, 600, 728):
+        now = sum(windows[sample + 1]) / len(windows[sample + 1])
+        before = sum(windows[sample]) / len(windows[sample])
+        ramp = (now - before) / before > 1 or (now - before) / before < -0.5 or (
+            now < 40 and before < 35)
+        assert solar_ds.y[sample, node].item() == int(ramp), sample
+
+
+# ----------------------------------------------------------------------------- robustness
+def test_ramp_rule_edge_cases():
+    dhi = np.array([[100.0], [250.0], [100.0], [45.0], [30.0], [30.0], [0.0], [0.0], [80.0],
+                    [150.0], [35.0], [39.0], [0.0], [0.5]])
+    # rise > 1, fall < -0.5, fall of -0.55, x_t < 40 but x_{t-1} = 45, both low, drop to 0,
+    # x_{t-1} = 0 twice (no division by zero), moderate rise, fall, x_t < 40 with x_{t-1} = 35
+    # (not below 35), drop to 0, tiny value after 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by zero
+        labels = ramp_labels(dhi)
+    assert labels[:, 0].tolist() == [1, 1, 1, 0, 1, 1, 1, 1, 0, 1, 0, 1, 1]
+
+
+def test_root_resolution_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DGL_IFLOW_DATA", raising=False)
+    default = resolve_root()
+    assert default.source == "default" and default.path == tmp_path / "home/.dgl_iflow/data"
+    monkeypatch.setenv("DGL_IFLOW_DATA", str(tmp_path / "env"))
+    assert resolve_root() == base.DataRoot(tmp_path / "env", "DGL_IFLOW_DATA")
+    assert resolve_root(tmp_path / "arg") == base.DataRoot(tmp_path / "arg", "argument")
+
+
+@pytest.mark.parametrize("name, first_file", [("traffic", traffic_module.FILES[0].name),
+                                              ("solar", solar_module.FILES[0].name)])
+def test_missing_file_names_file_folder_and_root_source(tmp_path, monkeypatch, name, first_file):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DGL_IFLOW_DATA", str(tmp_path / "env"))
+    folder = {"traffic": traffic_module.FOLDER, "solar": solar_module.FOLDER}[name]
+    with pytest.raises(DataFileError) as err:
+        load_dataset(name)
+    message = str(err.value)
+    assert first_file in message and str(tmp_path / "env" / folder) in message
+    assert "DGL_IFLOW_DATA" in message and "sha256" in message
+    with pytest.raises(DataFileError, match="from argument"):
+        load_dataset(name, root=tmp_path / "arg")
+    monkeypatch.delenv("DGL_IFLOW_DATA")
+    with pytest.raises(DataFileError, match=r"\.dgl_iflow/data.*from default"):
+        load_dataset(name)
+    assert not (tmp_path / "home").exists(), "loading must not create folders"
+    reports = verify_dataset(name, root=tmp_path)
+    assert {report.status for report in reports.values()} == {"missing"}
+
+
+# Tiny NSRDB-style files -------------------------------------------------------------
+def tiny_solar_frame(days: int, seed: int, minutes: tuple[int, ...] = (30,)) -> pd.DataFrame:
+    """Hourly (or finer) DHI whose values are constant within each hour."""
+    rng = np.random.default_rng(seed)
+    hourly = rng.uniform(0, 300, size=days * 24).round(1)
+    stamps = pd.date_range("2018-01-01", periods=days * 24, freq="h")
+    rows = [{"Year": t.year, "Month": t.month, "Day": t.day, "Hour": t.hour, "Minute": m,
+             "DHI": value, "DNI": 0}
+            for t, value in zip(stamps, hourly) for m in minutes]
+    return pd.DataFrame(rows)
+
+
+def write_tiny_solar(folder: Path, names: list[str], days: int = 8) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for seed, name in enumerate(names):
+        path = folder / name
+        tiny_solar_frame(days, seed).to_csv(path)  # leading unnamed index, like the real files
+        paths.append(path)
+    return paths
+
+
+def test_solar_loader_on_tiny_files(tmp_path):
+    folder = tmp_path / solar_module.FOLDER
+    write_tiny_solar(folder, ["A_data.csv", "Big_Town_data.csv", "C_data.csv"])
+    ds = load_dataset("solar", root=tmp_path, k=2,
+                      files=["A_data.csv", "Big_Town_data.csv", "C_data.csv"])
+    check_common(ds)
+    # 8 days = 16 windows: window 0 has no predecessor, 12 training-period windows.
+    assert ds.x.shape == (15, 3, 2) and len(ds.train_idx) == 11 and len(ds.test_idx) == 4
+    assert ds.node_names == ["A", "Big Town", "C"]
+    frame = tiny_solar_frame(8, 1)
+    averages = frame["DHI"].to_numpy().reshape(16, 12).mean(axis=1)
+    assert torch.equal(ds.y[:, 1], torch.from_numpy(ramp_labels(averages[:, None])[:, 0]))
+    mean, std = averages[:12].mean(), averages[:12].std()
+    expected = torch.tensor((averages[1:] - mean) / std, dtype=torch.float32)
+    assert torch.allclose(ds.x[:, 1, 0], expected, atol=1e-5)
+    assert {(v, v) for v in range(3)} <= edge_set(ds.graph)
+
+    # Half-hourly rows of the same values, stacked in one file with a location column.
+    stacked = pd.concat([tiny_solar_frame(8, seed, minutes=(0, 30)).assign(Location=name)
+                         for seed, name in enumerate(["A", "Big Town", "C"])])
+    stacked.to_csv(tmp_path / "stacked.csv", index=False)
+    same = load_dataset("solar", k=2, files=[tmp_path / "stacked.csv"])
+    assert same.node_names == ds.node_names
+    assert torch.allclose(same.x, ds.x) and torch.equal(same.y, ds.y)
+    assert edge_set(same.graph) == edge_set(ds.graph)
+
+
+def test_solar_reads_raw_nsrdb_header(tmp_path):
+    path = tmp_path / "Site_data.csv"
+    with open(path, "w") as handle:
+        handle.write("Source,Location ID,City\nNSRDB,123,Somewhere\n")
+        tiny_solar_frame(8, 0).to_csv(handle, index=False)
+    other = write_tiny_solar(tmp_path, ["Other_data.csv"])
+    ds = load_dataset("solar", root=tmp_path, k=2, files=[path, other[0]])
+    assert ds.node_names == ["Site", "Other"] and ds.x.shape == (15, 2, 2)
+
+
+def test_solar_checksums_on_tiny_real_format_files(tmp_path, monkeypatch):
+    folder = tmp_path / solar_module.FOLDER
+    paths = write_tiny_solar(folder, ["A_data.csv", "B_data.csv", "C_data.csv"])
+    specs = tuple(DataFile(p.name, p.stat().st_size, sha256_of(p)) for p in paths)
+    monkeypatch.setattr(solar_module, "FILES", specs)
+    assert load_dataset("solar", root=tmp_path, k=2).x.shape == (15, 3, 2)
+
+    content = paths[1].read_bytes()
+    paths[1].write_bytes(content[:-40])
+    with pytest.raises(DataFileError, match="B_data.csv.*bytes.*expected") as err:
+        load_dataset("solar", root=tmp_path, k=2)
+    assert str(folder) in str(err.value) and "from argument" in str(err.value)
+    assert verify_dataset("solar", root=tmp_path)["B_data.csv"].status == "size mismatch"
+
+    corrupted = bytearray(content)
+    corrupted[-5] = ord("7") if corrupted[-5] != ord("7") else ord("8")
+    paths[1].write_bytes(bytes(corrupted))
+    with pytest.raises(DataFileError, match="B_data.csv.*corrupted.*sha256"):
+        load_dataset("solar", root=tmp_path, k=2)
+    assert verify_dataset("solar", root=tmp_path)["B_data.csv"].status == "checksum mismatch"
+    # verify=False accepts a changed file in the same format.
+    assert load_dataset("solar", root=tmp_path, k=2, verify=False).x.shape == (15, 3, 2)
+
+
+def test_solar_malformed_csv_names_file_and_columns(tmp_path, monkeypatch):
+    folder = tmp_path / solar_module.FOLDER
+    paths = write_tiny_solar(folder, ["A_data.csv", "B_data.csv"])
+    pd.read_csv(paths[1]).drop(columns="DHI").to_csv(paths[1], index=False)
+    monkeypatch.setattr(solar_module, "FILES",
+                        tuple(DataFile(p.name, 0, "") for p in paths))
+    with pytest.raises(DataFileError) as err:
+        load_dataset("solar", root=tmp_path, k=2, verify=False)
+    message = str(err.value)
+    assert "B_data.csv" in message and str(folder) in message
+    assert "['DHI']" in message and "Year" in message
+
+
+def test_solar_rejects_incomplete_windows(tmp_path):
+    paths = write_tiny_solar(tmp_path, ["A_data.csv", "B_data.csv"])
+    pd.read_csv(paths[0]).drop(index=30).to_csv(paths[0], index=False)
+    with pytest.raises(DataFileError, match="A_data.csv.*complete windows"):
+        load_dataset("solar", k=2, files=paths)
+
+
+# Tiny traffic pickles ---------------------------------------------------------------
+def write_tiny_traffic(folder: Path, train_hours: int = 20, test_hours: int = 10) -> dict:
+    folder.mkdir(parents=True, exist_ok=True)
+    sensors = [11, 7, 5, 3]
+    hours = pd.date_range("2020-01-01", periods=train_hours + test_hours, freq="h",
+                          name="Timestamp")
+    flow = np.arange(len(hours) * 4, dtype=np.float64).reshape(-1, 4) ** 1.5
+    raw_labels = np.tile([0.0, 1.0, 2.0, 1.0], (len(hours), 1))
+    frames = {
+        traffic_module.TRAIN_FLOW.name: pd.DataFrame(flow[:train_hours], hours[:train_hours],
+                                                     sensors),
+        traffic_module.TEST_FLOW.name: pd.DataFrame(flow[train_hours:], hours[train_hours:],
+                                                    sensors),
+        traffic_module.LABELS.name: pd.DataFrame(raw_labels, hours, sensors),
+    }
+    for name, frame in frames.items():
+        frame.to_pickle(folder / name)
+    neighbors = {11: np.array([11, 99, 3, 7, 5]), 7: np.array([7, 5, 3, 11]),
+                 5: np.array([5, 7, 11, 3]), 3: np.array([3, 11, 5, 7])}
+    pd.to_pickle(neighbors, folder / traffic_module.NEIGHBORS.name)
+    return frames
+
+
+def test_traffic_loader_on_tiny_files(tmp_path):
+    frames = write_tiny_traffic(tmp_path / traffic_module.FOLDER)
+    ds = load_dataset("traffic", root=tmp_path, verify=False)
+    check_common(ds)
+    # Last 10 of 20 training hours give 9 samples; first 5 of 10 test hours give 5.
+    assert len(ds.train_idx) == 9 and len(ds.test_idx) == 5
+    assert ds.node_names == ["11", "7", "5", "3"]
+    assert ds.y[0].tolist() == [0, 1, 0, 1], "raw label 2 must become 0"
+    # Sensor 11 skips the unknown id 99 and takes 3; in-degree 3 everywhere.
+    assert edge_set(ds.graph) == {(0, 0), (3, 0), (1, 0), (1, 1), (2, 1), (3, 1),
+                                  (2, 2), (1, 2), (0, 2), (3, 3), (0, 3), (2, 3)}
+    flow = frames[traffic_module.TRAIN_FLOW.name].to_numpy()
+    fitted = flow[10:]  # the last 10 training hours, both lags use their statistics
+    expected = (flow[11:] - fitted.mean(axis=0)) / fitted.std(axis=0)
+    x_train, _ = ds.split("train")
+    assert torch.allclose(x_train[:, :, 0], torch.tensor(expected, dtype=torch.float32))
+    full = load_dataset("traffic", root=tmp_path, verify=False, subsample=False)
+    assert len(full.train_idx) == 19 and len(full.test_idx) == 10
+
+
+def test_traffic_checksums_and_malformed_files(tmp_path):
+    folder = tmp_path / traffic_module.FOLDER
+    frames = write_tiny_traffic(folder)
+    with pytest.raises(DataFileError, match="flow_frame_train.*bytes.*expected 787481 bytes"):
+        load_dataset("traffic", root=tmp_path)
+    # Same size as the published neighbour file but other bytes: a checksum mismatch.
+    (folder / traffic_module.NEIGHBORS.name).write_bytes(b"\0" * traffic_module.NEIGHBORS.size)
+    assert verify_dataset("traffic", root=tmp_path)[traffic_module.NEIGHBORS.name].status == (
+        "checksum mismatch")
+    with pytest.raises(DataFileError, match="sensor_neighbors.p.*could not be read"):
+        load_dataset("traffic", root=tmp_path, verify=False)
+    write_tiny_traffic(folder)
+    labels = frames[traffic_module.LABELS.name]
+    labels.iloc[:-1].to_pickle(folder / traffic_module.LABELS.name)
+    with pytest.raises(DataFileError, match="true_anomalies.p.*one row per hour"):
+        load_dataset("traffic", root=tmp_path, verify=False)
+    labels.iloc[:, :3].to_pickle(folder / traffic_module.LABELS.name)
+    with pytest.raises(DataFileError, match="true_anomalies.p.*expected the sensor columns"):
+        load_dataset("traffic", root=tmp_path, verify=False)
