@@ -1,0 +1,529 @@
+"""Class-conditional Gaussian latent distribution on the nodes of a graph.
+
+An invertible graph network maps node features ``X`` to latents ``H`` of the
+same shape.  Training pushes ``H_v`` given the label ``Y_v = k`` towards an
+isotropic Gaussian around a class mean ``mu_k``; generation samples ``H`` from
+this module and inverts the network; prediction applies Bayes' rule to the
+latent of every node.
+
+Layouts follow the rest of the package: latents are ``(V, *, d)`` (nodes
+first, then any sample dimensions, features last) and labels are ``(V, *)``
+integers.  A label tensor whose shape is a prefix of ``h.shape[:-1]`` (for
+example ``(V,)`` against ``(V, n, d)``) is broadcast over the remaining
+sample dimensions.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from scipy.stats import chi2
+from torch import Tensor, nn
+
+__all__ = ["NodeGaussianLatent", "default_separation", "spread_means"]
+
+
+def default_separation(
+    num_classes: int, num_nodes: int, sigma: float = 1.0, delta: float = 0.01
+) -> float:
+    r"""Mean separation that keeps every node on the side of its own mean.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes ``K``.
+    num_nodes : int
+        Number of nodes ``V`` the guarantee must hold for simultaneously.
+    sigma : float
+        Standard deviation of each latent coordinate.
+    delta : float
+        Allowed probability that at least one node is misplaced.
+
+    Returns
+    -------
+    float
+        ``c`` such that pairwise mean distances ``>= c`` imply the guarantee.
+
+    Notes
+    -----
+    Let ``H_v = mu_k + sigma Z`` with ``Z ~ N(0, I_d)``.  ``H_v`` is at least
+    as close to a wrong mean ``mu_j`` as to ``mu_k`` exactly when the
+    projection of ``sigma Z`` on the unit vector ``u`` from ``mu_k`` to
+    ``mu_j`` reaches half their distance ``D``.  Since ``u^T Z ~ N(0, 1)``
+    the Gaussian tail bound gives
+
+    .. math::
+
+        P\left(u^\top Z \ge \frac{D}{2\sigma}\right)
+        \le \exp\left(-\frac{D^2}{8\sigma^2}\right).
+
+    A union bound over ``V`` nodes and the ``K - 1`` wrong classes, relaxed
+    to ``K`` so that ``K = 1`` stays defined, bounds the probability of any
+    misplaced node by ``K V exp(-D^2 / (8 sigma^2))``, which is at most
+    ``delta`` once
+
+    .. math::
+
+        D \ge c = 2\sigma\sqrt{2\log\frac{K V}{\delta}}.
+
+    ``c`` grows like ``sqrt(log(K V))`` in units of ``sigma``.
+    """
+    if num_classes < 1 or num_nodes < 1:
+        raise ValueError(
+            f"num_classes and num_nodes must be >= 1, got {num_classes} and {num_nodes}"
+        )
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must lie in (0, 1), got {delta}")
+    if sigma <= 0.0:
+        raise ValueError(f"sigma must be positive, got {sigma}")
+    return 2.0 * sigma * math.sqrt(2.0 * math.log(num_classes * num_nodes / delta))
+
+
+def spread_means(num_classes: int, dim: int, separation: float) -> Tensor:
+    """Place ``K`` points in ``R^d`` pairwise at least ``separation`` apart.
+
+    If ``d >= K - 1`` the points form a regular simplex with all pairwise
+    distances equal to ``separation`` (the most compact placement).
+    Otherwise they are the ``K`` points of the cubic lattice with spacing
+    ``separation`` nearest the origin (a line for ``d = 1``), using at most
+    ``ceil(log2 K)`` coordinates so that enumeration stays small.  Either way
+    the points are centred at the origin.
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of points ``K``.
+    dim : int
+        Ambient dimension ``d``.
+    separation : float
+        Minimum pairwise distance.
+
+    Returns
+    -------
+    Tensor
+        ``(K, d)`` in the default dtype.
+    """
+    if num_classes < 1 or dim < 1:
+        raise ValueError(f"num_classes and dim must be >= 1, got {num_classes} and {dim}")
+    points = torch.zeros(num_classes, dim, dtype=torch.float64)
+    if num_classes == 1:
+        return points.to(torch.get_default_dtype())
+    if dim >= num_classes - 1:
+        # Scaled basis vectors of R^K are pairwise `separation` apart; an
+        # orthonormal basis of the sum-zero hyperplane maps them isometrically
+        # into K - 1 coordinates.
+        vertices = torch.eye(num_classes, dtype=torch.float64) * (separation / math.sqrt(2.0))
+        vertices = vertices - vertices.mean(0)
+        basis = torch.linalg.svd(vertices, full_matrices=False).Vh[: num_classes - 1]
+        points[:, : num_classes - 1] = vertices @ basis.T
+        return points.to(torch.get_default_dtype())
+    used = min(dim, math.ceil(math.log2(num_classes)))
+    half_width = 1
+    while (2 * half_width + 1) ** used < num_classes:
+        half_width += 1
+    grid = torch.tensor(
+        list(itertools.product(range(-half_width, half_width + 1), repeat=used)),
+        dtype=torch.float64,
+    )
+    # A stable sort keeps the tie order of `product`, so the choice is deterministic.
+    nearest = torch.argsort(grid.square().sum(1), stable=True)[:num_classes]
+    chosen = grid[nearest] * separation
+    points[:, :used] = chosen - chosen.mean(0)
+    return points.to(torch.get_default_dtype())
+
+
+class NodeGaussianLatent(nn.Module):
+    r"""Independent class-conditional Gaussians on the nodes of a graph.
+
+    .. math::
+
+        \log p(H \mid Y) = \sum_v \log \mathcal{N}(H_v;\ \mu_{Y_v}, \sigma^2 I_d)
+
+    Parameters
+    ----------
+    num_classes : int
+        Number of classes ``K``.
+    dim : int
+        Latent dimension ``d`` per node.
+    sigma : float
+        Standard deviation of every latent coordinate.
+    means : Tensor, optional
+        ``(K, d)`` class means.  Placed by :func:`spread_means` if omitted.
+    trainable_means : bool
+        Register the means as a parameter; see :meth:`barrier_penalty`.
+    min_separation : float, optional
+        Required pairwise distance ``c`` between means.  Defaults to
+        :func:`default_separation` for ``K`` classes and ``num_nodes`` nodes
+        with ``delta = 0.01``.  Given ``means`` that violate an explicit
+        ``min_separation`` raise ``ValueError``: silently accepting them would
+        void the guarantee the caller asked for.
+    num_nodes : int
+        Number of nodes the default separation must cover.
+    priors : Tensor, optional
+        ``(K,)`` positive class probabilities (normalised here); uniform if
+        omitted.
+
+    Attributes
+    ----------
+    means : Tensor
+        ``(K, d)`` buffer, or parameter when ``trainable_means``.
+    log_priors : Tensor
+        ``(K,)`` buffer of log class probabilities.
+    separation : float
+        The ``c`` used for automatic placement and the barrier.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        dim: int,
+        sigma: float = 1.0,
+        means: Tensor | None = None,
+        trainable_means: bool = False,
+        min_separation: float | None = None,
+        num_nodes: int = 1,
+        priors: Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 1 or dim < 1:
+            raise ValueError(f"num_classes and dim must be >= 1, got {num_classes} and {dim}")
+        if not (sigma > 0.0 and math.isfinite(sigma)):
+            raise ValueError(f"sigma must be positive and finite, got {sigma}")
+        if min_separation is not None and min_separation < 0.0:
+            raise ValueError(f"min_separation must be non-negative, got {min_separation}")
+        self.num_classes = num_classes
+        self.dim = dim
+        self.sigma = float(sigma)
+        self.num_nodes = num_nodes
+        self.trainable_means = trainable_means
+        self.separation = (
+            float(min_separation)
+            if min_separation is not None
+            else default_separation(num_classes, num_nodes, sigma)
+        )
+
+        if means is None:
+            init = spread_means(num_classes, dim, self.separation)
+        else:
+            init = torch.as_tensor(means, dtype=torch.get_default_dtype()).clone()
+            if init.shape != (num_classes, dim):
+                raise ValueError(
+                    f"means must have shape (num_classes, dim) = ({num_classes}, {dim}), "
+                    f"got {tuple(init.shape)}"
+                )
+            if not torch.isfinite(init).all():
+                raise ValueError("means contain NaN or inf")
+            if min_separation is not None and num_classes > 1:
+                closest = torch.pdist(init.double()).min().item()
+                if closest < min_separation:
+                    raise ValueError(
+                        f"given means are only {closest:.6g} apart, "
+                        f"below min_separation={min_separation:.6g}"
+                    )
+        if trainable_means:
+            self.means = nn.Parameter(init)
+        else:
+            self.register_buffer("means", init)
+
+        if priors is None:
+            log_priors = torch.full((num_classes,), -math.log(num_classes))
+        else:
+            p = torch.as_tensor(priors, dtype=torch.get_default_dtype())
+            if p.shape != (num_classes,):
+                raise ValueError(
+                    f"priors must have shape ({num_classes},), got {tuple(p.shape)}"
+                )
+            if not (torch.isfinite(p).all() and (p > 0).all()):
+                raise ValueError("priors must be positive and finite")
+            log_priors = (p / p.sum()).log()
+        self.register_buffer("log_priors", log_priors)
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_classes={self.num_classes}, dim={self.dim}, sigma={self.sigma:g}, "
+            f"separation={self.separation:.4g}, trainable_means={self.trainable_means}"
+        )
+
+    # -- validation -------------------------------------------------------
+
+    def _check_h(self, h: Tensor) -> None:
+        if not isinstance(h, Tensor):
+            raise TypeError(f"h must be a torch.Tensor, got {type(h).__name__}")
+        if h.ndim < 2 or h.shape[-1] != self.dim:
+            raise ValueError(
+                f"h must have shape (V, *, d) with d={self.dim}, got {tuple(h.shape)}"
+            )
+        if not torch.isfinite(h).all():
+            raise ValueError(f"h of shape {tuple(h.shape)} contains NaN or inf")
+
+    def _check_y(self, y: Tensor) -> None:
+        if not isinstance(y, Tensor):
+            raise TypeError(f"y must be a torch.Tensor, got {type(y).__name__}")
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise ValueError(f"labels must be an integer tensor, got dtype {y.dtype}")
+        if y.ndim < 1:
+            raise ValueError("labels must have shape (V, *), got a scalar")
+        bad = (y < 0) | (y >= self.num_classes)
+        if bad.any():
+            values = torch.unique(y[bad]).tolist()
+            raise ValueError(
+                f"labels {values} are outside the valid range [0, {self.num_classes})"
+            )
+
+    def _labels_like(self, h: Tensor, y: Tensor) -> Tensor:
+        """Validate ``h`` and ``y`` and broadcast ``y`` to ``h.shape[:-1]``."""
+        self._check_h(h)
+        self._check_y(y)
+        lead = h.shape[:-1]
+        if y.ndim > len(lead) or y.shape != lead[: y.ndim]:
+            raise ValueError(
+                f"labels of shape {tuple(y.shape)} do not match h of shape "
+                f"{tuple(h.shape)}: expected labels shaped like a prefix of {tuple(lead)}"
+            )
+        return y.reshape(y.shape + (1,) * (len(lead) - y.ndim)).expand(lead)
+
+    # -- densities --------------------------------------------------------
+
+    def _log_normalizer(self) -> float:
+        return -0.5 * self.dim * math.log(2.0 * math.pi * self.sigma**2)
+
+    def node_log_prob(self, h: Tensor) -> Tensor:
+        r"""Log-density of every node latent under every class.
+
+        .. math::
+
+            \ell_{vk} = -\frac{\lVert h_v - \mu_k \rVert^2}{2\sigma^2}
+                        - \frac{d}{2}\log(2\pi\sigma^2)
+
+        Parameters
+        ----------
+        h : Tensor
+            ``(V, *, d)`` latents.
+
+        Returns
+        -------
+        Tensor
+            ``(V, *, K)``.
+        """
+        self._check_h(h)
+        sq = (h.unsqueeze(-2) - self.means).square().sum(-1)
+        return -0.5 * sq / self.sigma**2 + self._log_normalizer()
+
+    def log_prob(self, h: Tensor, y: Tensor) -> Tensor:
+        """Joint log-density ``log p(H | Y)`` summed over nodes and features.
+
+        Parameters
+        ----------
+        h : Tensor
+            ``(V, *, d)`` latents.
+        y : Tensor
+            ``(V, *)`` labels, or a prefix of that shape.
+
+        Returns
+        -------
+        Tensor
+            ``(*,)``, one value per sample; a scalar when ``h`` is ``(V, d)``.
+        """
+        labels = self._labels_like(h, y)
+        sq = (h - self.means[labels]).square().sum(-1)
+        return (-0.5 * sq / self.sigma**2 + self._log_normalizer()).sum(0)
+
+    def log_posterior(self, h: Tensor) -> Tensor:
+        r"""Log class posterior of every node by Bayes' rule.
+
+        .. math::
+
+            \log P(Y_v = k \mid H_v) = \ell_{vk} + \log\pi_k
+                - \log\sum_j \exp(\ell_{vj} + \log\pi_j)
+
+        Parameters
+        ----------
+        h : Tensor
+            ``(V, *, d)`` latents.
+
+        Returns
+        -------
+        Tensor
+            ``(V, *, K)``; suitable for ``nll_loss`` after moving ``K`` to dim 1.
+        """
+        return torch.log_softmax(self.node_log_prob(h) + self.log_priors, dim=-1)
+
+    def posterior(self, h: Tensor) -> Tensor:
+        """Class probabilities ``P(Y_v = k | H_v)``, shape ``(V, *, K)``."""
+        return self.log_posterior(h).exp()
+
+    def fit_priors(self, y_train: Tensor) -> Tensor:
+        r"""Set the class priors from training labels with add-one smoothing.
+
+        .. math::
+
+            \pi_k = \frac{n_k + 1}{n + K}
+
+        Parameters
+        ----------
+        y_train : Tensor
+            Integer labels of any shape.
+
+        Returns
+        -------
+        Tensor
+            The new ``(K,)`` ``log_priors``.
+        """
+        self._check_y(y_train.reshape(-1))
+        counts = torch.bincount(y_train.reshape(-1), minlength=self.num_classes)
+        smoothed = counts.to(self.log_priors.dtype) + 1.0
+        self.log_priors.copy_((smoothed / smoothed.sum()).log())
+        return self.log_priors
+
+    # -- sampling ---------------------------------------------------------
+
+    def sample(
+        self, y: Tensor, n: int | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Draw latents given labels.
+
+        Parameters
+        ----------
+        y : Tensor
+            ``(V,)`` labels when ``n`` is given, otherwise ``(V, *)``.
+        n : int, optional
+            Number of samples for the single label vector ``y``.
+        generator : torch.Generator, optional
+            Source of randomness, on the device of the means.
+
+        Returns
+        -------
+        Tensor
+            ``(V, n, d)`` when ``n`` is given, else ``(V, *, d)``.
+        """
+        self._check_y(y)
+        if n is not None:
+            if y.ndim != 1:
+                raise ValueError(
+                    f"sample with n needs labels of shape (V,), got {tuple(y.shape)}"
+                )
+            if n < 1:
+                raise ValueError(f"n must be >= 1, got {n}")
+            y = y.unsqueeze(1).expand(-1, n)
+        centers = self.means[y]
+        noise = torch.randn(
+            centers.shape, generator=generator, dtype=centers.dtype, device=centers.device
+        )
+        return centers + self.sigma * noise
+
+    # -- trainable means --------------------------------------------------
+
+    def barrier_penalty(self, eps: float = 0.1) -> Tensor:
+        r"""Log-barrier keeping trainable means at least ``separation`` apart.
+
+        With gaps measured in units of ``sigma``,
+        :math:`u_{ij} = (\lVert\mu_i - \mu_j\rVert - c)/\sigma`, the penalty is
+
+        .. math::
+
+            B = \sum_{i<j} b(u_{ij}), \qquad
+            b(u) = \begin{cases}
+                -\log u & u \ge \epsilon \\
+                -\log\epsilon - (u - \epsilon)/\epsilon & u < \epsilon
+            \end{cases}
+
+        The linear extension matches value and slope at ``eps``, so ``B`` is
+        finite everywhere, and a pair closer than ``c + eps * sigma`` feels
+        the constant push ``1 / (eps * sigma)`` apart instead of an
+        overflowing one.  Coincident means are nudged along the first axis
+        so that the push has a direction.
+
+        Parameters
+        ----------
+        eps : float
+            Gap (in units of ``sigma``) below which the barrier is linear.
+
+        Returns
+        -------
+        Tensor
+            Scalar; zero (without gradient) when the means are fixed or
+            ``K = 1``.
+        """
+        if not self.trainable_means or self.num_classes < 2:
+            return torch.zeros((), dtype=self.means.dtype, device=self.means.device)
+        i, j = torch.triu_indices(self.num_classes, self.num_classes, offset=1)
+        diff = self.means[i] - self.means[j]
+        tiny = 1e-6 * self.sigma
+        # The norm has no gradient at zero; a fixed offset for (nearly)
+        # coincident pairs keeps it differentiable and gives a push direction.
+        nudge = torch.zeros_like(diff)
+        nudge[:, 0] = tiny
+        coincide = diff.detach().norm(dim=-1, keepdim=True) < 0.5 * tiny
+        dist = (diff + torch.where(coincide, nudge, torch.zeros_like(diff))).norm(dim=-1)
+        gap = (dist - self.separation) / self.sigma
+        inside = -torch.log(gap.clamp(min=eps))
+        outside = -math.log(eps) - (gap - eps) / eps
+        return torch.where(gap >= eps, inside, outside).sum()
+
+    # -- uncertainty ------------------------------------------------------
+
+    def confidence_radius(self, level: float) -> float:
+        r"""Radius of the ball around a class mean holding ``level`` of its mass.
+
+        ``||H_v - mu_k||^2 / sigma^2`` is chi-squared with ``d`` degrees of
+        freedom, so
+
+        .. math::
+
+            r = \sigma \sqrt{\chi^2_{d}{}^{-1}(\text{level})}.
+
+        Parameters
+        ----------
+        level : float
+            Coverage probability in ``(0, 1)``.
+
+        Returns
+        -------
+        float
+        """
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must lie in (0, 1), got {level}")
+        return self.sigma * math.sqrt(chi2.ppf(level, self.dim))
+
+    def confidence_region(self, y: Tensor, level: float) -> tuple[Tensor, float]:
+        """Ball holding ``level`` of the latent mass of each node given its label.
+
+        Parameters
+        ----------
+        y : Tensor
+            ``(V, *)`` labels.
+        level : float
+            Coverage probability in ``(0, 1)``.
+
+        Returns
+        -------
+        centers : Tensor
+            ``(V, *, d)`` class means of the nodes.
+        radius : float
+            Common radius, see :meth:`confidence_radius`.
+        """
+        self._check_y(y)
+        return self.means[y], self.confidence_radius(level)
+
+    def contains(self, h: Tensor, y: Tensor, level: float) -> Tensor:
+        """Whether each latent lies in its label's ``level`` confidence ball.
+
+        Parameters
+        ----------
+        h : Tensor
+            ``(V, *, d)`` latents.
+        y : Tensor
+            ``(V, *)`` labels, or a prefix of that shape.
+        level : float
+            Coverage probability in ``(0, 1)``.
+
+        Returns
+        -------
+        Tensor
+            ``(V, *)`` bool.
+        """
+        labels = self._labels_like(h, y)
+        radius = self.confidence_radius(level)
+        return (h - self.means[labels]).norm(dim=-1) <= radius
