@@ -1,0 +1,1 @@
+"""Runnable demonstrations of the library's results."""

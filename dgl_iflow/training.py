@@ -1,0 +1,240 @@
+"""Training loop for :class:`~dgl_iflow.model.IGNN`: mini-batches over samples of one graph."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ._backend import dgl
+from .layers import InversionError, InversionWarning
+from .model import IGNN, atomic_save, read_checkpoint
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`fit`.
+
+    Attributes
+    ----------
+    epochs : int
+        Passes over the training samples.
+    batch_size : int
+        Samples per mini-batch; every sample is a whole graph signal ``(V, d)``.
+    lr, weight_decay : float
+        Adam settings.
+    lr_schedule : str
+        ``"cosine"`` (to ``lr / 100`` at the last epoch), ``"constant"``.
+    classification_weight : float
+        :math:`\\mu`, weight of the latent cross-entropy.
+    transport_weight : float
+        :math:`\\gamma`, weight of the transport cost.
+    inversion_check_samples : int
+        Held-out samples inverted at the end of every epoch (0 disables the check).
+    inversion_tol : float
+        Largest acceptable relative reconstruction error of :math:`F^{-1}(F(x))`.
+    inversion_rescale : float
+        When the check fails, the last layer of every residual function is multiplied by
+        this factor (< 1), which divides the Lipschitz constant of every block by it.
+    seed : int
+        Seeds Python, NumPy and torch; with it two runs give identical models.
+    checkpoint_path : str, optional
+        Written atomically after every epoch, with optimizer, schedule and RNG states.
+    progress : bool
+        Show a tqdm bar with the loss terms.
+    device : str
+        Where to train.
+    """
+
+    epochs: int = 100
+    batch_size: int = 200
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_schedule: str = "cosine"
+    classification_weight: float = 0.1
+    transport_weight: float = 1.0
+    inversion_check_samples: int = 100
+    inversion_tol: float = 1e-4
+    inversion_rescale: float = 0.9
+    seed: int = 0
+    checkpoint_path: str | None = None
+    progress: bool = True
+    device: str = "cpu"
+
+
+@dataclass
+class TrainHistory:
+    """Per-epoch means of the loss terms, inversion errors, rescalings and timings."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+
+    def last(self) -> dict[str, float]:
+        return self.epochs[-1]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def _check_samples(model: IGNN, x: Tensor, y: Tensor, name: str) -> None:
+    expected = (model.num_nodes, model.feats)
+    if x.dim() != 3 or tuple(x.shape[1:]) != expected:
+        raise ValueError(f"{name} features must have shape (N, V, d) = (N, {expected[0]}, {expected[1]}), got {tuple(x.shape)}")
+    if y.shape != x.shape[:2]:
+        raise ValueError(f"{name} labels must have shape (N, V) = {tuple(x.shape[:2])}, got {tuple(y.shape)}")
+    if len(x) == 0:
+        raise ValueError(f"{name} holds no samples")
+    bad = (y < 0) | (y >= model.num_classes)
+    if bad.any():
+        raise ValueError(f"{name} labels must lie in [0, {model.num_classes}); found {sorted(set(y[bad].tolist()))}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"{name} features hold NaN or infinite values")
+
+
+def inversion_error(model: IGNN, graph: dgl.DGLGraph, x: Tensor, max_iter: int = 200) -> float:
+    """Largest relative error :math:`\\|F^{-1}(F(x)) - x\\| / \\|x\\|` over samples ``x (N, V, d)``."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", InversionWarning)
+        nodes_first = x.transpose(0, 1)
+        h, _, _ = model.encode(graph, nodes_first, jac=False)
+        try:
+            reconstructed = model.generate(graph, h, max_iter=max_iter, on_failure="warn")
+        except InversionError:
+            return math.inf
+        error = (reconstructed - nodes_first).pow(2).sum(dim=(0, -1)).sqrt()
+        scale = nodes_first.pow(2).sum(dim=(0, -1)).sqrt().clamp_min(1e-12)
+        value = float((error / scale).max())
+    return value if math.isfinite(value) else math.inf
+
+
+def _shrink_residuals(model: IGNN, factor: float) -> None:
+    with torch.no_grad():
+        for block in model.flow.blocks:
+            block.residual.linears[-1].weight.mul_(factor)
+            block.residual.linears[-1].bias.mul_(factor)
+
+
+def fit(
+    model: IGNN,
+    x_train: Tensor,
+    y_train: Tensor,
+    config: TrainConfig | None = None,
+    *,
+    x_val: Tensor | None = None,
+    resume_from: str | os.PathLike | None = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainHistory:
+    """Train ``model`` on samples of its graph.
+
+    Parameters
+    ----------
+    model : IGNN
+        Trained in place, on ``model.graph``.
+    x_train : Tensor
+        ``(N, V, d)`` training features (sample-first, as the data sets give them).
+    y_train : Tensor
+        ``(N, V)`` labels.
+    config : TrainConfig
+        Settings; defaults when absent.
+    x_val : Tensor, optional
+        Held-out ``(M, V, d)`` features for the per-epoch inversion check; the first training
+        samples when absent.
+    resume_from : path, optional
+        Checkpoint written by a previous :func:`fit`; training continues after its last epoch
+        with the same optimizer, schedule and random state.
+    callback : callable, optional
+        Called as ``callback(epoch, record)`` after every epoch.
+
+    Returns
+    -------
+    TrainHistory
+    """
+    config = config or TrainConfig()
+    _check_samples(model, x_train, y_train, "training")
+    if config.lr_schedule not in ("cosine", "constant"):
+        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {config.lr_schedule!r}")
+    seed_everything(config.seed)
+    device = torch.device(config.device)
+    model.to(device)
+    graph = model.graph
+    x_train = x_train.to(device, torch.get_default_dtype())
+    y_train = y_train.to(device)
+    x_check = (x_train if x_val is None else x_val.to(device, x_train.dtype))[: config.inversion_check_samples]
+    model.latent.fit_priors(y_train.reshape(-1))
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if config.lr_schedule == "cosine":
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr / 100)
+    else:
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    history = TrainHistory()
+    start_epoch = 0
+    if resume_from is not None:
+        checkpoint = model.load_weights(resume_from)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        history = TrainHistory(list(checkpoint["history"]))
+        start_epoch = checkpoint["epoch"]
+        _set_rng_state(checkpoint["rng"])
+
+    num_samples = len(x_train)
+    bar = tqdm(range(start_epoch, config.epochs), desc="train", disable=not config.progress, unit="epoch")
+    for epoch in bar:
+        model.train()
+        started = time.perf_counter()
+        totals: dict[str, float] = {}
+        order = torch.randperm(num_samples, device=device)
+        num_batches = math.ceil(num_samples / config.batch_size)
+        for batch in order.split(config.batch_size):
+            terms = model.loss(
+                graph, x_train[batch].transpose(0, 1), y_train[batch].transpose(0, 1),
+                classification_weight=config.classification_weight,
+                transport_weight=config.transport_weight,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + float(value) / num_batches
+        scheduler.step()
+        record = dict(epoch=epoch + 1, seconds=time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"], **totals)
+        model.eval()
+        if config.inversion_check_samples > 0:
+            record["inversion_error"] = inversion_error(model, graph, x_check)
+            record["rescaled"] = float(record["inversion_error"] > config.inversion_tol)
+            if record["rescaled"]:
+                _shrink_residuals(model, config.inversion_rescale)
+        history.epochs.append(record)
+        bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "nll", "ce", "transport", "inversion_error") if k in record})
+        if config.checkpoint_path is not None:
+            model.save(
+                config.checkpoint_path, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                history=history.epochs, epoch=epoch + 1, rng=_rng_state(),
+                train_config=dataclasses.asdict(config),
+            )
+        if callback is not None:
+            callback(epoch + 1, record)
+    return history

@@ -1,0 +1,169 @@
+"""IGNN against brute-force Jacobians and Bayes' rule; checkpoints; bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dgl
+from dgl_iflow import IGNN
+from dgl_iflow.model import atomic_save
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def path_graph() -> dgl.DGLGraph:
+    src = [0, 1, 1, 2, 0, 1, 2]
+    dst = [1, 0, 2, 1, 0, 1, 2]
+    return dgl.graph((src, dst))
+
+
+def small_model(conv: str, **kwargs) -> IGNN:
+    return IGNN(path_graph(), 2, 2, conv=conv, num_blocks=3, hidden_feats=(8, 8), sigma=0.7, **kwargs)
+
+
+def flow_map(model: IGNN, graph):
+    def apply(x: torch.Tensor) -> torch.Tensor:
+        return model.encode(graph, x.reshape(3, 1, 2), jac=False)[0].reshape(-1)
+    return apply
+
+
+@pytest.mark.parametrize("conv", ["l3", "cheb", "mlp"])
+def test_log_prob_matches_brute_force_jacobian(conv):
+    model = small_model(conv)
+    graph = path_graph()
+    x = torch.randn(3, 4, 2)
+    y = torch.randint(0, 2, (3, 4))
+    log_prob = model.log_prob(graph, x, y)
+    for b in range(4):
+        jacobian = torch.autograd.functional.jacobian(flow_map(model, graph), x[:, b].reshape(-1))
+        h = model.encode(graph, x[:, b:b + 1], jac=False)[0]
+        expected = model.latent.log_prob(h, y[:, b:b + 1])[0] + torch.linalg.slogdet(jacobian).logabsdet
+        assert torch.allclose(log_prob[b], expected, atol=1e-8)
+
+
+def test_latent_log_prob_is_node_factorized_gaussian():
+    model = small_model("l3")
+    graph = path_graph()
+    x = torch.randn(3, 5, 2)
+    y = torch.randint(0, 2, (3, 5))
+    h = model.encode(graph, x, jac=False)[0]
+    means = model.latent.means[y]
+    sigma = model.latent.sigma
+    expected = (-0.5 * ((h - means) / sigma).pow(2) - torch.log(torch.tensor(sigma * (2 * torch.pi) ** 0.5))).sum(dim=(0, 2))
+    assert torch.allclose(model.latent.log_prob(h, y), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("conv", ["l3", "cheb", "mlp"])
+def test_predict_proba_is_bayes_rule_in_the_latent(conv):
+    model = small_model(conv)
+    graph = path_graph()
+    x = torch.randn(3, 6, 2)
+    h = model.encode(graph, x, jac=False)[0]
+    log_lik = -0.5 * (h.unsqueeze(-2) - model.latent.means).pow(2).sum(-1) / model.latent.sigma ** 2
+    expected = torch.softmax(log_lik + model.latent.log_priors, dim=-1)
+    proba = model.predict_proba(graph, x)
+    assert proba.shape == (3, 6, 2)
+    assert torch.allclose(proba, expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("conv", ["l3", "cheb", "mlp"])
+def test_sample_inverts_the_flow(conv):
+    model = small_model(conv)
+    graph = path_graph()
+    torch.manual_seed(1)
+    x = model.sample(graph, torch.tensor([0, 1, 0]), 50)
+    assert x.shape == (3, 50, 2)
+    torch.manual_seed(1)
+    h = model.latent.sample(torch.tensor([0, 1, 0]), 50)
+    assert torch.allclose(model.encode(graph, x, jac=False)[0], h, atol=1e-6)
+
+
+def test_uncertainty_set_boundary_maps_to_latent_sphere():
+    model = small_model("l3")
+    graph = path_graph()
+    y = torch.tensor([0, 1, 1])
+    boundary = model.uncertainty_set(graph, y, level=0.9, num_points=40)
+    h = model.encode(graph, boundary, jac=False)[0]
+    radius = model.latent.confidence_radius(0.9)
+    distance = (h - model.latent.means[y].unsqueeze(1)).norm(dim=-1)
+    assert torch.allclose(distance, torch.full_like(distance, radius), atol=1e-5)
+    inside = model.in_uncertainty_set(graph, model.sample(graph, y, 2000), y.unsqueeze(1).expand(-1, 2000), 0.9)
+    assert abs(inside.double().mean().item() - 0.9) < 0.03
+
+
+def test_mlp_baseline_mixes_all_nodes():
+    """The graph-free flow sees all V*d features at once: node 0's latent depends on node 2."""
+    model = small_model("mlp")
+    graph = path_graph()
+    jacobian = torch.autograd.functional.jacobian(flow_map(model, graph), torch.randn(6))
+    assert jacobian[0:2, 4:6].abs().max() > 1e-4
+
+
+def test_save_load_restores_an_identical_model(tmp_path):
+    model = small_model("l3", trainable_means=True)
+    path = tmp_path / "model.pt"
+    model.save(path)
+    restored = IGNN.load(path)
+    x = torch.randn(3, 5, 2)
+    y = torch.randint(0, 2, (3, 5))
+    assert torch.equal(model.log_prob(path_graph(), x, y), restored.log_prob(restored.graph, x, y))
+    assert restored.config == model.config
+
+
+def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "model.pt"
+    atomic_save({"state_dict": {}, "version": 1}, path)
+    before = path.read_bytes()
+
+    def broken_save(obj, file):
+        file.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_save({"state_dict": {}, "version": 2}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_checkpoint_from_another_configuration_is_refused(tmp_path):
+    path = tmp_path / "model.pt"
+    small_model("l3").save(path)
+    other = small_model("cheb")
+    with pytest.raises(ValueError, match="another configuration.*conv"):
+        other.load_weights(path)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="could not be read"):
+        IGNN.load(tmp_path / "junk.pt")
+
+
+def test_bad_input_gets_clear_errors():
+    model = small_model("l3")
+    graph = path_graph()
+    x = torch.randn(3, 4, 2)
+    y = torch.zeros(3, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        model.log_prob(graph, x, torch.full((3, 4), 2))
+    with pytest.raises(ValueError, match=r"labels must have shape \(V, B\) = \(3, 4\)"):
+        model.log_prob(graph, x, y[:, :3])
+    with pytest.raises(ValueError, match=r"\(V, B, d\) = \(3, B, 2\)"):
+        model.log_prob(graph, torch.randn(4, 4, 2), y)
+    with pytest.raises(ValueError, match=r"\(V, B, d\) = \(3, B, 2\)"):
+        model.log_prob(graph, torch.randn(3, 4, 5), y)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.log_prob(graph, torch.full((3, 4, 2), float("nan")), y)
+    with pytest.raises(ValueError, match="empty batch"):
+        model.log_prob(graph, torch.randn(3, 0, 2), torch.zeros(3, 0, dtype=torch.long))
+    with pytest.raises(ValueError, match="graph of 3 nodes"):
+        model.predict_proba(dgl.graph(([0], [1])), torch.randn(2, 4, 2))
+    with pytest.raises(ValueError, match=r"one label vector of shape \(3,\)"):
+        model.sample(graph, torch.zeros(3, 2, dtype=torch.long), 5)
+    with pytest.raises(ValueError, match="conv must be one of"):
+        IGNN(graph, 2, 2, conv="gat")

@@ -1,0 +1,111 @@
+"""The training loop: determinism, resuming, the inversion check, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dgl
+from dgl_iflow import IGNN, TrainConfig, fit
+from dgl_iflow.training import inversion_error
+
+
+def path_graph() -> dgl.DGLGraph:
+    return dgl.graph(([0, 1, 1, 2, 0, 1, 2], [1, 0, 2, 1, 0, 1, 2]))
+
+
+def toy_data(n: int = 120, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 2, (n, 3), generator=generator)
+    x = torch.stack([torch.zeros_like(y, dtype=torch.float32), 2.0 * y - 1.0], -1)
+    return x + 0.3 * torch.randn(x.shape, generator=generator), y
+
+
+def make_model() -> IGNN:
+    torch.manual_seed(0)
+    return IGNN(path_graph(), 2, 2, conv="l3", num_blocks=2, hidden_feats=(16, 16), sigma=0.3,
+                means=[[0.0, -1.0], [0.0, 1.0]])
+
+
+def parameters(model: IGNN) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+def quick_config(**overrides) -> TrainConfig:
+    settings = dict(epochs=4, batch_size=40, lr=5e-3, progress=False, seed=3)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def test_training_lowers_the_loss_and_predicts():
+    x, y = toy_data()
+    model = make_model()
+    history = fit(model, x, y, quick_config(epochs=15))
+    assert history.epochs[-1]["loss"] < history.epochs[0]["loss"] - 0.3
+    proba = model.predict_proba(model.graph, x.transpose(0, 1))
+    accuracy = (proba.argmax(-1) == y.transpose(0, 1)).float().mean()
+    assert accuracy > 0.9
+    assert history.last()["inversion_error"] < 1e-4
+
+
+def test_same_seed_same_model():
+    x, y = toy_data()
+    first, second = make_model(), make_model()
+    fit(first, x, y, quick_config())
+    fit(second, x, y, quick_config())
+    assert torch.equal(parameters(first), parameters(second))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_continues_exactly(tmp_path):
+    x, y = toy_data()
+    uninterrupted = make_model()
+    fit(uninterrupted, x, y, quick_config())
+    checkpoint = tmp_path / "run.pt"
+
+    def stop_after_two(epoch: int, record: dict) -> None:
+        if epoch == 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(make_model(), x, y, quick_config(checkpoint_path=str(checkpoint)), callback=stop_after_two)
+    resumed = make_model()
+    history = fit(resumed, x, y, quick_config(checkpoint_path=str(checkpoint)), resume_from=checkpoint)
+    assert [record["epoch"] for record in history.epochs] == [1, 2, 3, 4]
+    assert torch.allclose(parameters(resumed), parameters(uninterrupted), atol=1e-6)
+
+
+def test_failed_inversion_check_shrinks_the_residuals():
+    x, y = toy_data()
+    model = make_model()
+    with torch.no_grad():
+        for block in model.flow.blocks:
+            block.residual.linears[-1].weight.mul_(100.0)
+    before = inversion_error(model, model.graph, x[:20])
+    assert before > 1e-4
+    history = fit(model, x, y, quick_config(epochs=1, lr=1e-6, inversion_rescale=0.5))
+    assert history.last()["rescaled"] == 1.0
+    weights = [block.residual.linears[-1].weight.abs().sum() for block in model.flow.blocks]
+    fresh = make_model()
+    fresh_weights = [block.residual.linears[-1].weight.abs().sum() * 100.0 * 0.5 for block in fresh.flow.blocks]
+    for got, expected in zip(weights, fresh_weights):
+        assert abs(float(got) - float(expected)) / float(expected) < 0.01
+
+
+def test_bad_training_input():
+    x, y = toy_data()
+    model = make_model()
+    with pytest.raises(ValueError, match=r"\(N, V, d\) = \(N, 3, 2\)"):
+        fit(model, x.transpose(0, 1), y, quick_config())
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\); found \[5\]"):
+        fit(model, x, torch.full_like(y, 5), quick_config())
+    with pytest.raises(ValueError, match="no samples"):
+        fit(model, x[:0], y[:0], quick_config())
+    bad = x.clone()
+    bad[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        fit(model, bad, y, quick_config())
+    with pytest.raises(ValueError, match="lr_schedule"):
+        fit(model, x, y, quick_config(lr_schedule="linear"))
