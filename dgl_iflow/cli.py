@@ -24,9 +24,11 @@ def _dataset(args: argparse.Namespace):
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demos import expressiveness
+    from .demos import expressiveness, three_moons
 
-    expressiveness.run(args.out, epochs=args.epochs, num_blocks=args.blocks, seed=args.seed, progress=not args.no_progress)
+    demo = {"expressiveness": expressiveness, "three-moons": three_moons}[args.name]
+    settings = {key: value for key, value in (("epochs", args.epochs), ("num_blocks", args.blocks)) if value is not None}
+    demo.run(args.out or f"runs/{args.name}", seed=args.seed, progress=not args.no_progress, **settings)
 
 
 def _datasets(args: argparse.Namespace) -> None:
@@ -120,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run a demonstration")
-    demo.add_argument("name", choices=["expressiveness"])
-    demo.add_argument("--out", default="runs/expressiveness")
-    demo.add_argument("--epochs", type=int, default=60)
-    demo.add_argument("--blocks", type=int, default=6)
+    demo.add_argument("name", choices=["expressiveness", "three-moons"])
+    demo.add_argument("--out", default=None, help="output folder (default runs/NAME)")
+    demo.add_argument("--epochs", type=int, default=None, help="default: the demo's own")
+    demo.add_argument("--blocks", type=int, default=None, help="default: the demo's own")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(run=_demo)

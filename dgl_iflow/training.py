@@ -40,12 +40,19 @@ class TrainConfig:
     transport_weight : float
         :math:`\\gamma`, weight of the transport cost.
     inversion_check_samples : int
-        Held-out samples inverted at the end of every epoch (0 disables the check).
+        Held-out samples, and as many latents drawn given their labels, inverted at the end
+        of every epoch (0 disables both checks).
     inversion_tol : float
         Largest acceptable relative reconstruction error of :math:`F^{-1}(F(x))`.
     inversion_rescale : float
         When the check fails, the last layer of every residual function is multiplied by
-        this factor (< 1), which divides the Lipschitz constant of every block by it.
+        this factor (< 1), which divides the Lipschitz constant of every block by it. Then
+        latents are drawn given the check samples' labels and inverted; every block that
+        fails on them is shrunk alone by the same factor until all invert
+        (:func:`repair_invertibility`).
+    final_check_repeats : int
+        After the last epoch the latent check draws this many times more latents, so that
+        generation after training rarely meets a block that fails.
     seed : int
         Seeds Python, NumPy and torch; with it two runs give identical models.
     checkpoint_path : str, optional
@@ -66,6 +73,7 @@ class TrainConfig:
     inversion_check_samples: int = 100
     inversion_tol: float = 1e-4
     inversion_rescale: float = 0.9
+    final_check_repeats: int = 20
     seed: int = 0
     checkpoint_path: str | None = None
     progress: bool = True
@@ -114,27 +122,62 @@ def _check_samples(model: IGNN, x: Tensor, y: Tensor, name: str) -> None:
         raise ValueError(f"{name} features hold NaN or infinite values")
 
 
-def inversion_error(model: IGNN, graph: dgl.DGLGraph, x: Tensor, max_iter: int = 200) -> float:
-    """Largest relative error :math:`\\|F^{-1}(F(x)) - x\\| / \\|x\\|` over samples ``x (N, V, d)``."""
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", InversionWarning)
-        nodes_first = x.transpose(0, 1)
-        h, _, _ = model.encode(graph, nodes_first, jac=False)
-        try:
-            reconstructed = model.generate(graph, h, max_iter=max_iter, on_failure="warn")
-        except InversionError:
-            return math.inf
-        error = (reconstructed - nodes_first).pow(2).sum(dim=(0, -1)).sqrt()
-        scale = nodes_first.pow(2).sum(dim=(0, -1)).sqrt().clamp_min(1e-12)
-        value = float((error / scale).max())
+def _relative_error(estimate: Tensor, target: Tensor) -> float:
+    error = (estimate - target).pow(2).sum(dim=(0, -1)).sqrt()
+    scale = target.pow(2).sum(dim=(0, -1)).sqrt().clamp_min(1e-12)
+    value = float((error / scale).max())
     return value if math.isfinite(value) else math.inf
 
 
-def _shrink_residuals(model: IGNN, factor: float) -> None:
+def inversion_error(model: IGNN, graph: dgl.DGLGraph, x: Tensor, max_iter: int = 200) -> float:
+    """Largest relative round-trip error :math:`\|F^{-1}(F(x)) - x\| / \|x\|` over ``x (N, V, d)``.
+
+    ``inf`` when an inverse diverges.
+    """
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", InversionWarning)
+        nodes_first = x.transpose(0, 1)
+        h = model.encode(graph, nodes_first, jac=False)[0]
+        try:
+            inverted = model.generate(graph, h, max_iter=max_iter, on_failure="warn")
+        except InversionError:
+            return math.inf
+        return _relative_error(inverted, nodes_first)
+
+
+@torch.no_grad()
+def repair_invertibility(
+    model: IGNN, graph: dgl.DGLGraph, y: Tensor, factor: float = 0.9, tol: float = 1e-5,
+    max_iter: int = 200, max_rounds: int = 50,
+) -> int:
+    """Shrink the blocks whose fixed-point inverse fails on latents drawn given labels ``y (N, V)``.
+
+    Generation inverts the flow where no training data was encoded, and a block whose
+    residual function is not contractive there fails first. Each round draws fresh latents
+    and inverts block by block; the first block that fails has its last layer scaled by
+    ``factor`` (dividing its Lipschitz constant by at least that much). Returns the number of
+    shrinks; raises :class:`InversionError` if ``max_rounds`` did not suffice.
+    """
+    flow_graph = model._graph_for_flow(graph)
+    for shrinks in range(max_rounds + 1):
+        z = model._to_flow(model.latent.sample(y.transpose(0, 1)))
+        failed = None
+        for block in reversed(model.flow.blocks):
+            try:
+                z = block.inverse(flow_graph, z, tol=tol, max_iter=max_iter)
+            except InversionError:
+                failed = block
+                break
+        if failed is None:
+            return shrinks
+        _shrink_residual(failed, factor)
+    raise InversionError(f"blocks still fail to invert after {max_rounds} shrinks by {factor}", math.inf, max_iter)
+
+
+def _shrink_residual(block, factor: float) -> None:
     with torch.no_grad():
-        for block in model.flow.blocks:
-            block.residual.linears[-1].weight.mul_(factor)
-            block.residual.linears[-1].bias.mul_(factor)
+        block.residual.linears[-1].weight.mul_(factor)
+        block.residual.linears[-1].bias.mul_(factor)
 
 
 def fit(
@@ -144,6 +187,7 @@ def fit(
     config: TrainConfig | None = None,
     *,
     x_val: Tensor | None = None,
+    y_val: Tensor | None = None,
     resume_from: str | os.PathLike | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainHistory:
@@ -159,9 +203,9 @@ def fit(
         ``(N, V)`` labels.
     config : TrainConfig
         Settings; defaults when absent.
-    x_val : Tensor, optional
-        Held-out ``(M, V, d)`` features for the per-epoch inversion check; the first training
-        samples when absent.
+    x_val, y_val : Tensor, optional
+        Held-out ``(M, V, d)`` features and ``(M, V)`` labels for the per-epoch inversion
+        check (see :func:`inversion_error`); the first training samples when absent.
     resume_from : path, optional
         Checkpoint written by a previous :func:`fit`; training continues after its last epoch
         with the same optimizer, schedule and random state.
@@ -183,6 +227,7 @@ def fit(
     x_train = x_train.to(device, torch.get_default_dtype())
     y_train = y_train.to(device)
     x_check = (x_train if x_val is None else x_val.to(device, x_train.dtype))[: config.inversion_check_samples]
+    y_check = (y_train if y_val is None else y_val.to(device))[: config.inversion_check_samples]
     model.latent.fit_priors(y_train.reshape(-1))
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -226,7 +271,13 @@ def fit(
             record["inversion_error"] = inversion_error(model, graph, x_check)
             record["rescaled"] = float(record["inversion_error"] > config.inversion_tol)
             if record["rescaled"]:
-                _shrink_residuals(model, config.inversion_rescale)
+                for block in model.flow.blocks:
+                    _shrink_residual(block, config.inversion_rescale)
+            last = epoch + 1 == config.epochs
+            record["shrinks"] = float(repair_invertibility(
+                model, graph, y_check.repeat(config.final_check_repeats if last else 1, 1),
+                config.inversion_rescale,
+            ))
         history.epochs.append(record)
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "nll", "ce", "transport", "inversion_error") if k in record})
         if config.checkpoint_path is not None:

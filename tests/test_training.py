@@ -6,7 +6,7 @@ import torch
 
 import dgl
 from dgl_iflow import IGNN, TrainConfig, fit
-from dgl_iflow.training import inversion_error
+from dgl_iflow.training import inversion_error, repair_invertibility
 
 
 def path_graph() -> dgl.DGLGraph:
@@ -77,21 +77,41 @@ def test_resume_continues_exactly(tmp_path):
     assert torch.allclose(parameters(resumed), parameters(uninterrupted), atol=1e-6)
 
 
-def test_failed_inversion_check_shrinks_the_residuals():
+def blow_up(model: IGNN, blocks: list[int], factor: float = 100.0) -> None:
+    with torch.no_grad():
+        for index in blocks:
+            model.flow.blocks[index].residual.linears[-1].weight.mul_(factor)
+
+
+def last_layer_norms(model: IGNN) -> list[float]:
+    return [float(block.residual.linears[-1].weight.norm()) for block in model.flow.blocks]
+
+
+def test_failed_inversion_check_shrinks_every_residual():
     x, y = toy_data()
     model = make_model()
-    with torch.no_grad():
-        for block in model.flow.blocks:
-            block.residual.linears[-1].weight.mul_(100.0)
-    before = inversion_error(model, model.graph, x[:20])
-    assert before > 1e-4
+    blow_up(model, [0, 1])
+    assert inversion_error(model, model.graph, x[:20]) > 1e-4
+    before = last_layer_norms(model)
     history = fit(model, x, y, quick_config(epochs=1, lr=1e-6, inversion_rescale=0.5))
     assert history.last()["rescaled"] == 1.0
-    weights = [block.residual.linears[-1].weight.abs().sum() for block in model.flow.blocks]
-    fresh = make_model()
-    fresh_weights = [block.residual.linears[-1].weight.abs().sum() * 100.0 * 0.5 for block in fresh.flow.blocks]
-    for got, expected in zip(weights, fresh_weights):
-        assert abs(float(got) - float(expected)) / float(expected) < 0.01
+    for got, previous in zip(last_layer_norms(model), before):
+        assert got <= 0.5 * previous * 1.01
+    assert inversion_error(model, model.graph, x) < 1e-4
+
+
+def test_repair_shrinks_only_the_blocks_that_fail():
+    x, y = toy_data()
+    model = IGNN(path_graph(), 2, 2, conv="l3", num_blocks=3, hidden_feats=(16, 16), sigma=0.3)
+    blow_up(model, [1])
+    before = last_layer_norms(model)
+    shrinks = repair_invertibility(model, model.graph, y, factor=0.8)
+    after = last_layer_norms(model)
+    assert shrinks >= 1
+    assert after[0] == before[0] and after[2] == before[2]
+    assert abs(after[1] / before[1] - 0.8 ** shrinks) < 1e-4
+    samples = model.sample(model.graph, torch.tensor([0, 1, 0]), 500)
+    assert torch.isfinite(samples).all()
 
 
 def test_bad_training_input():
