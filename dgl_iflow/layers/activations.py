@@ -19,7 +19,12 @@ class LipSwish(nn.Module):
 
     def __init__(self, beta: float = 1.0) -> None:
         super().__init__()
-        self.raw_beta = nn.Parameter(torch.tensor(float(beta)).expm1().log())
+        if not beta > 0:
+            raise ValueError(f"beta must be positive, got {beta}")
+        # Inverse softplus, beta + log(1 - exp(-beta)), in float64: log(expm1(beta)) overflows
+        # float32 for beta > 88.
+        beta64 = torch.tensor(float(beta), dtype=torch.float64)
+        self.raw_beta = nn.Parameter((beta64 + torch.log(-torch.expm1(-beta64))).float())
 
     @property
     def beta(self) -> Tensor:

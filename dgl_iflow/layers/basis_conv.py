@@ -82,10 +82,17 @@ class BasisConv(nn.Module):
         Tensor
             Shape ``(V, *, C_out)``.
         """
+        out = self.linear_part(graph, feat, edge_weight)
+        return out if self.bias is None else out + self.bias
+
+    def linear_part(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        r"""The bias-free part :math:`\sum_k (A_k X) W_k`, a linear map of ``feat``.
+
+        :class:`GraphResidual` uses it to estimate the operator norm of the layer.
+        """
         check_features(graph, feat, self._in_feats, type(self).__name__)
         bases = self.apply_bases(graph, feat, edge_weight)
-        out = torch.einsum("kn...i,kio->n...o", bases, self.weight)
-        return out if self.bias is None else out + self.bias
+        return torch.einsum("kn...i,kio->n...o", bases, self.weight)
 
     def extra_repr(self) -> str:
         return (

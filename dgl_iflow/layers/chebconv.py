@@ -12,6 +12,10 @@ from .basis_conv import BasisConv
 from .graph_operator import GraphMemo, node_matmul, operator_matrix
 
 
+#: A computed lambda_max below this means the Laplacian is zero; 2 is used instead.
+_ZERO_LAPLACIAN = 1e-6
+
+
 def _normalized_adjacency_values(graph: dgl.DGLGraph, edge_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Edges ``(dst, src)`` and values of :math:`D^{-1/2} A D^{-1/2}`, in-degrees weighted."""
     src, dst = graph.edges()
@@ -64,7 +68,8 @@ class ChebConv(BasisConv):
         Number of Chebyshev terms :math:`K` (filter order :math:`K - 1`).
     lambda_max : float, optional
         Largest eigenvalue of the normalized Laplacian; computed from the graph (and the
-        edge weights, taken as constants) when absent.
+        edge weights, taken as constants) when absent. A computed value of zero (a graph
+        whose nodes have only self-loops, :math:`L = 0`) is replaced by 2.
     activation : callable, optional
         Applied to the output. Default: none.
     bias : bool
@@ -113,6 +118,9 @@ class ChebConv(BasisConv):
             weight = torch.ones(graph.num_edges(), dtype=like.dtype, device=like.device) \
                 if edge_weight is None else edge_weight.to(like.dtype)
             lambda_max = self._lambda_max or laplacian_lambda_max(graph, edge_weight)
+            if not lambda_max > _ZERO_LAPLACIAN:
+                # L = 0 (every node has only self-loops): any scale gives L~ = -I.
+                lambda_max = 2.0
             dst, src, values = _normalized_adjacency_values(graph, weight)
             nodes = torch.arange(graph.num_nodes(), device=like.device)
             scale = 2.0 / lambda_max

@@ -65,7 +65,16 @@ def power_series_logdet(
     Tensor
         The estimate, shape of the sample dimensions.
     """
+    if n_exact_terms < 0 or not 0.0 < stop_probability <= 1.0 or n_probes < 1:
+        raise ValueError(
+            f"need n_exact_terms >= 0, 0 < stop_probability <= 1 and n_probes >= 1, got "
+            f"{n_exact_terms}, {stop_probability}, {n_probes}"
+        )
+    if residual.shape != x.shape:
+        raise ValueError(f"residual and x must have one shape, got {tuple(residual.shape)} and {tuple(x.shape)}")
+    sample_dims = tuple(sorted(d % x.dim() for d in sample_dims))
     reduce_dims = tuple(d for d in range(x.dim()) if d not in sample_dims)
+    sample_shape = [x.shape[d] for d in sample_dims]
     num_terms = n_exact_terms + int(torch.distributions.Geometric(probs=stop_probability).sample())
     survival = roulette_survival(num_terms, n_exact_terms, stop_probability).tolist()
     differentiate_series = create_graph and not neumann_gradient
@@ -73,11 +82,11 @@ def power_series_logdet(
     def vjp(vector: Tensor, graph: bool) -> Tensor:
         return torch.autograd.grad(residual, x, vector, retain_graph=True, create_graph=graph)[0]
 
-    total = 0.0
+    total = x.new_zeros(sample_shape)
     for _ in range(n_probes):
         probe = torch.randn_like(x)
         power = probe  # probe^T J^k
-        estimate = 0.0
+        estimate = x.new_zeros(sample_shape)  # stays zero when N = 0
         neumann = probe  # sum_k (-1)^k probe^T J^k / P(N >= k), from k = 0
         for k in range(1, num_terms + 1):
             power = vjp(power, differentiate_series)

@@ -53,6 +53,13 @@ class InvertibleResBlock(nn.Module):
         (any size), see :func:`power_series_logdet`.
     n_exact_terms, stop_probability, n_probes, neumann_gradient
         Options of the estimator.
+    memory_efficient : bool
+        Estimator mode only: compute the gradient of the log-det estimate during the forward
+        pass (Chen et al., 2019, Residual Flows) and free the autograd graph of the power
+        series and of its gradient right away, keeping only the graph of :math:`g`. The
+        backward then needs a loss whose gradient is the same for every sample's log-det
+        (a sum or mean of log-likelihoods, any overall weight), and gives no second
+        derivatives; it raises ``RuntimeError`` otherwise.
 
     Examples
     --------
@@ -76,10 +83,14 @@ class InvertibleResBlock(nn.Module):
         stop_probability: float = 0.5,
         n_probes: int = 1,
         neumann_gradient: bool = True,
+        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         self.residual = residual
         self.set_logdet_mode(logdet)
+        self.memory_efficient = memory_efficient
+        #: Fixed-point iterations used by the latest :meth:`inverse`.
+        self.last_inverse_iterations: int | None = None
         self._estimator_options = dict(
             n_exact_terms=n_exact_terms, stop_probability=stop_probability,
             n_probes=n_probes, neumann_gradient=neumann_gradient,
@@ -115,15 +126,30 @@ class InvertibleResBlock(nn.Module):
             residual, jacobian = self.residual.forward_with_jacobian(graph, x)
             return x + residual, exact_logdet(jacobian)
         differentiable = torch.is_grad_enabled()
-        with torch.enable_grad():
-            x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+        sample_dims = tuple(range(1, x.dim() - 1))
+
+        def residual_and_logdet(x_in: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
             residual = self.residual(graph, x_in)
             logdet = power_series_logdet(
-                residual, x_in, sample_dims=tuple(range(1, x.dim() - 1)),
-                create_graph=differentiable, **self._estimator_options,
+                residual, x_in, sample_dims=sample_dims, create_graph=create_graph,
+                **self._estimator_options,
             )
-        y = x_in + residual
-        return (y, logdet) if differentiable else (y.detach(), logdet)
+            return residual, logdet
+
+        if differentiable and self.memory_efficient:
+            params = [p for p in self.residual.parameters() if p.requires_grad]
+            residual, logdet = _MemoryEfficientLogdet.apply(
+                lambda x_in: residual_and_logdet(x_in, True), x, *params
+            )
+            return x + residual, logdet
+        if not differentiable:
+            with torch.enable_grad(), self.residual.frozen_normalization():
+                residual, logdet = residual_and_logdet(x.detach().requires_grad_(True), False)
+            return (x + residual).detach(), logdet
+        with torch.enable_grad():
+            x_in = x if x.requires_grad else x.detach().requires_grad_(True)
+            residual, logdet = residual_and_logdet(x_in, True)
+        return x_in + residual, logdet
 
     def transport_cost(self, graph: dgl.DGLGraph, x: Tensor) -> Tensor:
         r"""Squared displacement :math:`\|g(X)\|^2` per sample, shape ``(*,)``."""
@@ -155,7 +181,8 @@ class InvertibleResBlock(nn.Module):
             Iteration budget.
         on_failure : str
             ``"raise"`` an :class:`InversionError`, or ``"warn"`` with an
-            :class:`InversionWarning` and return the last iterate.
+            :class:`InversionWarning` and return the last iterate (an iterate that
+            diverged to NaN or infinity raises either way).
 
         Returns
         -------
@@ -164,28 +191,89 @@ class InvertibleResBlock(nn.Module):
         """
         if on_failure not in ("raise", "warn"):
             raise ValueError(f"on_failure must be 'raise' or 'warn', got {on_failure!r}")
+        if max_iter < 1:
+            raise ValueError(f"max_iter must be positive, got {max_iter}")
         self._check_input(graph, y, "y")
         check_finite(y, "y")
         sample_norm = y.pow(2).sum(dim=(0, -1)).sqrt().clamp_min(torch.finfo(y.dtype).tiny)
         x = y
         relative = float("inf")
-        for iteration in range(1, max_iter + 1):
-            update = y - self.residual(graph, x)
-            # x - update = x + g(x) - y is the residual of the current iterate.
-            relative = float(((x - update).pow(2).sum(dim=(0, -1)).sqrt() / sample_norm).max())
-            x = update
-            if relative <= tol:
-                return x
-            if not torch.isfinite(x).all():
-                break
+        with self.residual.frozen_normalization():
+            for iteration in range(1, max_iter + 1):
+                update = y - self.residual(graph, x)
+                # x - update = x + g(x) - y is the residual of the current iterate.
+                relative = float(((x - update).pow(2).sum(dim=(0, -1)).sqrt() / sample_norm).max())
+                x = update
+                if relative <= tol:
+                    self.last_inverse_iterations = iteration
+                    return x
+                if not torch.isfinite(x).all():
+                    break
+        self.last_inverse_iterations = iteration
         message = (
             f"fixed-point inverse stopped after {iteration} iterations with relative residual "
             f"{relative:.3e} > tol {tol:.1e}: Lip(g) is probably >= 1"
         )
-        if on_failure == "raise":
+        # A diverged iterate is of no use to anyone, so it raises even with "warn".
+        if on_failure == "raise" or not torch.isfinite(x).all():
             raise InversionError(message, relative, iteration)
         warnings.warn(message, InversionWarning, stacklevel=2)
         return x
 
     def extra_repr(self) -> str:
-        return f"logdet={self.logdet_mode!r}"
+        extra = ", memory_efficient=True" if self.memory_efficient else ""
+        return f"logdet={self.logdet_mode!r}{extra}"
+
+
+class _MemoryEfficientLogdet(torch.autograd.Function):
+    """``g(x)`` and the log-det estimate, with the estimate's gradient computed in forward.
+
+    Only the autograd graph of ``g`` is kept for backward; the graphs of the power series and
+    of its gradient are freed when forward returns.
+    """
+
+    @staticmethod
+    def forward(ctx, evaluate, x: Tensor, *params: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            x_leaf = x.detach().requires_grad_(True)
+            residual, logdet = evaluate(x_leaf)
+            logdet_grads = torch.autograd.grad(
+                logdet.sum(), (x_leaf, *params), retain_graph=True, allow_unused=True
+            )
+        ctx.x_leaf, ctx.residual, ctx.params = x_leaf, residual, params
+        ctx.logdet_grads = logdet_grads
+        return residual.detach(), logdet.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_residual: Tensor | None, grad_logdet: Tensor | None):
+        x_leaf, params = ctx.x_leaf, ctx.params
+        if grad_residual is not None:
+            with torch.enable_grad():
+                grads = list(torch.autograd.grad(
+                    ctx.residual, (x_leaf, *params), grad_residual, allow_unused=True
+                ))
+        else:
+            grads = [None] * (1 + len(params))
+        if grad_logdet is not None:
+            weight = grad_logdet.reshape(1, *grad_logdet.shape, 1)
+            grads = [_add(grads[0], ctx.logdet_grads[0], weight)] + grads[1:]
+            if params:
+                uniform = grad_logdet.reshape(-1)[0]
+                if not torch.allclose(grad_logdet, uniform.expand_as(grad_logdet), rtol=1e-6, atol=0.0):
+                    raise RuntimeError(
+                        "InvertibleResBlock(memory_efficient=True) computes the parameter gradient "
+                        "of the summed log-det during forward: the loss must weigh every sample's "
+                        "log-det equally (a sum or mean of log-likelihoods)"
+                    )
+                grads = [grads[0]] + [
+                    _add(grad, logdet_grad, uniform) for grad, logdet_grad in zip(grads[1:], ctx.logdet_grads[1:])
+                ]
+        ctx.x_leaf = ctx.residual = ctx.params = ctx.logdet_grads = None
+        return (None, *grads)
+
+
+def _add(total: Tensor | None, term: Tensor | None, weight: Tensor) -> Tensor | None:
+    if term is None:
+        return total
+    return weight * term if total is None else total + weight * term
