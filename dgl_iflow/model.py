@@ -79,7 +79,10 @@ class IGNN(nn.Module):
         Spectral normalization of every layer so that :math:`\mathrm{Lip}(g) \le c` in every
         block: invertible by construction, and the fixed-point inverse converges at rate
         :math:`c`. ``None`` leaves invertibility to the transport cost and the trainer's
-        inversion check, as the paper did.
+        inversion checks, as the paper did.
+    node_bias : bool
+        L3Conv only: a bias per node (see :class:`L3Conv`), so blocks can translate nodes
+        differently.
 
     Notes
     -----
@@ -104,6 +107,7 @@ class IGNN(nn.Module):
         trainable_means: bool = False,
         init_scale: float = 0.5,
         lipschitz_coeff: float | None = None,
+        node_bias: bool = True,
     ) -> None:
         super().__init__()
         if conv not in CONVS:
@@ -117,6 +121,7 @@ class IGNN(nn.Module):
             activation=activation, logdet=logdet, sigma=sigma,
             means=None if means is None else torch.as_tensor(means).tolist(),
             trainable_means=trainable_means, init_scale=init_scale, lipschitz_coeff=lipschitz_coeff,
+            node_bias=node_bias,
         )
         self.graph = graph
         self.num_nodes = num_nodes
@@ -128,7 +133,7 @@ class IGNN(nn.Module):
 
         def make_conv() -> nn.Module:
             if conv == "l3":
-                return L3Conv(flow_feats, hidden_feats[0], graph, orders=orders)
+                return L3Conv(flow_feats, hidden_feats[0], graph, orders=orders, node_bias=node_bias)
             if conv == "cheb":
                 return ChebConv(flow_feats, hidden_feats[0], k=cheb_k)
             return ChebConv(flow_feats, hidden_feats[0], k=1)  # k=1 is a node-wise linear map
@@ -250,7 +255,7 @@ class IGNN(nn.Module):
         graph: dgl.DGLGraph,
         h: Tensor,
         tol: float = 1e-5,
-        max_iter: int = 200,
+        max_iter: int = 500,
         on_failure: str = "raise",
     ) -> Tensor:
         """:math:`F^{-1}(H)` for latents ``h`` of shape ``(V, *, d)``."""
@@ -268,7 +273,7 @@ class IGNN(nn.Module):
         n: int,
         generator: torch.Generator | None = None,
         tol: float = 1e-5,
-        max_iter: int = 200,
+        max_iter: int = 500,
     ) -> Tensor:
         """``n`` samples of :math:`X \\mid Y = y` for a label vector ``y`` of shape ``(V,)``.
 
@@ -284,7 +289,7 @@ class IGNN(nn.Module):
     @torch.no_grad()
     def uncertainty_set(
         self, graph: dgl.DGLGraph, y: Tensor, level: float = 0.9, num_points: int = 200,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | None = None, max_iter: int = 500,
     ) -> Tensor:
         r"""Points on the boundary of the feature-space uncertainty set of :math:`X \mid Y = y`.
 
@@ -301,7 +306,7 @@ class IGNN(nn.Module):
             direction = torch.randn(self.num_nodes, num_points, self.feats, generator=generator,
                                     dtype=centers.dtype, device=centers.device)
             direction = direction / direction.norm(dim=-1, keepdim=True)
-        return self.generate(graph, centers.unsqueeze(1) + radius * direction)
+        return self.generate(graph, centers.unsqueeze(1) + radius * direction, max_iter=max_iter)
 
     @torch.no_grad()
     def in_uncertainty_set(self, graph: dgl.DGLGraph, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:

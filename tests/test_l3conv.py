@@ -206,3 +206,18 @@ def test_chebconv_commutes_with_reflection_l3conv_does_not():
         l3 = _conv(g, orders=(0, 1, 2), seed=seed)
         gap = (l3(g, x[perm]) - l3(g, x)[perm]).abs().max().item()
         assert gap > 0.1, gap
+
+
+def test_node_bias_is_a_bias_per_node_for_every_sample_shape():
+    torch.manual_seed(0)
+    graph = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
+    conv = L3Conv(2, 4, graph, orders=(0, 1), node_bias=True).double()
+    with torch.no_grad():
+        conv.bias.copy_(torch.randn(3, 4, dtype=torch.float64))
+    for shape in [(3, 2), (3, 5, 2), (3, 2, 4, 2)]:
+        feat = torch.randn(*shape, dtype=torch.float64)
+        expected = conv.linear_part(graph, feat) + conv.bias.reshape(3, *([1] * (len(shape) - 2)), 4)
+        assert torch.allclose(conv(graph, feat), expected, atol=1e-12)
+    assert conv.bias.shape == (3, 4)
+    with pytest.raises(ValueError, match="node_bias=True needs bias=True"):
+        L3Conv(2, 4, graph, node_bias=True, bias=False)

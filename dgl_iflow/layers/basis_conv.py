@@ -82,8 +82,16 @@ class BasisConv(nn.Module):
         Tensor
             Shape ``(V, *, C_out)``.
         """
-        out = self.linear_part(graph, feat, edge_weight)
-        return out if self.bias is None else out + self.bias
+        return self.add_bias(self.linear_part(graph, feat, edge_weight))
+
+    def add_bias(self, out: Tensor) -> Tensor:
+        """``out + b`` for ``out`` of shape ``(V, *, C_out)``; a per-node bias ``(V, C_out)``
+        broadcasts over the sample dimensions."""
+        if self.bias is None:
+            return out
+        if self.bias.dim() == 1:
+            return out + self.bias
+        return out + self.bias.reshape(self.bias.shape[0], *([1] * (out.dim() - 2)), self.bias.shape[1])
 
     def linear_part(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         r"""The bias-free part :math:`\sum_k (A_k X) W_k`, a linear map of ``feat``.

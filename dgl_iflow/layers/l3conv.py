@@ -61,6 +61,10 @@ class L3Conv(BasisConv):
         Hop order :math:`o_m` of each basis; ``0`` is a per-node scalar.
     bias : bool
         Learn an additive bias.
+    node_bias : bool
+        Give every node its own bias, shape ``(V, C_{out})``, instead of one per channel: a
+        node-specific offset, which lets a flow translate nodes differently (the 3-node
+        expressiveness data needs it to shift nodes 0 and 2 apart).
 
     Examples
     --------
@@ -79,11 +83,16 @@ class L3Conv(BasisConv):
         graph: dgl.DGLGraph,
         orders: Sequence[int] = (0, 1, 2),
         bias: bool = True,
+        node_bias: bool = False,
     ) -> None:
         orders = tuple(int(o) for o in orders)
         if not orders or min(orders) < 0:
             raise ValueError(f"orders must be a non-empty sequence of hop counts >= 0, got {orders}")
+        if node_bias and not bias:
+            raise ValueError("node_bias=True needs bias=True")
         super().__init__(in_feats, out_feats, num_bases=len(orders), bias=bias)
+        if node_bias:
+            self.bias = nn.Parameter(torch.empty(graph.num_nodes(), out_feats))
         self._orders = orders
         self._num_nodes = graph.num_nodes()
         rows, cols, pair_counts = [], [], []

@@ -207,9 +207,7 @@ class GraphResidual(nn.Module):
     ) -> tuple[list[Tensor], Tensor, Tensor | float, list[Tensor]]:
         conv_scale, scales = self.layer_scales(graph)
         weights = [linear.weight * scale for linear, scale in zip(self.linears, scales)]
-        hidden = self.conv.linear_part(graph, x) * conv_scale
-        if self.conv.bias is not None:
-            hidden = hidden + self.conv.bias
+        hidden = self.conv.add_bias(self.conv.linear_part(graph, x) * conv_scale)
         hidden = [hidden]
         for activation, linear, weight in zip(self.activations[:-1], self.linears[:-1], weights[:-1]):
             hidden.append(F.linear(activation(hidden[-1]), weight, linear.bias))
@@ -264,9 +262,7 @@ class GraphResidual(nn.Module):
         batch_shape = x.shape[1:-1]
         conv_scale, scales = self.layer_scales(graph)
         weights = [linear.weight * scale for linear, scale in zip(self.linears, scales)]
-        hidden = self.conv.linear_part(graph, x.reshape(num_nodes, -1, feats)) * conv_scale
-        if self.conv.bias is not None:
-            hidden = hidden + self.conv.bias
+        hidden = self.conv.add_bias(self.conv.linear_part(graph, x.reshape(num_nodes, -1, feats)) * conv_scale)
         conv_weight = self.conv.weight * conv_scale  # (K, D, H0)
         num_bases, width = conv_weight.shape[0], conv_weight.shape[2]
         betas = [act.beta for act, kind in zip(self.activations, kinds) if kind == "lipswish"]
