@@ -36,10 +36,6 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
 SIZES = (15, 503, 10007)
 FEATS, SAMPLES, HIDDEN = 2, 200, 32
 #: B at V = 10007. Extrapolated from V = 503, B = 200 would take ~11 GB there (measured later:
@@ -123,10 +119,9 @@ def run_config(config: dict) -> dict:
 
 
 def spawn(config: dict) -> dict:
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
         [sys.executable, os.path.abspath(__file__), "--child", json.dumps(config)],
-        capture_output=True, text=True, env=env, check=False,
+        capture_output=True, text=True, check=False,
     )
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
@@ -146,7 +141,6 @@ def _median_time(fn, reps: int) -> float:
 
 
 def operator_comparison(threads: int, quick: bool) -> None:
-    import dgl
     import dgl.function as dglfn
     import torch
 

@@ -24,9 +24,9 @@ def _dataset(args: argparse.Namespace):
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from .demos import expressiveness, three_moons
+    from .demos import chordal, expressiveness, three_moons
 
-    demo = {"expressiveness": expressiveness, "three-moons": three_moons}[args.name]
+    demo = {"expressiveness": expressiveness, "chordal": chordal, "three-moons": three_moons}[args.name]
     settings = {key: value for key, value in (("epochs", args.epochs), ("num_blocks", args.blocks)) if value is not None}
     demo.run(args.out or f"runs/{args.name}", seed=args.seed, progress=not args.no_progress, **settings)
 
@@ -122,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     demo = commands.add_parser("demo", help="run a demonstration")
-    demo.add_argument("name", choices=["expressiveness", "three-moons"])
+    demo.add_argument("name", choices=["expressiveness", "chordal", "three-moons"],
+                      help="expressiveness: 3-node graph; chordal: the same comparison on the chordal graph")
     demo.add_argument("--out", default=None, help="output folder (default runs/NAME)")
     demo.add_argument("--epochs", type=int, default=None, help="default: the demo's own")
     demo.add_argument("--blocks", type=int, default=None, help="default: the demo's own")

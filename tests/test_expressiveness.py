@@ -51,3 +51,15 @@ def test_trained_l3_generates_what_cheb_provably_cannot(three_node):
         assert bound > 1.5
         assert float(cheb_row.mean_errors[[0, 2]].max()) > bound - 0.1
         assert float(l3_row.mean_errors[[0, 2]].max()) < 0.5 * bound
+
+
+def test_chordal_demo_covariances_match_numpy():
+    import numpy as np
+
+    from dgl_iflow.demos import chordal
+
+    dataset = load_dataset("chordal", p=11, num_label_vectors=2, n_per_label=50)
+    nodes = chordal.neighbourhood(dataset.graph, 0)
+    assert 0 in nodes and len(nodes) == dataset.graph.in_degrees(0)
+    expected = np.cov(dataset.x[:, nodes].reshape(len(dataset.x), -1).double().numpy(), rowvar=False)
+    assert np.allclose(chordal.subgraph_covariance(dataset.x, nodes).numpy(), expected)

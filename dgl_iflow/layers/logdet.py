@@ -1,8 +1,6 @@
 """Log-determinants of :math:`I + J_g` for invertible residual blocks."""
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
