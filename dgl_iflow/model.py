@@ -255,7 +255,7 @@ class IGNN(nn.Module):
         graph: dgl.DGLGraph,
         h: Tensor,
         tol: float = 1e-5,
-        max_iter: int = 500,
+        max_iter: int = 1000,
         on_failure: str = "raise",
     ) -> Tensor:
         """:math:`F^{-1}(H)` for latents ``h`` of shape ``(V, *, d)``."""
@@ -273,7 +273,7 @@ class IGNN(nn.Module):
         n: int,
         generator: torch.Generator | None = None,
         tol: float = 1e-5,
-        max_iter: int = 500,
+        max_iter: int = 1000,
     ) -> Tensor:
         """``n`` samples of :math:`X \\mid Y = y` for a label vector ``y`` of shape ``(V,)``.
 
@@ -289,7 +289,7 @@ class IGNN(nn.Module):
     @torch.no_grad()
     def uncertainty_set(
         self, graph: dgl.DGLGraph, y: Tensor, level: float = 0.9, num_points: int = 200,
-        generator: torch.Generator | None = None, max_iter: int = 500,
+        generator: torch.Generator | None = None, max_iter: int = 1000,
     ) -> Tensor:
         r"""Points on the boundary of the feature-space uncertainty set of :math:`X \mid Y = y`.
 
