@@ -28,8 +28,8 @@ import torch
 from dgl_iflow import metrics
 from dgl_iflow.data import load_dataset
 from dgl_iflow.layers import InversionError
-from dgl_iflow.model import IGNN  # noqa: E402
-from dgl_iflow.training import TrainConfig, fit  # noqa: E402
+from dgl_iflow.model import IGNN
+from dgl_iflow.training import TrainConfig, fit
 
 #: The paper's test numbers (MMD at alpha = 0.1, energy distance). Solar: their 10-node version,
 #: which is not available; ours is a stand-in (see docs/datasets.md), so not comparable.

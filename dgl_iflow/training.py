@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ._backend import dgl
 from .layers import InversionError, InversionWarning
-from .model import IGNN, atomic_save, read_checkpoint
+from .model import IGNN
 
 
 @dataclass
@@ -40,18 +40,16 @@ class TrainConfig:
     transport_weight : float
         :math:`\\gamma`, weight of the transport cost.
     inversion_check_samples : int
-        Held-out samples, and as many latents drawn given their labels, inverted at the end
-        of every epoch (0 disables both checks).
-    inversion_tol : float
-        Largest acceptable relative reconstruction error of :math:`F^{-1}(F(x))`.
+        After every epoch, the relative error of :math:`F^{-1}(F(x))` on this many held-out
+        samples is recorded, and these samples' latents together with as many latents drawn
+        given their labels are inverted with :func:`repair_invertibility` (0 disables both).
+    inversion_check_iterations : int
+        Fixed-point iterations the check allows each block to reach a relative residual of
+        1e-5; generation allows 1000, so a model that passes inverts fresh samples with margin.
     inversion_rescale : float
-        When the check fails, the last layer of every residual function is multiplied by
-        this factor (< 1), which divides the Lipschitz constant of every block by it. Then
-        latents are drawn given the check samples' labels and inverted; every block that
-        fails on them is shrunk alone by the same factor until all invert
-        (:func:`repair_invertibility`).
+        Factor (< 1) applied to the last layer of a block that fails the check.
     final_check_repeats : int
-        After the last epoch the latent check draws this many times more latents, so that
+        After the last epoch the check draws this many times more latents, so that
         generation after training rarely meets a block that fails.
     seed : int
         Seeds Python, NumPy and torch; with it two runs give identical models.
@@ -71,7 +69,7 @@ class TrainConfig:
     classification_weight: float = 0.1
     transport_weight: float = 1.0
     inversion_check_samples: int = 100
-    inversion_tol: float = 1e-4
+    inversion_check_iterations: int = 100
     inversion_rescale: float = 0.9
     final_check_repeats: int = 20
     seed: int = 0
@@ -130,7 +128,7 @@ def _relative_error(estimate: Tensor, target: Tensor) -> float:
 
 
 def inversion_error(model: IGNN, graph: dgl.DGLGraph, x: Tensor, max_iter: int = 200) -> float:
-    """Largest relative round-trip error :math:`\|F^{-1}(F(x)) - x\| / \|x\|` over ``x (N, V, d)``.
+    r"""Largest relative round-trip error :math:`\|F^{-1}(F(x)) - x\| / \|x\|` over ``x (N, V, d)``.
 
     ``inf`` when an inverse diverges.
     """
@@ -147,20 +145,23 @@ def inversion_error(model: IGNN, graph: dgl.DGLGraph, x: Tensor, max_iter: int =
 
 @torch.no_grad()
 def repair_invertibility(
-    model: IGNN, graph: dgl.DGLGraph, y: Tensor, factor: float = 0.9, tol: float = 1e-5,
-    max_iter: int = 200, max_rounds: int = 50,
+    model: IGNN, graph: dgl.DGLGraph, latents: Callable[[], Tensor], factor: float = 0.9,
+    tol: float = 1e-5, max_iter: int = 100, max_rounds: int = 50,
 ) -> int:
-    """Shrink the blocks whose fixed-point inverse fails on latents drawn given labels ``y (N, V)``.
+    """Shrink the blocks whose fixed-point inverse fails on the latents ``latents()`` returns.
 
     Generation inverts the flow where no training data was encoded, and a block whose
-    residual function is not contractive there fails first. Each round draws fresh latents
-    and inverts block by block; the first block that fails has its last layer scaled by
-    ``factor`` (dividing its Lipschitz constant by at least that much). Returns the number of
-    shrinks; raises :class:`InversionError` if ``max_rounds`` did not suffice.
+    residual function is not contractive there fails first. Each round inverts fresh
+    latents ``(V, N, d)`` block by block; the first block that does not reach ``tol`` within
+    ``max_iter`` iterations has its last layer scaled by ``factor``, which divides its
+    Lipschitz constant by at least that much, and nothing else changes. A ``max_iter`` well
+    below the one generation uses leaves a margin: a block that passes here contracts fast.
+    Returns the number of shrinks; raises :class:`InversionError` if ``max_rounds`` did not
+    suffice.
     """
     flow_graph = model._graph_for_flow(graph)
     for shrinks in range(max_rounds + 1):
-        z = model._to_flow(model.latent.sample(y.transpose(0, 1)))
+        z = model._to_flow(latents())
         failed = None
         for block in reversed(model.flow.blocks):
             try:
@@ -190,6 +191,7 @@ def fit(
     y_val: Tensor | None = None,
     resume_from: str | os.PathLike | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    make_batch_loss: Callable[..., Callable[[Tensor], dict[str, Tensor]]] | None = None,
 ) -> TrainHistory:
     """Train ``model`` on samples of its graph.
 
@@ -205,12 +207,17 @@ def fit(
         Settings; defaults when absent.
     x_val, y_val : Tensor, optional
         Held-out ``(M, V, d)`` features and ``(M, V)`` labels for the per-epoch inversion
-        check (see :func:`inversion_error`); the first training samples when absent.
+        checks (a random subset of them); training samples when absent.
     resume_from : path, optional
         Checkpoint written by a previous :func:`fit`; training continues after its last epoch
         with the same optimizer, schedule and random state.
     callback : callable, optional
         Called as ``callback(epoch, record)`` after every epoch.
+    make_batch_loss : callable, optional
+        Hook for :mod:`dgl_iflow.distributed`: called once before the first epoch as
+        ``make_batch_loss(model, graph, x_train, y_train, config)`` (tensors on the training
+        device), it returns the function mapping a mini-batch's sample indices to the loss
+        terms (``model.loss`` on those samples by default) whose ``"loss"`` is back-propagated.
 
     Returns
     -------
@@ -226,8 +233,12 @@ def fit(
     graph = model.graph
     x_train = x_train.to(device, torch.get_default_dtype())
     y_train = y_train.to(device)
-    x_check = (x_train if x_val is None else x_val.to(device, x_train.dtype))[: config.inversion_check_samples]
-    y_check = (y_train if y_val is None else y_val.to(device))[: config.inversion_check_samples]
+    x_pool = x_train if x_val is None else x_val.to(device, x_train.dtype)
+    y_pool = y_train if y_val is None else y_val.to(device)
+    # A random subset: data sets are often ordered by label vector, and the latent check
+    # must see every label vector that generation will be asked for.
+    check_index = torch.randperm(len(x_pool), device=device)[: config.inversion_check_samples]
+    x_check, y_check = x_pool[check_index], y_pool[check_index]
     model.latent.fit_priors(y_train.reshape(-1))
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -245,6 +256,14 @@ def fit(
         start_epoch = checkpoint["epoch"]
         _set_rng_state(checkpoint["rng"])
 
+    def model_loss(batch: Tensor) -> dict[str, Tensor]:
+        return model.loss(
+            graph, x_train[batch].transpose(0, 1), y_train[batch].transpose(0, 1),
+            classification_weight=config.classification_weight,
+            transport_weight=config.transport_weight,
+        )
+
+    batch_loss = model_loss if make_batch_loss is None else make_batch_loss(model, graph, x_train, y_train, config)
     num_samples = len(x_train)
     bar = tqdm(range(start_epoch, config.epochs), desc="train", disable=not config.progress, unit="epoch")
     for epoch in bar:
@@ -254,11 +273,7 @@ def fit(
         order = torch.randperm(num_samples, device=device)
         num_batches = math.ceil(num_samples / config.batch_size)
         for batch in order.split(config.batch_size):
-            terms = model.loss(
-                graph, x_train[batch].transpose(0, 1), y_train[batch].transpose(0, 1),
-                classification_weight=config.classification_weight,
-                transport_weight=config.transport_weight,
-            )
+            terms = batch_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             terms["loss"].backward()
             optimizer.step()
@@ -269,14 +284,16 @@ def fit(
         model.eval()
         if config.inversion_check_samples > 0:
             record["inversion_error"] = inversion_error(model, graph, x_check)
-            record["rescaled"] = float(record["inversion_error"] > config.inversion_tol)
-            if record["rescaled"]:
-                for block in model.flow.blocks:
-                    _shrink_residual(block, config.inversion_rescale)
-            last = epoch + 1 == config.epochs
+            repeats = config.final_check_repeats if epoch + 1 == config.epochs else 1
+
+            def check_latents() -> Tensor:
+                encoded = model.encode(graph, x_check.transpose(0, 1), jac=False)[0]
+                drawn = model.latent.sample(y_check.repeat(repeats, 1).transpose(0, 1))
+                return torch.cat([encoded, drawn], dim=1)
+
             record["shrinks"] = float(repair_invertibility(
-                model, graph, y_check.repeat(config.final_check_repeats if last else 1, 1),
-                config.inversion_rescale,
+                model, graph, check_latents, config.inversion_rescale,
+                max_iter=config.inversion_check_iterations,
             ))
         history.epochs.append(record)
         bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "nll", "ce", "transport", "inversion_error") if k in record})
