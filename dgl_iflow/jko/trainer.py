@@ -1,0 +1,442 @@
+"""Block-wise training of a :class:`JKOFlow`: one JKO step at a time, earlier blocks frozen."""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .block import JKOBlock
+from .model import JKOFlow
+from .schedule import refine, reparametrize, step_size
+
+
+@dataclass
+class JKOConfig:
+    """Settings of :func:`fit_jko`.
+
+    Attributes
+    ----------
+    h0, rho, h_max : float
+        Step sizes of the first pass, :math:`h_k = \\min(\\rho^k h_0, h_{max})`.
+    max_blocks : int
+        Most blocks the first pass adds.
+    min_blocks : int
+        Fewest blocks it adds before the stopping rule applies. The rule assumes that the first
+        blocks move the most, as exact JKO steps do; blocks trained on a small budget, or a
+        target that the flow approaches slowly at first (interleaved classes), can break that.
+    tol : float
+        The first pass stops once a block moves the data little:
+        :math:`\\mathbb{E}\\|x(t_{k+1}) - x(t_k)\\|^2 / \\mathbb{E}\\|x(t_{k+1}) - \\mu_Y\\|^2 <` ``tol``,
+        with :math:`\\mu_Y` the latent class means of a conditional model (zero otherwise): far
+        apart class means would otherwise make every movement look small.
+    iterations : int
+        Mini-batches per block in the first pass.
+    retrain_iterations : int, optional
+        Mini-batches per block when retraining after re-spacing or refinement; default
+        ``iterations``.
+    batch_size : int
+        Samples per mini-batch.
+    lr : float
+        Adam learning rate, restarted for every block.
+    lr_schedule : str
+        ``"cosine"`` (to ``lr / 10`` over each block's mini-batches) or ``"constant"``.
+    grad_clip : float, optional
+        Largest gradient norm of a step.
+    warm_start : bool
+        Start block :math:`k` as a copy of block :math:`k - 1`'s flow map; else as the identity.
+    reparametrize_rounds : int
+        Rounds of re-spacing the grid by block movement (:func:`reparametrize`) and retraining,
+        after the first pass.
+    eta : float
+        Damping of the re-spacing.
+    refine_rounds : int
+        Rounds of splitting every block in two (:func:`refine`) and retraining, after the
+        re-spacing rounds.
+    check_samples : int
+        Training samples on which each block's forward/backward round trip is checked.
+    push_batch_size : int
+        Samples per chunk when pushing the training data through a finished block.
+    seed : int
+        Seeds the initial weights, mini-batch order and Hutchinson probes; the caller's global
+        random state is restored afterwards.
+    progress : bool
+        Show a tqdm bar per pass.
+    device : str
+        Where to train.
+    """
+
+    h0: float = 0.5
+    rho: float = 1.4
+    h_max: float = 2.0
+    max_blocks: int = 10
+    min_blocks: int = 1
+    tol: float = 0.01
+    iterations: int = 300
+    retrain_iterations: int | None = None
+    batch_size: int = 256
+    lr: float = 1e-2
+    lr_schedule: str = "cosine"
+    grad_clip: float | None = 10.0
+    warm_start: bool = True
+    reparametrize_rounds: int = 0
+    eta: float = 0.5
+    refine_rounds: int = 0
+    check_samples: int = 256
+    push_batch_size: int = 4096
+    seed: int = 0
+    progress: bool = True
+    device: str = "cpu"
+
+
+@dataclass
+class BlockRecord:
+    """What training one block gave; means are over all training samples after the block.
+
+    Attributes
+    ----------
+    stage : str
+        ``"grow"``, ``"reparametrize 1"``, ``"refine 1"``, ...
+    block : int
+        Index :math:`k` from 0.
+    t0, t1 : float
+        The block's interval.
+    loss : float
+        Mean mini-batch objective over the last tenth of the block's mini-batches.
+    objective : float
+        :math:`\\mathbb{E}[\\mathrm{potential}(x_{k+1}) - \\ell_k + \\|x_{k+1} - x_k\\|^2 / (2 h_k)]`.
+    potential : float
+        :math:`\\mathbb{E}[-\\log q(x_{k+1} \\mid Y)]`.
+    logdet : float
+        :math:`\\mathbb{E}\\,\\ell_k`, the integrated divergence.
+    movement : float
+        :math:`\\mathbb{E}\\|x_{k+1} - x_k\\|^2`; its square root is :math:`a_k`.
+    spread : float
+        :math:`\\mathbb{E}\\|x_{k+1} - \\mu_Y\\|^2`, about the latent means (about 0 without labels).
+    round_trip : float
+        Largest absolute error of backward(forward(x)) over ``check_samples`` samples.
+    minibatches : int
+        Mini-batches the block was trained on.
+    seconds : float
+        Wall time of training and pushing.
+    saved_bytes : int
+        Bytes of the tensors autograd kept for the first training step of this block: the
+        memory that would grow with :math:`k` if earlier blocks were not frozen.
+    """
+
+    stage: str
+    block: int
+    t0: float
+    t1: float
+    loss: float
+    objective: float
+    potential: float
+    logdet: float
+    movement: float
+    spread: float
+    round_trip: float
+    minibatches: int
+    seconds: float
+    saved_bytes: int
+
+    @property
+    def ratio(self) -> float:
+        """Relative movement ``movement / spread``, the stopping statistic of the first pass."""
+        return self.movement / self.spread
+
+
+@dataclass
+class JKOHistory:
+    """Every :class:`BlockRecord` of a training run, in order."""
+
+    records: list[BlockRecord] = field(default_factory=list)
+
+    def stages(self) -> list[str]:
+        """Stage names in the order they ran."""
+        return list(dict.fromkeys(record.stage for record in self.records))
+
+    def stage(self, name: str | None = None) -> list[BlockRecord]:
+        """Records of one stage; the last stage by default."""
+        name = self.stages()[-1] if name is None else name
+        return [record for record in self.records if record.stage == name]
+
+    def movements(self, name: str | None = None) -> list[float]:
+        r""":math:`a_k = (\mathbb{E}\|x(t_{k+1}) - x(t_k)\|^2)^{1/2}` per block of a stage."""
+        return [math.sqrt(record.movement) for record in self.stage(name)]
+
+    def train_nll(self, name: str | None = None) -> float:
+        r"""Training NLL per sample after a stage: :math:`\mathbb{E}[\mathrm{potential}(x_K) - \sum_k \ell_k]`."""
+        records = self.stage(name)
+        return records[-1].potential - sum(record.logdet for record in records)
+
+    @property
+    def minibatches(self) -> int:
+        return sum(record.minibatches for record in self.records)
+
+    @property
+    def seconds(self) -> float:
+        return sum(record.seconds for record in self.records)
+
+
+class SavedTensorMeter:
+    """Counts the bytes of distinct storages autograd saves for backward inside the context."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self._seen: set[int] = set()
+
+    def _pack(self, tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in self._seen:
+            self._seen.add(storage.data_ptr())
+            self.bytes += storage.nbytes()
+        return tensor
+
+    def __enter__(self) -> SavedTensorMeter:
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor)
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def block_objective(
+    model: JKOFlow, x0: Tensor, x1: Tensor, logdet: Tensor, y: Tensor | None, h: float
+) -> Tensor:
+    r"""JKO objective of one block per sample, on features in the blocks' layout.
+
+    .. math::
+        \mathrm{potential}(x_{k+1}) - \int_{t_k}^{t_{k+1}} \operatorname{div} f\, dt
+        + \frac{\|x_{k+1} - x_k\|^2}{2 h_k},
+
+    the free energy :math:`\mathrm{KL}(p_{k+1} \| q)` (up to the fixed entropy of
+    :math:`p_k`) plus the Wasserstein proximal term of the JKO step.
+    """
+    movement = (x1 - x0).pow(2).sum(dim=(0, -1))
+    return model.potential(model.from_flow(x1), y) - logdet + movement / (2.0 * h)
+
+
+class JKOTrainer:
+    """Trains a :class:`JKOFlow` block by block on one training set.
+
+    The training data are pushed through each finished block once and only the pushed
+    samples are kept, so a step of block :math:`k` holds the autograd graph of one block on
+    one mini-batch whatever :math:`k` is.
+
+    Parameters
+    ----------
+    model : JKOFlow
+        Trained in place. :meth:`grow` needs it without blocks; :meth:`retrain` retrains the
+        blocks it has.
+    x_train : Tensor
+        ``(N, V, d)`` features, sample-first as the data sets give them.
+    y_train : Tensor, optional
+        ``(N, V)`` labels; required by conditional models, refused by unconditional ones.
+    config : JKOConfig, optional
+    callback : callable, optional
+        Called with every :class:`BlockRecord` as it is made.
+    """
+
+    def __init__(
+        self,
+        model: JKOFlow,
+        x_train: Tensor,
+        y_train: Tensor | None = None,
+        config: JKOConfig | None = None,
+        callback: Callable[[BlockRecord], None] | None = None,
+    ) -> None:
+        self.config = config or JKOConfig()
+        if self.config.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.config.lr_schedule!r}")
+        counts = {name: getattr(self.config, name) for name in ("iterations", "batch_size", "max_blocks")}
+        if min(counts.values()) < 1 or (self.config.retrain_iterations or 1) < 1:
+            raise ValueError(f"iterations, retrain_iterations, batch_size and max_blocks must be >= 1, got {counts}")
+        if x_train.dim() != 3 or tuple(x_train.shape[1:]) != (model.num_nodes, model.feats):
+            raise ValueError(
+                f"x_train must have shape (N, V, d) = (N, {model.num_nodes}, {model.feats}), got {tuple(x_train.shape)}"
+            )
+        if (y_train is None) != (model.latent is None):
+            raise ValueError("y_train is needed by a conditional JKOFlow and refused by an unconditional one")
+        if y_train is not None and y_train.shape != x_train.shape[:2]:
+            raise ValueError(f"y_train must have shape (N, V) = {tuple(x_train.shape[:2])}, got {tuple(y_train.shape)}")
+        self.model = model.to(self.config.device)
+        self.callback = callback
+        self.history = JKOHistory()
+        dtype = model._anchor.dtype
+        self.data = model.to_flow(x_train.transpose(0, 1).to(self.config.device, dtype))
+        self.labels = None if y_train is None else y_train.transpose(0, 1).to(self.config.device)
+        self.graph = model.flow_graph()
+        self.order = torch.Generator().manual_seed(self.config.seed)
+        self._permutation = torch.empty(0, dtype=torch.long)
+
+    # -- one block --------------------------------------------------------
+
+    def _batch_indices(self) -> Tensor:
+        # Epochs of random permutations: every sample is seen once before any is seen twice.
+        size = self.config.batch_size
+        if len(self._permutation) < size:
+            fresh = torch.randperm(self.data.shape[1], generator=self.order)
+            self._permutation = torch.cat([self._permutation, fresh])
+        batch, self._permutation = self._permutation[:size], self._permutation[size:]
+        return batch.to(self.config.device)
+
+    def _labels(self, index: Tensor | slice) -> Tensor | None:
+        return None if self.labels is None else self.labels[:, index]
+
+    def _train_block(self, block: JKOBlock, cache: Tensor, iterations: int, bar: tqdm) -> tuple[float, int]:
+        """Adam on ``block`` alone; returns the late mean loss and the saved bytes of one step."""
+        config = self.config
+        optimizer = torch.optim.Adam(block.parameters(), lr=config.lr)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=config.lr / 10) \
+            if config.lr_schedule == "cosine" else None
+        late = max(1, iterations // 10)
+        late_losses: list[float] = []
+        block.train()
+        for iteration in range(iterations):
+            index = self._batch_indices()
+            x0 = cache[:, index]
+            # Steps are alike, so the first one is measured: the hooks cost a Python call per tensor.
+            with SavedTensorMeter() if iteration == 0 else contextlib.nullcontext() as meter:
+                x1, logdet = block(self.graph, x0)
+                loss = block_objective(self.model, x0, x1, logdet, self._labels(index), block.h).mean()
+            if iteration == 0:
+                saved_bytes = meter.bytes
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(block.parameters(), config.grad_clip)
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            if iteration >= iterations - late:
+                late_losses.append(float(loss))
+            bar.update(1)
+            bar.set_postfix(block=len(self.history.records), loss=f"{float(loss):.4g}")
+        block.eval()
+        return sum(late_losses) / len(late_losses), saved_bytes
+
+    def _spread(self, x1: Tensor, labels: Tensor | None) -> Tensor:
+        """Squared distance of pushed samples from their latent mean, per sample."""
+        h = self.model.from_flow(x1)
+        return (h - self.model.latent_mean(h, labels)).pow(2).sum(dim=(0, -1))
+
+    @torch.no_grad()
+    def _push(self, block: JKOBlock, cache: Tensor) -> tuple[Tensor, dict[str, float]]:
+        """The cache moved through ``block``, in chunks, and the means of the block's statistics."""
+        pushed, totals = [], dict(objective=0.0, potential=0.0, logdet=0.0, movement=0.0, spread=0.0)
+        num_samples = cache.shape[1]
+        for start in range(0, num_samples, self.config.push_batch_size):
+            index = slice(start, start + self.config.push_batch_size)
+            x0 = cache[:, index]
+            x1, logdet = block(self.graph, x0)
+            labels = self._labels(index)
+            terms = dict(
+                objective=block_objective(self.model, x0, x1, logdet, labels, block.h),
+                potential=self.model.potential(self.model.from_flow(x1), labels), logdet=logdet,
+                movement=(x1 - x0).pow(2).sum(dim=(0, -1)), spread=self._spread(x1, labels),
+            )
+            for key, value in terms.items():
+                totals[key] += float(value.sum()) / num_samples
+            pushed.append(x1)
+        return torch.cat(pushed, dim=1), totals
+
+    def _fit_block(self, stage: str, index: int, block: JKOBlock, cache: Tensor, iterations: int, bar: tqdm) -> Tensor:
+        started = time.perf_counter()
+        loss, saved_bytes = self._train_block(block, cache, iterations, bar)
+        pushed, stats = self._push(block, cache)
+        round_trip = float(block.round_trip_error(self.graph, cache[:, : self.config.check_samples]).max())
+        record = BlockRecord(
+            stage=stage, block=index, t0=block.t0, t1=block.t1, loss=loss, round_trip=round_trip,
+            minibatches=iterations, seconds=time.perf_counter() - started, saved_bytes=saved_bytes, **stats,
+        )
+        self.history.records.append(record)
+        if self.callback is not None:
+            self.callback(record)
+        return pushed
+
+    # -- passes -----------------------------------------------------------
+
+    def _bar(self, stage: str, total: int) -> tqdm:
+        return tqdm(total=total, desc=f"JKO {stage}", unit="batch", disable=not self.config.progress, leave=False)
+
+    def grow(self) -> None:
+        """First pass: add blocks one by one until the data stop moving or ``max_blocks``."""
+        config = self.config
+        model = self.model
+        if model.blocks:
+            raise ValueError(f"grow() starts from a model without blocks, this one has {len(model.blocks)}; "
+                             "use retrain() to train the blocks of a trained model again")
+        cache = self.data
+        t = 0.0
+        with self._bar("grow", config.max_blocks * config.iterations) as bar:
+            while len(model.blocks) < config.max_blocks:
+                k = len(model.blocks)
+                h = step_size(k, config.h0, config.rho, config.h_max)
+                if config.warm_start and model.blocks:
+                    block = copy.deepcopy(model.blocks[-1])
+                    block.retime(t, t + h)
+                else:
+                    block = model.new_block(t, t + h)
+                model.blocks.append(block)
+                cache = self._fit_block("grow", k, block, cache, config.iterations, bar)
+                t += h
+                if len(model.blocks) >= config.min_blocks and self.history.records[-1].ratio < config.tol:
+                    break
+
+    def retrain(self, stage: str) -> None:
+        """Retrain every block in order, each warm-started from itself, on freshly pushed data."""
+        iterations = self.config.retrain_iterations or self.config.iterations
+        cache = self.data
+        with self._bar(stage, len(self.model.blocks) * iterations) as bar:
+            for k, block in enumerate(self.model.blocks):
+                cache = self._fit_block(stage, k, block, cache, iterations, bar)
+
+    def fit(self) -> JKOHistory:
+        """First pass, then the configured re-spacing and refinement rounds, each retrained."""
+        config = self.config
+        devices = [torch.device(config.device)] if torch.device(config.device).type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(config.seed)
+            self.grow()
+            for round_ in range(1, config.reparametrize_rounds + 1):
+                reparametrize(self.model, self.history.movements(), config.eta)
+                self.retrain(f"reparametrize {round_}")
+            for round_ in range(1, config.refine_rounds + 1):
+                refine(self.model)
+                self.retrain(f"refine {round_}")
+        return self.history
+
+
+def fit_jko(
+    model: JKOFlow,
+    x_train: Tensor,
+    y_train: Tensor | None = None,
+    config: JKOConfig | None = None,
+    callback: Callable[[BlockRecord], None] | None = None,
+) -> JKOHistory:
+    """Train ``model`` block by block; see :class:`JKOTrainer` and :class:`JKOConfig`.
+
+    Parameters
+    ----------
+    model : JKOFlow
+        Trained in place.
+    x_train : Tensor
+        ``(N, V, d)`` features.
+    y_train : Tensor, optional
+        ``(N, V)`` labels of a conditional model.
+    config : JKOConfig, optional
+    callback : callable, optional
+        Called with every :class:`BlockRecord`.
+
+    Returns
+    -------
+    JKOHistory
+    """
+    return JKOTrainer(model, x_train, y_train, config, callback).fit()
