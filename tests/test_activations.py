@@ -7,15 +7,6 @@ from dgl_iflow.layers import ELU, LipSwish
 from dgl_iflow.layers.activations import make_activation
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs, which dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.parametrize("activation", [LipSwish(0.3), LipSwish(1.0), LipSwish(7.0), ELU()])
 def test_derivative_matches_autograd(activation):
     activation = activation.double()

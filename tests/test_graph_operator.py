@@ -11,15 +11,6 @@ import torch
 from dgl_iflow.layers import graph_operator as go
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs, which dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_threshold_switches_between_dense_and_sparse():
     assert not go.use_sparse(go.DENSE_MAX_NODES)
     assert go.use_sparse(go.DENSE_MAX_NODES + 1)

@@ -21,15 +21,6 @@ from dgl_iflow.jko import (
 from dgl_iflow.layers import ChebConv, L3Conv
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: OpenMP hand-offs cost more than they save, and far more on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _cycle(num_nodes: int = 5) -> dgl.DGLGraph:
     src = torch.arange(num_nodes)
     dst = (src + 1) % num_nodes

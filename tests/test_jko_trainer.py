@@ -24,15 +24,6 @@ from dgl_iflow.jko import (
 from dgl_iflow.model import IGNN
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: OpenMP hand-offs cost more than they save, and far more on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _single_node() -> dgl.DGLGraph:
     return dgl.graph(([0], [0]), num_nodes=1)
 

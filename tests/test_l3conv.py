@@ -12,15 +12,6 @@ from dgl_iflow.layers import ChebConv, L3Conv, khop_pairs
 from dgl_iflow.layers.graph_operator import DENSE_MAX_NODES_LEARNABLE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs, which dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def random_graph(num_nodes: int, avg_degree: float, seed: int, undirected: bool = True) -> dgl.DGLGraph:
     rng = np.random.default_rng(seed)
     num_edges = int(avg_degree * num_nodes / (2 if undirected else 1))

@@ -11,14 +11,6 @@ from dgl_iflow.layers import exact_logdet, power_series_logdet
 from dgl_iflow.layers.logdet import roulette_survival
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs, which dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 V, D, B = 3, 2, 64
 N = V * D
 

@@ -12,15 +12,6 @@ from dgl_iflow.layers import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs, which dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_graph() -> dgl.DGLGraph:
     src = torch.tensor([0, 1, 1, 2, 2, 3, 3, 0, 1])
     dst = torch.tensor([1, 0, 2, 1, 3, 2, 0, 3, 1])

@@ -10,15 +10,6 @@ from dgl_iflow.layers import ChebConv, GraphResidual, L3Conv
 from dgl_iflow.layers.graph_operator import DENSE_MAX_NODES, DENSE_MAX_NODES_LEARNABLE
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs, which dominate on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_graph() -> dgl.DGLGraph:
     src = torch.tensor([0, 1, 1, 2, 2, 3, 3, 4, 0, 4, 1])
     dst = torch.tensor([1, 0, 2, 1, 3, 2, 4, 3, 4, 0, 1])
