@@ -15,6 +15,7 @@ from ._backend import dgl
 from .latent import NodeGaussianLatent
 from .layers import ChebConv, GraphFlow, GraphResidual, InvertibleResBlock, L3Conv
 from .layers.resblock import check_finite
+from .node_layout import flatten_nodes, single_node_graph, unflatten_nodes
 
 CONVS = ("l3", "cheb", "mlp")
 
@@ -22,10 +23,6 @@ CONVS = ("l3", "cheb", "mlp")
 EXACT_LOGDET_MAX_DIM = 64
 
 CHECKPOINT_FORMAT = "dgl_iflow.IGNN/1"
-
-
-def _single_node_graph() -> dgl.DGLGraph:
-    return dgl.graph(([0], [0]), num_nodes=1)
 
 
 class IGNN(nn.Module):
@@ -128,7 +125,7 @@ class IGNN(nn.Module):
         self.feats = feats
         if logdet == "auto":
             logdet = "exact" if num_nodes * feats <= EXACT_LOGDET_MAX_DIM else "estimator"
-        self._flow_graph = _single_node_graph() if conv == "mlp" else graph
+        self._flow_graph = single_node_graph() if conv == "mlp" else graph
         flow_feats = num_nodes * feats if conv == "mlp" else feats
 
         def make_conv() -> nn.Module:
@@ -190,14 +187,10 @@ class IGNN(nn.Module):
         return self._flow_graph if self.config["conv"] == "mlp" else graph
 
     def _to_flow(self, x: Tensor) -> Tensor:
-        if self.config["conv"] != "mlp":
-            return x
-        return x.movedim(0, -2).reshape(1, *x.shape[1:-1], self.num_nodes * self.feats)
+        return flatten_nodes(x) if self.config["conv"] == "mlp" else x
 
     def _from_flow(self, z: Tensor) -> Tensor:
-        if self.config["conv"] != "mlp":
-            return z
-        return z.reshape(*z.shape[1:-1], self.num_nodes, self.feats).movedim(-2, 0)
+        return unflatten_nodes(z, self.num_nodes) if self.config["conv"] == "mlp" else z
 
     # -- the model --------------------------------------------------------
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .._backend import dgl
 from ..latent import NodeGaussianLatent
 from ..layers.resblock import check_finite
+from ..node_layout import flatten_nodes, single_node_graph, unflatten_nodes
 from .block import JKOBlock
 from .field import FieldSpec
 
@@ -104,7 +105,7 @@ class JKOFlow(nn.Module):
         if divergence == "auto":
             divergence = "exact" if flow_feats <= EXACT_DIVERGENCE_MAX_FEATS else "hutchinson"
         self.divergence = divergence
-        self._flow_graph = dgl.graph(([0], [0]), num_nodes=1) if conv == "mlp" else graph
+        self._flow_graph = single_node_graph() if conv == "mlp" else graph
         self.field_spec = FieldSpec(
             feats=flow_feats, conv="node" if conv == "mlp" else conv, conv_feats=hidden_feats[0],
             hidden_feats=tuple(hidden_feats[1:]),
@@ -157,15 +158,11 @@ class JKOFlow(nn.Module):
 
     def to_flow(self, x: Tensor) -> Tensor:
         """Features ``(V, *, d)`` in the layout of the blocks (``(1, *, V d)`` for ``"mlp"``)."""
-        if self.config["conv"] != "mlp":
-            return x
-        return x.movedim(0, -2).reshape(1, *x.shape[1:-1], self.num_nodes * self.feats)
+        return flatten_nodes(x) if self.config["conv"] == "mlp" else x
 
     def from_flow(self, z: Tensor) -> Tensor:
         """Inverse of :meth:`to_flow`."""
-        if self.config["conv"] != "mlp":
-            return z
-        return z.reshape(*z.shape[1:-1], self.num_nodes, self.feats).movedim(-2, 0)
+        return unflatten_nodes(z, self.num_nodes) if self.config["conv"] == "mlp" else z
 
     # -- densities --------------------------------------------------------
 
