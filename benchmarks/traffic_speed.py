@@ -15,7 +15,7 @@ the round trip ``F^-1(F(x))`` of the 1320 test samples, and the reference's numb
 
 Options: ``--epochs``, ``--threads``, ``--convs``, ``--logdet``, ``--json FILE``, and ``--repo
 PATH`` to benchmark another checkout of the package (for before/after tables). The real data is
-read from ``$DGL_IFLOW_DATA``, else ``../shared/data`` or ``/work/shared/data`` when present.
+read from ``$DGL_IFLOW_DATA``, else ``../shared/data`` beside the checkout when present.
 """
 from __future__ import annotations
 
@@ -44,10 +44,8 @@ SIGMA = (((4.0 ** 2 + 4.0 ** 2) ** 0.5) / 8.0) ** 0.5
 def data_root() -> str | None:
     if os.environ.get("DGL_IFLOW_DATA"):
         return os.environ["DGL_IFLOW_DATA"]
-    for candidate in (REPO.parent / "shared" / "data", Path("/work/shared/data")):
-        if (candidate / "traffic").is_dir():
-            return str(candidate)
-    return None
+    candidate = REPO.parent / "shared" / "data"
+    return str(candidate) if (candidate / "traffic").is_dir() else None
 
 
 # ----------------------------------------------------------------------------- worker

@@ -58,6 +58,8 @@ def _train(args: argparse.Namespace) -> None:
     model = IGNN(
         dataset.graph, dataset.num_features, dataset.num_classes, conv=args.conv, num_blocks=args.blocks,
         hidden_feats=tuple(args.hidden), sigma=args.sigma,
+        means=None if args.means is None else [[float(v) for v in mean.split(",")] for mean in args.means.split(";")],
+        lipschitz_coeff=args.lipschitz,
     )
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -142,6 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--blocks", type=int, default=8)
     train.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     train.add_argument("--sigma", type=float, default=1.0)
+    train.add_argument("--means", default=None,
+                       help="latent class means, ';' between classes, e.g. --means='2,-2;-2,2'")
+    train.add_argument("--lipschitz", type=float, default=None,
+                       help="spectral normalization coefficient in (0, 1); default: none")
     train.add_argument("--epochs", type=int, default=50)
     train.add_argument("--batch-size", type=int, default=200)
     train.add_argument("--lr", type=float, default=1e-3)
