@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import torch
 from torch import Tensor, nn
@@ -10,7 +11,7 @@ from .._backend import dgl
 from .graph_operator import check_features
 
 
-class BasisConv(nn.Module):
+class BasisConv(nn.Module, ABC):
     r"""Base of graph convolutions of the form
 
     .. math::
@@ -56,13 +57,13 @@ class BasisConv(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    @abstractmethod
     def apply_bases(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
         """``(K, V, *, C_in)`` stack of :math:`A_k X`."""
-        raise NotImplementedError
 
+    @abstractmethod
     def basis_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
         """Dense ``(K, V, V)`` stack of the node operators :math:`A_k`."""
-        raise NotImplementedError
 
     def forward(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         """Convolve node features.
