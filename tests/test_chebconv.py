@@ -10,17 +10,7 @@ import torch
 
 from dgl_iflow.layers import ChebConv, laplacian_lambda_max
 from dgl_iflow.layers.graph_operator import DENSE_MAX_NODES, DENSE_MAX_NODES_LEARNABLE
-
-
-def random_graph(num_nodes: int, avg_degree: float, seed: int, undirected: bool = True) -> dgl.DGLGraph:
-    """Random multigraph (duplicates and self-loops allowed), optionally with both directions."""
-    rng = np.random.default_rng(seed)
-    num_edges = int(avg_degree * num_nodes / (2 if undirected else 1))
-    src = rng.integers(0, num_nodes, num_edges)
-    dst = rng.integers(0, num_nodes, num_edges)
-    if undirected:
-        src, dst = np.concatenate([src, dst]), np.concatenate([dst, src])
-    return dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=num_nodes)
+from graphs import random_graph
 
 
 def dense_scaled_laplacian(graph, weight=None, lambda_max=None) -> tuple[np.ndarray, float]:

@@ -7,6 +7,7 @@ import torch
 import dgl
 from dgl_iflow import IGNN
 from dgl_iflow.model import atomic_save
+from graphs import path_graph
 
 
 @pytest.fixture(autouse=True)
@@ -16,12 +17,6 @@ def float64():
     torch.manual_seed(0)
     yield
     torch.set_default_dtype(previous)
-
-
-def path_graph() -> dgl.DGLGraph:
-    src = [0, 1, 1, 2, 0, 1, 2]
-    dst = [1, 0, 2, 1, 0, 1, 2]
-    return dgl.graph((src, dst))
 
 
 def small_model(conv: str, **kwargs) -> IGNN:

@@ -4,13 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import dgl
 from dgl_iflow import IGNN, TrainConfig, fit
 from dgl_iflow.training import inversion_error, repair_invertibility
-
-
-def path_graph() -> dgl.DGLGraph:
-    return dgl.graph(([0, 1, 1, 2, 0, 1, 2], [1, 0, 2, 1, 0, 1, 2]))
+from graphs import path_graph
 
 
 def toy_data(n: int = 120, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
