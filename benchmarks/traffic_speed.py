@@ -172,6 +172,25 @@ def report(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def verdicts(results: dict[str, dict]) -> list[str]:
+    """One line per target: the measured figures and whether they meet it."""
+    def line(name: str, values: list[float], limit: float, unit: str, fmt: str = ".2f") -> str:
+        met = all(value <= limit for value in values)
+        suffix = f" {unit}" if unit else ""
+        figures = " / ".join(f"{value:{fmt}}" for value in values)
+        why = "" if met else " (what limits it: docs/performance.md)"
+        return f"target {name} <= {limit:{fmt}}{suffix}: {figures}{suffix}, {'met' if met else 'MISSED'}{why}"
+
+    convs = " / ".join(results)
+    return [
+        f"targets for {convs}:",
+        line("seconds per epoch", [r["epoch_s"] for r in results.values()], TARGETS["epoch_s"], "s"),
+        line("peak RSS", [r["rss_gb"] for r in results.values()], TARGETS["rss_gb"], "GB"),
+        line("generate 1000 samples", [r["generate_s"] for r in results.values()], TARGETS["generate_s"], "s"),
+        line("inverse error", [r["inverse_error"] for r in results.values()], TARGETS["inverse_error"], "", ".0e"),
+    ]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--convs", nargs="+", default=["cheb", "l3"], choices=["cheb", "l3"])
@@ -206,8 +225,9 @@ def main(argv: list[str] | None = None) -> None:
               f"(error {res['inverse_error']:.1e}), logdet={res['logdet']}", flush=True)
     print()
     print(report(results))
-    print(f"\ntargets: <= {TARGETS['epoch_s']} s/epoch, <= {TARGETS['rss_gb']} GB, 1000 samples in <= "
-          f"{TARGETS['generate_s']} s with inverse error <= {TARGETS['inverse_error']:.0e}")
+    print()
+    for line in verdicts(results):
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

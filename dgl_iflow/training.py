@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import os
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,6 +183,22 @@ def _shrink_residual(block, factor: float) -> None:
         block.residual.linears[-1].bias.mul_(factor)
 
 
+@contextmanager
+def frozen_gc() -> Iterator[None]:
+    """Within the block, objects that existed before it are left out of cyclic garbage collection.
+
+    Autograd creates enough container objects per step that Python's full collections run
+    every few steps, and each one traverses every object of torch, DGL and the data (about
+    300,000): 15 % of the training time on the traffic benchmark (``docs/performance.md``).
+    Objects created inside are collected as usual; the old ones are back on exit.
+    """
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def fit(
     model: IGNN,
     x_train: Tensor,
@@ -266,43 +284,44 @@ def fit(
     batch_loss = model_loss if make_batch_loss is None else make_batch_loss(model, graph, x_train, y_train, config)
     num_samples = len(x_train)
     bar = tqdm(range(start_epoch, config.epochs), desc="train", disable=not config.progress, unit="epoch")
-    for epoch in bar:
-        model.train()
-        started = time.perf_counter()
-        totals: dict[str, float] = {}
-        order = torch.randperm(num_samples, device=device)
-        num_batches = math.ceil(num_samples / config.batch_size)
-        for batch in order.split(config.batch_size):
-            terms = batch_loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            optimizer.step()
-            for key, value in terms.items():
-                totals[key] = totals.get(key, 0.0) + float(value) / num_batches
-        scheduler.step()
-        record = dict(epoch=epoch + 1, seconds=time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"], **totals)
-        model.eval()
-        if config.inversion_check_samples > 0:
-            record["inversion_error"] = inversion_error(model, graph, x_check)
-            repeats = config.final_check_repeats if epoch + 1 == config.epochs else 1
+    with frozen_gc():
+        for epoch in bar:
+            model.train()
+            started = time.perf_counter()
+            totals: dict[str, float] = {}
+            order = torch.randperm(num_samples, device=device)
+            num_batches = math.ceil(num_samples / config.batch_size)
+            for batch in order.split(config.batch_size):
+                terms = batch_loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                optimizer.step()
+                for key, value in terms.items():
+                    totals[key] = totals.get(key, 0.0) + float(value) / num_batches
+            scheduler.step()
+            record = dict(epoch=epoch + 1, seconds=time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"], **totals)
+            model.eval()
+            if config.inversion_check_samples > 0:
+                record["inversion_error"] = inversion_error(model, graph, x_check)
+                repeats = config.final_check_repeats if epoch + 1 == config.epochs else 1
 
-            def check_latents() -> Tensor:
-                encoded = model.encode(graph, x_check.transpose(0, 1), jac=False)[0]
-                drawn = model.latent.sample(y_check.repeat(repeats, 1).transpose(0, 1))
-                return torch.cat([encoded, drawn], dim=1)
+                def check_latents() -> Tensor:
+                    encoded = model.encode(graph, x_check.transpose(0, 1), jac=False)[0]
+                    drawn = model.latent.sample(y_check.repeat(repeats, 1).transpose(0, 1))
+                    return torch.cat([encoded, drawn], dim=1)
 
-            record["shrinks"] = float(repair_invertibility(
-                model, graph, check_latents, config.inversion_rescale,
-                max_iter=config.inversion_check_iterations,
-            ))
-        history.epochs.append(record)
-        bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "nll", "ce", "transport", "inversion_error") if k in record})
-        if config.checkpoint_path is not None:
-            model.save(
-                config.checkpoint_path, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                history=history.epochs, epoch=epoch + 1, rng=_rng_state(),
-                train_config=dataclasses.asdict(config),
-            )
-        if callback is not None:
-            callback(epoch + 1, record)
+                record["shrinks"] = float(repair_invertibility(
+                    model, graph, check_latents, config.inversion_rescale,
+                    max_iter=config.inversion_check_iterations,
+                ))
+            history.epochs.append(record)
+            bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "nll", "ce", "transport", "inversion_error") if k in record})
+            if config.checkpoint_path is not None:
+                model.save(
+                    config.checkpoint_path, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                    history=history.epochs, epoch=epoch + 1, rng=_rng_state(),
+                    train_config=dataclasses.asdict(config),
+                )
+            if callback is not None:
+                callback(epoch + 1, record)
     return history

@@ -50,7 +50,8 @@ def test_jac_false_has_no_logdet():
     x = torch.randn(5, 3, 2, dtype=torch.float64)
     out = flow(g, x, jac=False)
     assert out.logdet is None
-    torch.testing.assert_close(out.z, flow(g, x).z, rtol=0, atol=0)
+    # Equal up to rounding: the log-det path folds LipSwish's 1/1.1 into the next weight.
+    torch.testing.assert_close(out.z, flow(g, x).z, rtol=1e-14, atol=1e-14)
 
 
 def test_inverse_runs_blocks_in_reverse_order():

@@ -69,6 +69,51 @@ def test_exact_logdet_is_log_abs_det():
     assert exact_logdet(negative).item() == pytest.approx(0.0, abs=1e-12)
 
 
+def test_exact_logdet_gauss_jordan_matches_lapack_without_calling_it(monkeypatch):
+    """Contractive Jacobians (Lip < 1) go through the pivot-free elimination alone: values and
+    gradients equal slogdet's, and LAPACK is never called."""
+    gen = torch.Generator().manual_seed(2)
+    jac = torch.randn(50, 30, 30, generator=gen, dtype=torch.float64)
+    jac = 0.95 * jac / torch.linalg.matrix_norm(jac, ord=2)[:, None, None]
+    expected = torch.linalg.slogdet(torch.eye(30, dtype=torch.float64) + jac).logabsdet
+    expected_grad = torch.linalg.inv(torch.eye(30, dtype=torch.float64) + jac).mT
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("LAPACK fallback used on a contractive Jacobian")
+
+    monkeypatch.setattr(torch.linalg, "slogdet", forbidden)
+    monkeypatch.setattr(torch.linalg, "inv_ex", forbidden)
+    leaf = jac.clone().requires_grad_(True)
+    out = exact_logdet(leaf)
+    (grad,) = torch.autograd.grad(out.sum(), leaf)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_exact_logdet_falls_back_to_pivoting_where_elimination_cannot():
+    """I + J with a zero leading pivot (a row swap) and a nearly singular one: the pivoted LU
+    takes over for those samples only; values and gradients still match slogdet."""
+    eye = torch.eye(4, dtype=torch.float64)
+    swap = eye[[1, 0, 2, 3]]
+    near = eye.clone()
+    near[0, 0] = 1e-9
+    near[0, 1] = near[1, 0] = 1.0
+    gen = torch.Generator().manual_seed(3)
+    easy = eye + 0.1 * torch.randn(4, 4, generator=gen, dtype=torch.float64)
+    matrices = torch.stack([swap, near, easy])
+    leaf = (matrices - eye).requires_grad_(True)
+    out = exact_logdet(leaf)
+    (grad,) = torch.autograd.grad(out.sum(), leaf)
+    torch.testing.assert_close(out, torch.linalg.slogdet(matrices).logabsdet, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(grad, torch.linalg.inv(matrices).mT, rtol=1e-8, atol=1e-8)
+
+
+def test_exact_logdet_gradcheck():
+    gen = torch.Generator().manual_seed(4)
+    jac = (0.3 * torch.randn(3, 2, 5, 5, generator=gen, dtype=torch.float64)).requires_grad_(True)
+    assert torch.autograd.gradcheck(exact_logdet, (jac,))
+
+
 @pytest.mark.parametrize("n_exact, p, n_probes", [(2, 0.5, 1), (1, 0.3, 2), (0, 0.5, 1)])
 def test_estimator_is_unbiased_on_linear_residual(n_exact, p, n_probes):
     a = contraction(0.3, seed=2)

@@ -124,3 +124,21 @@ def test_bad_training_input():
         fit(model, bad, y, quick_config())
     with pytest.raises(ValueError, match="lr_schedule"):
         fit(model, x, y, quick_config(lr_schedule="linear"))
+
+
+def test_frozen_gc_is_undone_on_exit_and_on_error():
+    import gc
+
+    from dgl_iflow.training import frozen_gc
+
+    assert gc.get_freeze_count() == 0
+    with frozen_gc():
+        assert gc.get_freeze_count() > 0
+        cycle = []
+        cycle.append(cycle)
+        del cycle
+        assert gc.collect() >= 1  # objects made inside are still collected
+    assert gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError), frozen_gc():
+        raise RuntimeError("boom")
+    assert gc.get_freeze_count() == 0

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..training import frozen_gc
 from .block import JKOBlock
 from .model import JKOFlow
 from .schedule import refine, reparametrize, step_size
@@ -439,4 +440,5 @@ def fit_jko(
     -------
     JKOHistory
     """
-    return JKOTrainer(model, x_train, y_train, config, callback).fit()
+    with frozen_gc():
+        return JKOTrainer(model, x_train, y_train, config, callback).fit()

@@ -8,6 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+#: The largest slope of :math:`x\,\mathrm{sigmoid}(\beta x)`, 1.0998 for any :math:`\beta > 0`,
+#: rounded up: LipSwish divides by it.
+LIPSWISH_DIVISOR = 1.1
+
 
 class LipSwish(nn.Module):
     r"""LipSwish (Chen et al., 2019): :math:`x\,\mathrm{sigmoid}(\beta x) / 1.1`.
@@ -31,12 +35,12 @@ class LipSwish(nn.Module):
         return F.softplus(self.raw_beta)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x * torch.sigmoid(self.beta * x) / 1.1
+        return x * torch.sigmoid(self.beta * x) / LIPSWISH_DIVISOR
 
     def derivative(self, x: Tensor) -> Tensor:
         beta = self.beta
         s = torch.sigmoid(beta * x)
-        return (s + beta * x * s * (1 - s)) / 1.1
+        return (s + beta * x * s * (1 - s)) / LIPSWISH_DIVISOR
 
 
 class ELU(nn.Module):
