@@ -340,8 +340,8 @@ class _NodeChain(torch.autograd.Function):
     chain, :math:`(W_{L-1} \operatorname{diag}(d_{L-1})) W_{L-2}`, is one matmul
     ``d_{L-1} @ M`` with :math:`M_{h,(i,h')} = (W_{L-1})_{ih} (W_{L-2})_{hh'}`. Backward is
     hand-written, with the activations' second derivatives in closed form; saved are only the
-    pre-activations and the chain products (the sigmoids are
-    recomputed: one pass each, 1.5 MB less per block of the paper's traffic configuration).
+    pre-activations and the chain products (the sigmoids are recomputed: one pass each, and
+    1.5 MB less per block of the paper's traffic configuration).
     """
 
     @staticmethod
