@@ -306,14 +306,25 @@ def _chain_kinds(activations: nn.ModuleList) -> tuple[str, ...] | None:
     return tuple(kinds)
 
 
+def _lipswish_terms(h: Tensor, beta: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``z = beta h``, ``s = sigmoid(z)`` and ``q = s (1 - s)``, from which LipSwish's value and
+    first two derivatives are formed."""
+    z = h * beta
+    s = torch.sigmoid(z)
+    return z, s, torch.addcmul(s, s, s, value=-1.0)
+
+
+def _elu_derivative(h: Tensor) -> Tensor:
+    return torch.exp(h.clamp(max=0.0))  # 1 above 0
+
+
 def _phi(kind: str, h: Tensor, beta: Tensor | None) -> tuple[Tensor, Tensor]:
     r""":math:`\phi(h)` and :math:`\phi'(h)`, where :math:`\phi(h) = h\,\mathrm{sigmoid}(\beta h)`
     (LipSwish without its division by 1.1) or :math:`\mathrm{ELU}(h)`."""
     if kind == "lipswish":
-        z = h * beta
-        s = torch.sigmoid(z)
-        return h * s, torch.addcmul(s, s, s, value=-1.0).mul_(z).add_(s)  # s + z s (1 - s)
-    return F.elu(h), torch.exp(h.clamp(max=0.0))
+        z, s, q = _lipswish_terms(h, beta)
+        return h * s, torch.addcmul(s, z, q)  # s + z s (1 - s)
+    return F.elu(h), _elu_derivative(h)
 
 
 def _sum_over_outputs(left: Tensor, right: Tensor) -> Tensor:
@@ -395,11 +406,13 @@ class _NodeChain(torch.autograd.Function):
         grad_derivatives: list[Tensor | None] = [None] * num
         grad_wc = None
         # Recomputed once per layer: z = beta h, s = sigmoid(z), q = s (1 - s) (LipSwish), phi'(h).
-        zs = [None if kind == "elu" else h * beta for kind, h, beta in zip(kinds, hs, betas)]
-        sigmoids = [None if z is None else torch.sigmoid(z) for z in zs]
-        qs = [None if kind == "elu" else torch.addcmul(s, s, s, value=-1.0) for kind, s in zip(kinds, sigmoids)]
+        terms = [
+            (None, None, None) if kind == "elu" else _lipswish_terms(h, beta)
+            for kind, h, beta in zip(kinds, hs, betas)
+        ]
+        zs, sigmoids, qs = (list(column) for column in zip(*terms))
         derivatives = [
-            torch.exp(h.clamp(max=0.0)) if kind == "elu" else torch.addcmul(s, z, q)
+            _elu_derivative(h) if kind == "elu" else torch.addcmul(s, z, q)
             for kind, h, s, z, q in zip(kinds, hs, sigmoids, zs, qs)
         ]
         if grad_per_basis is not None:
