@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ._backend import dgl
 from .latent import NodeGaussianLatent
-from .layers import ChebConv, GraphFlow, GraphResidual, InvertibleResBlock, L3Conv
+from .layers import ChebConv, GraphFlow, GraphResidual, InvertibleResBlock, L3Conv, NodeAffine
 from .layers.resblock import check_finite
 from .node_layout import flatten_nodes, single_node_graph, unflatten_nodes
 
@@ -105,6 +105,8 @@ class IGNN(nn.Module):
         init_scale: float = 0.5,
         lipschitz_coeff: float | None = None,
         node_bias: bool = True,
+        graph_mean: bool = False,
+        node_affine: bool = False,
     ) -> None:
         super().__init__()
         if conv not in CONVS:
@@ -118,7 +120,7 @@ class IGNN(nn.Module):
             activation=activation, logdet=logdet, sigma=sigma,
             means=None if means is None else torch.as_tensor(means).tolist(),
             trainable_means=trainable_means, init_scale=init_scale, lipschitz_coeff=lipschitz_coeff,
-            node_bias=node_bias,
+            node_bias=node_bias, graph_mean=graph_mean, node_affine=node_affine,
         )
         self.graph = graph
         self.num_nodes = num_nodes
@@ -130,9 +132,10 @@ class IGNN(nn.Module):
 
         def make_conv() -> nn.Module:
             if conv == "l3":
-                return L3Conv(flow_feats, hidden_feats[0], graph, orders=orders, node_bias=node_bias)
+                return L3Conv(flow_feats, hidden_feats[0], graph, orders=orders, node_bias=node_bias,
+                              graph_mean=graph_mean)
             if conv == "cheb":
-                return ChebConv(flow_feats, hidden_feats[0], k=cheb_k)
+                return ChebConv(flow_feats, hidden_feats[0], k=cheb_k, graph_mean=graph_mean)
             return ChebConv(flow_feats, hidden_feats[0], k=1)  # k=1 is a node-wise linear map
 
         blocks = []
@@ -142,6 +145,8 @@ class IGNN(nn.Module):
             with torch.no_grad():
                 residual.linears[-1].weight.mul_(init_scale)
             blocks.append(InvertibleResBlock(residual, logdet=logdet))
+        if node_affine:
+            blocks.append(NodeAffine(self._flow_graph.num_nodes(), flow_feats))
         self.flow = GraphFlow(blocks)
         self.latent = NodeGaussianLatent(
             num_classes, feats, sigma=sigma,

@@ -30,8 +30,13 @@ def flow_map(model: IGNN, graph):
 
 
 @pytest.mark.parametrize("conv", ["l3", "cheb", "mlp"])
-def test_log_prob_matches_brute_force_jacobian(conv):
-    model = small_model(conv)
+@pytest.mark.parametrize("options", [{}, {"graph_mean": True, "node_affine": True}])
+def test_log_prob_matches_brute_force_jacobian(conv, options):
+    model = small_model(conv, **options)
+    with torch.no_grad():  # a node affine layer that is not the identity
+        for name, param in model.named_parameters():
+            if "log_scale" in name or "shift" in name:
+                param.normal_(0.0, 0.3)
     graph = path_graph()
     x = torch.randn(3, 4, 2)
     y = torch.randint(0, 2, (3, 4))

@@ -21,7 +21,7 @@ def small_graph() -> dgl.DGLGraph:
 def layer_norm_bound(residual, graph) -> float:
     """prod of spectral norms of the conv (as a (V H0, V D) matrix) and the linear layers."""
     with torch.no_grad():
-        bases = residual.conv.basis_matrices(graph)
+        bases = residual.conv.operator_matrices(graph)
         weight = residual.conv.weight
         v = bases.shape[1]
         conv = torch.einsum("kvu,kio->voui", bases, weight).reshape(v * weight.shape[2], v * weight.shape[1])

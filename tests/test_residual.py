@@ -17,9 +17,11 @@ def small_graph() -> dgl.DGLGraph:
 
 
 def make_conv(kind: str, graph, in_feats=2, out_feats=6):
-    if kind == "cheb":
-        return ChebConv(in_feats, out_feats, k=3)
-    return L3Conv(in_feats, out_feats, graph, orders=(0, 1, 2))
+    """``kind`` is ``cheb`` or ``l3``, with ``+mean`` for the graph-mean operator."""
+    graph_mean = kind.endswith("+mean")
+    if kind.startswith("cheb"):
+        return ChebConv(in_feats, out_feats, k=3, graph_mean=graph_mean)
+    return L3Conv(in_feats, out_feats, graph, orders=(0, 1, 2), graph_mean=graph_mean)
 
 
 def make_residual(kind, graph, hidden=(7,), activation="lipswish", seed=0, **kwargs):
@@ -49,7 +51,7 @@ def brute_force_jacobian(residual, graph, x):
     return per_sample.reshape(*batch, num_nodes * feats, num_nodes * feats)
 
 
-@pytest.mark.parametrize("kind", ["cheb", "l3"])
+@pytest.mark.parametrize("kind", ["cheb", "l3", "cheb+mean", "l3+mean"])
 @pytest.mark.parametrize("activation", ["lipswish", "elu"])
 @pytest.mark.parametrize("hidden", [(), (7,), (5, 3)])
 @pytest.mark.parametrize("batch", [(), (3,), (2, 2)])
@@ -63,7 +65,7 @@ def test_jacobian_matches_brute_force(kind, activation, hidden, batch):
     torch.testing.assert_close(jac, brute_force_jacobian(residual, g, x), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["cheb", "l3"])
+@pytest.mark.parametrize("kind", ["cheb", "l3", "l3+mean"])
 @pytest.mark.parametrize("activation", ["lipswish", "elu"])
 @pytest.mark.parametrize("hidden", [(), (4,), (4, 3)])
 def test_jacobian_gradients_by_finite_differences(kind, activation, hidden):
@@ -140,7 +142,7 @@ def exact_layer_norms(residual, graph):
     """Spectral norms of the scaled layers, computed here from dense matrices."""
     with torch.no_grad():
         conv_scale, scales = residual.layer_scales(graph)
-        bases = residual.conv.basis_matrices(graph)
+        bases = residual.conv.operator_matrices(graph)
         weight = residual.conv.weight
         v = bases.shape[1]
         conv_matrix = torch.einsum("kvu,kio->voui", bases, weight).reshape(v * weight.shape[2], v * weight.shape[1])
@@ -149,7 +151,7 @@ def exact_layer_norms(residual, graph):
     return norms
 
 
-@pytest.mark.parametrize("kind", ["cheb", "l3"])
+@pytest.mark.parametrize("kind", ["cheb", "l3", "cheb+mean"])
 @pytest.mark.parametrize("hidden", [(), (8,), (8, 8)])
 def test_spectral_normalization_bounds_jacobian(kind, hidden):
     g = small_graph()

@@ -78,7 +78,7 @@ def basis_diagonals(conv: BasisConv, graph: dgl.DGLGraph) -> Tensor:
     r"""Diagonals :math:`(A_k)_{vv}` of the node operators, shape ``(K, V)``, differentiable."""
     if isinstance(conv, NodewiseConv):
         return torch.ones(1, graph.num_nodes(), dtype=conv.weight.dtype, device=conv.weight.device)
-    return conv.basis_matrices(graph).diagonal(dim1=1, dim2=2)
+    return conv.operator_matrices(graph).diagonal(dim1=1, dim2=2)
 
 
 class GraphVelocityField(nn.Module):

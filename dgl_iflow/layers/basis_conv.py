@@ -20,12 +20,20 @@ class BasisConv(nn.Module, ABC):
     with node operators :math:`A_k \in \mathbb{R}^{V \times V}` (fixed by the graph for
     :class:`ChebConv`, learnable local filters for :class:`L3Conv`) and channel mixing
     :math:`W_k \in \mathbb{R}^{C_{in} \times C_{out}}`. The common form lets the invertible
-    blocks assemble exact Jacobians from :meth:`basis_matrices` and :attr:`weight`.
+    blocks assemble exact Jacobians from :meth:`operator_matrices` and :attr:`weight`.
 
-    Subclasses implement :meth:`apply_bases` and :meth:`basis_matrices`.
+    With ``graph_mean=True`` one more operator joins the subclass's bases: the mean over the
+    nodes of each graph, :math:`A_{K+1} = \frac{1}{V} \mathbf{1}\mathbf{1}^\top` (block-wise
+    for a :func:`dgl.batch` of graphs). It is a graph-wide channel: every node reads a summary
+    of all the others in one layer, which local bases need as many layers as the diameter for
+    (traffic sensors all follow the time of day). It commutes with every node permutation,
+    so it keeps a spectral layer spectral.
+
+    Subclasses implement :meth:`apply_bases` and :meth:`basis_matrices` for their own bases.
     """
 
-    def __init__(self, in_feats: int, out_feats: int, num_bases: int, bias: bool = True) -> None:
+    def __init__(self, in_feats: int, out_feats: int, num_bases: int, bias: bool = True,
+                 graph_mean: bool = False) -> None:
         super().__init__()
         if in_feats < 1 or out_feats < 1 or num_bases < 1:
             raise ValueError(
@@ -35,7 +43,8 @@ class BasisConv(nn.Module, ABC):
         self._in_feats = in_feats
         self._out_feats = out_feats
         self._num_bases = num_bases
-        self.weight = nn.Parameter(torch.empty(num_bases, in_feats, out_feats))
+        self._graph_mean = graph_mean
+        self.weight = nn.Parameter(torch.empty(num_bases + int(graph_mean), in_feats, out_feats))
         self.bias = nn.Parameter(torch.empty(out_feats)) if bias else None
 
     @property
@@ -48,11 +57,16 @@ class BasisConv(nn.Module, ABC):
 
     @property
     def num_bases(self) -> int:
-        return self._num_bases
+        """Number of node operators :math:`K`, the graph mean included."""
+        return self.weight.shape[0]
+
+    @property
+    def graph_mean(self) -> bool:
+        return self._graph_mean
 
     def reset_parameters(self) -> None:
         """Glorot-uniform channel mixing over all bases, zero bias."""
-        bound = math.sqrt(6.0 / (self._num_bases * self._in_feats + self._out_feats))
+        bound = math.sqrt(6.0 / (self.num_bases * self._in_feats + self._out_feats))
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.zeros_(self.bias)
@@ -64,6 +78,20 @@ class BasisConv(nn.Module, ABC):
     @abstractmethod
     def basis_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
         """Dense ``(K, V, V)`` stack of the node operators :math:`A_k`."""
+
+    def operators(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+        """``(K, V, *, C_in)`` stack of :math:`A_k X` over all operators, the graph mean included."""
+        bases = self.apply_bases(graph, feat, edge_weight)
+        if not self._graph_mean:
+            return bases
+        return torch.cat([bases, node_mean(graph, feat).unsqueeze(0)])
+
+    def operator_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
+        """Dense ``(K, V, V)`` stack of all node operators, the graph mean included."""
+        matrices = self.basis_matrices(graph, edge_weight)
+        if not self._graph_mean:
+            return matrices
+        return torch.cat([matrices, node_mean_matrix(graph, matrices).unsqueeze(0)])
 
     def forward(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         """Convolve node features.
@@ -100,11 +128,33 @@ class BasisConv(nn.Module, ABC):
         :class:`GraphResidual` uses it to estimate the operator norm of the layer.
         """
         check_features(graph, feat, self._in_feats, type(self).__name__)
-        bases = self.apply_bases(graph, feat, edge_weight)
-        return torch.einsum("kn...i,kio->n...o", bases, self.weight)
+        return torch.einsum("kn...i,kio->n...o", self.operators(graph, feat, edge_weight), self.weight)
 
     def extra_repr(self) -> str:
         return (
             f"in_feats={self._in_feats}, out_feats={self._out_feats}, "
-            f"num_bases={self._num_bases}, bias={self.bias is not None}"
+            f"num_bases={self.num_bases}, bias={self.bias is not None}, graph_mean={self._graph_mean}"
         )
+
+
+def _component_index(graph: dgl.DGLGraph, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Graph index of every node ``(V,)`` and node count of every graph ``(G,)`` of a batch."""
+    counts = graph.batch_num_nodes().to(device)
+    return torch.repeat_interleave(torch.arange(len(counts), device=device), counts), counts
+
+
+def node_mean(graph: dgl.DGLGraph, feat: Tensor) -> Tensor:
+    """Mean of ``feat`` ``(V, *, C)`` over the nodes of each graph, broadcast back to its nodes."""
+    if graph.batch_size == 1:
+        return feat.mean(dim=0, keepdim=True).expand_as(feat)
+    component, counts = _component_index(graph, feat.device)
+    sums = feat.new_zeros((len(counts), *feat.shape[1:])).index_add(0, component, feat)
+    means = sums / counts.reshape(-1, *([1] * (feat.dim() - 1))).to(feat.dtype)
+    return means[component]
+
+
+def node_mean_matrix(graph: dgl.DGLGraph, like: Tensor) -> Tensor:
+    r"""Dense ``(V, V)`` operator of :func:`node_mean`: :math:`1/V_g` within each graph ``g``."""
+    component, counts = _component_index(graph, like.device)
+    same = component[:, None] == component[None, :]
+    return same.to(like.dtype) / counts[component][:, None].to(like.dtype)

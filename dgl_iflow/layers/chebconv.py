@@ -74,6 +74,9 @@ class ChebConv(BasisConv):
         Applied to the output. Default: none.
     bias : bool
         Learn an additive bias.
+    graph_mean : bool
+        Add the graph-wide mean as one more operator (see :class:`BasisConv`); it commutes
+        with every node permutation, so the layer stays spectral.
 
     Examples
     --------
@@ -97,8 +100,9 @@ class ChebConv(BasisConv):
         lambda_max: float | None = None,
         activation=None,
         bias: bool = True,
+        graph_mean: bool = False,
     ) -> None:
-        super().__init__(in_feats, out_feats, num_bases=k, bias=bias)
+        super().__init__(in_feats, out_feats, num_bases=k, bias=bias, graph_mean=graph_mean)
         if lambda_max is not None and lambda_max <= 0:
             raise ValueError(f"lambda_max must be positive, got {lambda_max}")
         self._lambda_max = lambda_max

@@ -50,7 +50,8 @@ class GraphFlow(nn.Module):
         transport = torch.zeros(x.shape[1:-1], dtype=x.dtype, device=x.device)
         for block in self.blocks:
             y, block_logdet = block(graph, x, jac=jac)
-            transport = transport + (y - x).pow(2).sum(dim=(0, -1))
+            if block.counts_transport:
+                transport = transport + (y - x).pow(2).sum(dim=(0, -1))
             if jac:
                 logdet = block_logdet if logdet is None else logdet + block_logdet
             x = y

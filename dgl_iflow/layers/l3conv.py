@@ -65,6 +65,8 @@ class L3Conv(BasisConv):
         Give every node its own bias, shape ``(V, C_{out})``, instead of one per channel: a
         node-specific offset, which lets a flow translate nodes differently (the 3-node
         expressiveness data needs it to shift nodes 0 and 2 apart).
+    graph_mean : bool
+        Add the graph-wide mean as one more operator (see :class:`BasisConv`).
 
     Examples
     --------
@@ -84,13 +86,14 @@ class L3Conv(BasisConv):
         orders: Sequence[int] = (0, 1, 2),
         bias: bool = True,
         node_bias: bool = False,
+        graph_mean: bool = False,
     ) -> None:
         orders = tuple(int(o) for o in orders)
         if not orders or min(orders) < 0:
             raise ValueError(f"orders must be a non-empty sequence of hop counts >= 0, got {orders}")
         if node_bias and not bias:
             raise ValueError("node_bias=True needs bias=True")
-        super().__init__(in_feats, out_feats, num_bases=len(orders), bias=bias)
+        super().__init__(in_feats, out_feats, num_bases=len(orders), bias=bias, graph_mean=graph_mean)
         if node_bias:
             self.bias = nn.Parameter(torch.empty(graph.num_nodes(), out_feats))
         self._orders = orders

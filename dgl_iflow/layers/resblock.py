@@ -75,6 +75,9 @@ class InvertibleResBlock(nn.Module):
     True
     """
 
+    #: The flow's transport cost sums this block's squared displacement.
+    counts_transport = True
+
     def __init__(
         self,
         residual: GraphResidual,

@@ -196,7 +196,7 @@ class GraphResidual(nn.Module):
         convolution's ``(V C_{out}, V C_{in})`` matrix: for small graphs only)."""
         with torch.no_grad(), self.frozen_normalization():
             conv_scale, scales = self.layer_scales(graph)
-            bases = self.conv.basis_matrices(graph)  # (K, V, V)
+            bases = self.conv.operator_matrices(graph)  # (K, V, V)
             weight = self.conv.weight  # (K, C_in, C_out)
             num_nodes = bases.shape[1]
             # Row (v, o), column (u, i): sum_k (A_k)_{vu} (W_k)_{io}.
@@ -250,7 +250,7 @@ class GraphResidual(nn.Module):
         conv_weight = _scaled(self.conv.weight, conv_scale)  # (K, D, H0)
         per_basis = (local @ conv_weight.permute(2, 0, 1).reshape(conv_weight.shape[2], -1))
         per_basis = per_basis.reshape(*local.shape[:3], conv_weight.shape[0], feats)  # (V, B, D, K, D)
-        bases = self.conv.basis_matrices(graph).to(x.dtype)  # (K, V, V)
+        bases = self.conv.operator_matrices(graph).to(x.dtype)  # (K, V, V)
         jacobian = torch.einsum("kvu,vbikj->bviuj", bases, per_basis)
         size = num_nodes * feats
         return out.reshape(x.shape), jacobian.reshape(*batch_shape, size, size)
@@ -278,7 +278,7 @@ class GraphResidual(nn.Module):
         # per_basis[(v, b), i, (k, j)] = d g_{v,b,i} / d (A_k x)_{v,b,j}; with the bases spread
         # to spread[v, (k, j), (u, j')] = (A_k)_{vu} [j = j'], one bmm over nodes gives the
         # Jacobian rows of every node.
-        bases = self.conv.basis_matrices(graph).to(x.dtype)  # (K, V, V)
+        bases = self.conv.operator_matrices(graph).to(x.dtype)  # (K, V, V)
         eye = torch.eye(feats, dtype=x.dtype, device=x.device)
         spread = (bases.transpose(0, 1)[:, :, None, :, None] * eye[:, None, :]).reshape(num_nodes, num_bases * feats, -1)
         jacobian = torch.bmm(per_basis.reshape(num_nodes, -1, num_bases * feats), spread)  # (V, B D, V D)
