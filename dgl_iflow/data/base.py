@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dgl
 import torch
 from torch import Tensor
+
+from .._backend import dgl
 
 #: Environment variable naming the data root when no ``root`` argument is given.
 DATA_ENV_VAR = "DGL_IFLOW_DATA"
