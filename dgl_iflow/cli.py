@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -32,18 +33,34 @@ def _demo(args: argparse.Namespace) -> None:
 
 
 def _datasets(args: argparse.Namespace) -> None:
-    from .data import list_datasets, verify_dataset
+    from .data import download_dataset, list_datasets, real_datasets, resolve_root, verify_dataset
+    from .data.download import MIRROR_ENV_VAR
 
-    for name in list_datasets():
-        try:
-            report = verify_dataset(name, args.data_root)
-        except ValueError:
+    unknown = [name for name in args.names if name not in list_datasets()]
+    if unknown:
+        raise ValueError(f"unknown data set(s) {', '.join(unknown)}; valid names: {', '.join(list_datasets())}")
+    root = resolve_root(args.data_root)
+    print(f"data root: {root.describe()}")
+    if os.environ.get(MIRROR_ENV_VAR):
+        print(f"downloads from the mirror {os.environ[MIRROR_ENV_VAR]} ({MIRROR_ENV_VAR}), not the sources below")
+    problems = False
+    for name in args.names or list_datasets():
+        if name not in real_datasets():
             print(f"{name:16} generated on the fly")
             continue
-        status = "ok" if all(r.ok for r in report.values()) else "PROBLEM"
-        print(f"{name:16} {status}")
-        for file_name, file_report in report.items():
-            print(f"    {file_name}: {file_report.status}")
+        if args.download or args.replace:
+            reports = download_dataset(name, root, replace=args.replace, progress=not args.no_progress)
+        else:
+            reports = verify_dataset(name, root)
+        ok = all(report.ok for report in reports.values())
+        problems |= not ok
+        folder = next(iter(reports.values())).path.parent
+        print(f"{name:16} {'ok' if ok else 'PROBLEM':8} {folder}")
+        for report in reports.values():
+            print(f"    {report.name:40} {report.expected_size:>11,} bytes  {report.status:17} {report.url}")
+    if problems:
+        print("missing files are downloaded on first use, or now with `dgl-iflow datasets --download`; "
+              "`--replace` also downloads over files that fail their checks (docs/datasets.md)")
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -133,8 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(run=_demo)
 
-    datasets = commands.add_parser("datasets", help="list the data sets and verify the real files")
-    datasets.add_argument("--data-root", default=None)
+    datasets = commands.add_parser(
+        "datasets", help="list the data sets, check the real files, download them",
+        description="Lists every data set and, for those read from files, each file's size, status and "
+                    "source. Writes nothing unless --download or --replace is given; those write the "
+                    "downloaded files into DATA_ROOT/<data set>/.")
+    datasets.add_argument("names", nargs="*", help="data sets to show (default: all)")
+    datasets.add_argument("--data-root", default=None,
+                          help="data root (default: $DGL_IFLOW_DATA, else ~/.dgl_iflow/data)")
+    datasets.add_argument("--download", action="store_true",
+                          help="download the missing files, checked against their size and sha256")
+    datasets.add_argument("--replace", action="store_true",
+                          help="like --download, and also download over files that fail their checks")
+    datasets.add_argument("--no-progress", action="store_true")
     datasets.set_defaults(run=_datasets)
 
     train = commands.add_parser("train", help="train an iGNN on a bundled data set")

@@ -343,16 +343,16 @@ def test_missing_file_names_file_folder_and_root_source(tmp_path, monkeypatch, n
     monkeypatch.setenv("DGL_IFLOW_DATA", str(tmp_path / "env"))
     folder = {"traffic": traffic_module.FOLDER, "solar": solar_module.FOLDER}[name]
     with pytest.raises(DataFileError) as err:
-        load_dataset(name)
+        load_dataset(name, download=False)
     message = str(err.value)
     assert first_file in message and str(tmp_path / "env" / folder) in message
-    assert "DGL_IFLOW_DATA" in message and "sha256" in message
+    assert "DGL_IFLOW_DATA" in message and "sha256" in message and "--download" in message
     with pytest.raises(DataFileError, match="from argument"):
-        load_dataset(name, root=tmp_path / "arg")
+        load_dataset(name, root=tmp_path / "arg", download=False)
     monkeypatch.delenv("DGL_IFLOW_DATA")
     with pytest.raises(DataFileError, match=r"\.dgl_iflow/data.*from default"):
-        load_dataset(name)
-    assert not (tmp_path / "home").exists(), "loading must not create folders"
+        load_dataset(name, download=False)
+    assert not (tmp_path / "home").exists(), "loading without download must not create folders"
     reports = verify_dataset(name, root=tmp_path)
     assert {report.status for report in reports.values()} == {"missing"}
 

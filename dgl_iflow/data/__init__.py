@@ -8,7 +8,9 @@ Load any of them by name::
     x_train, y_train = traffic.split("train")   # (3070, 15, 2), (3070, 15)
 
 Real data sets (``traffic``, ``solar``) read files from a data root: the ``root`` argument, else
-``$DGL_IFLOW_DATA``, else ``~/.dgl_iflow/data``; see ``docs/datasets.md``.
+``$DGL_IFLOW_DATA``, else ``~/.dgl_iflow/data``. Missing files are downloaded there on first use
+from the public repositories they are published in, and checked (size and sha256) before they
+are kept; ``download_dataset`` fetches them ahead. See ``docs/datasets.md``.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from . import solar as _solar_module
 from . import traffic as _traffic_module
 from .base import DataFileError, DataRoot, FileReport, GraphDataset, resolve_root, verify_files
+from .download import fetch_files
 from .solar import solar
 from .synthetic import chordal, three_node
 from .toys import checkerboard, eight_gaussians, three_moons
@@ -25,8 +28,8 @@ from .traffic import traffic
 
 __all__ = [
     "DataFileError", "DataRoot", "FileReport", "GraphDataset", "checkerboard", "chordal",
-    "eight_gaussians", "list_datasets", "load_dataset", "resolve_root", "solar", "three_moons",
-    "three_node", "traffic", "verify_dataset",
+    "download_dataset", "eight_gaussians", "list_datasets", "load_dataset", "real_datasets",
+    "resolve_root", "solar", "three_moons", "three_node", "traffic", "verify_dataset",
 ]
 
 _LOADERS: dict[str, Callable[..., GraphDataset]] = {
@@ -51,6 +54,19 @@ def _check_name(name: str, valid: list[str]) -> None:
 def list_datasets() -> list[str]:
     """Names accepted by ``load_dataset``, synthetic ones first."""
     return list(_LOADERS)
+
+
+def real_datasets() -> list[str]:
+    """Names of the data sets read from files (the others are generated)."""
+    return list(_REAL_MODULES)
+
+
+def _real_module(name: str):
+    _check_name(name, list_datasets())
+    if name not in _REAL_MODULES:
+        raise ValueError(f"data set {name!r} is generated and has no files; data sets read "
+                         f"from files: {', '.join(_REAL_MODULES)}")
+    return _REAL_MODULES[name]
 
 
 def load_dataset(name: str, **kwargs) -> GraphDataset:
@@ -83,9 +99,40 @@ def verify_dataset(name: str, root: str | os.PathLike | None = None) -> dict[str
     dict[str, FileReport]
         One report per published file name.
     """
-    _check_name(name, list_datasets())
-    if name not in _REAL_MODULES:
-        raise ValueError(f"data set {name!r} is generated and has no files; data sets read "
-                         f"from files: {', '.join(_REAL_MODULES)}")
-    module = _REAL_MODULES[name]
+    module = _real_module(name)
     return verify_files(module.FOLDER, module.FILES, root)
+
+
+def download_dataset(name: str, root: str | os.PathLike | None = None, *,
+                     mirror: str | None = None, replace: bool = False,
+                     progress: bool = True) -> dict[str, FileReport]:
+    """Download a real data set's missing files into the data root, checked, ahead of use.
+
+    Parameters
+    ----------
+    name : str
+        ``"traffic"`` or ``"solar"``.
+    root : str or PathLike, optional
+        Data root; default ``$DGL_IFLOW_DATA``, else ``~/.dgl_iflow/data``.
+    mirror : str, optional
+        Base URL serving ``<folder>/<file name>`` instead of the published sources; default
+        ``$DGL_IFLOW_DATA_URL``, else none.
+    replace : bool
+        Also download the files present with another size or checksum, over them.
+    progress : bool
+        Show a progress bar per file.
+
+    Returns
+    -------
+    dict[str, FileReport]
+        One report per published file name, after the downloads.
+
+    Raises
+    ------
+    DataFileError
+        If a download fails: the message names the file and URL, and which files to put into
+        which folder by hand.
+    """
+    module = _real_module(name)
+    return fetch_files(module.FOLDER, module.FILES, root, mirror=mirror, replace=replace,
+                       progress=progress)

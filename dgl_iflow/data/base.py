@@ -1,9 +1,10 @@
 """The data-set container shared by every loader, and the checks that guard real data files.
 
 ``GraphDataset`` is a plain class rather than a ``dgl.data.DGLDataset`` subclass: DGLDataset's
-constructor creates folders under ``raw_dir`` (or ``~/.dgl``) as a side effect, our real data
-folders are read-only, and its ``__getitem__`` convention (one graph per item) does not fit data
-sets whose samples all share one graph. The class keeps DGLDataset's vocabulary (``name``,
+constructor creates folders under ``raw_dir`` (or ``~/.dgl``) as a side effect, while a data
+root may be a read-only shared folder that is written only when a file is missing
+(``download.py``), and its ``__getitem__`` convention (one graph per item) does not fit data sets
+whose samples all share one graph. The class keeps DGLDataset's vocabulary (``name``,
 ``raw_dir``, ``raw_path``, ``__len__``, ``__getitem__``) so it reads the same way.
 """
 from __future__ import annotations
@@ -53,11 +54,16 @@ class DataRoot:
 
 @dataclass(frozen=True)
 class DataFile:
-    """A published data file: its name inside the data-set folder, byte size and sha256."""
+    """A published data file: its name inside the data-set folder, byte size, sha256 and URL.
+
+    ``url`` is where the file is downloaded from (a raw file of a public repository at a fixed
+    commit); ``None`` for files with no public source, which must be put in place by hand.
+    """
 
     name: str
     size: int
     sha256: str
+    url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,7 +71,7 @@ class FileReport:
     """Outcome of checking one data file against its published size and sha256.
 
     ``status`` is ``"ok"``, ``"missing"``, ``"size mismatch"`` or ``"checksum mismatch"``;
-    ``actual_sha256`` is only computed when the size matches.
+    ``actual_sha256`` is only computed when the size matches. ``url`` is the published source.
     """
 
     name: str
@@ -75,25 +81,28 @@ class FileReport:
     actual_size: int | None
     expected_sha256: str
     actual_sha256: str | None
+    url: str | None
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
 
 
-def resolve_root(root: str | os.PathLike | None = None) -> DataRoot:
+def resolve_root(root: DataRoot | str | os.PathLike | None = None) -> DataRoot:
     """Pick the data root: the ``root`` argument, else ``$DGL_IFLOW_DATA``, else the default.
 
     Parameters
     ----------
-    root : str or PathLike, optional
-        Explicit data root; wins over everything else.
+    root : DataRoot, str or PathLike, optional
+        Explicit data root; wins over everything else. A ``DataRoot`` is returned as it is.
 
     Returns
     -------
     DataRoot
         The expanded path and which rule chose it.
     """
+    if isinstance(root, DataRoot):
+        return root
     if root is not None:
         return DataRoot(Path(root).expanduser(), "argument")
     from_env = os.environ.get(DATA_ENV_VAR)
@@ -115,13 +124,15 @@ def inspect_file(folder: Path, spec: DataFile) -> FileReport:
     """Compare ``folder / spec.name`` with its published size and checksum."""
     path = folder / spec.name
     if not path.is_file():
-        return FileReport(spec.name, path, "missing", spec.size, None, spec.sha256, None)
+        return FileReport(spec.name, path, "missing", spec.size, None, spec.sha256, None,
+                          spec.url)
     size = path.stat().st_size
     if size != spec.size:
-        return FileReport(spec.name, path, "size mismatch", spec.size, size, spec.sha256, None)
+        return FileReport(spec.name, path, "size mismatch", spec.size, size, spec.sha256, None,
+                          spec.url)
     digest = sha256_of(path)
     status = "ok" if digest == spec.sha256 else "checksum mismatch"
-    return FileReport(spec.name, path, status, spec.size, size, spec.sha256, digest)
+    return FileReport(spec.name, path, status, spec.size, size, spec.sha256, digest, spec.url)
 
 
 def verify_files(folder_name: str, specs: tuple[DataFile, ...],
@@ -143,6 +154,9 @@ def require_exists(path: Path, root: DataRoot) -> Path:
         raise DataFileError(f"data file {path.name} not found in folder {path.parent} (data "
                             f"root {root.describe()})")
     return path
+
+
+_REPLACE_HINT = "`dgl-iflow datasets --replace` downloads the published file over it"
 
 
 def require_file(folder: Path, spec: DataFile, root: DataRoot, verify: bool) -> Path:
@@ -167,15 +181,16 @@ def require_file(folder: Path, spec: DataFile, root: DataRoot, verify: bool) -> 
     if report.status == "missing":
         raise DataFileError(
             f"data file {spec.name} not found {where}; {expected}. Set the root with the "
-            f"`root` argument or {DATA_ENV_VAR}, or see docs/datasets.md")
+            f"`root` argument or {DATA_ENV_VAR}, download the files with `dgl-iflow datasets "
+            f"--download`, or see docs/datasets.md")
     if report.status == "size mismatch":
         raise DataFileError(
             f"data file {spec.name} {where} has {report.actual_size} bytes (truncated or "
-            f"replaced); {expected}")
+            f"replaced); {expected}. {_REPLACE_HINT}")
     if report.status == "checksum mismatch":
         raise DataFileError(
             f"data file {spec.name} {where} is corrupted: sha256 {report.actual_sha256}; "
-            f"{expected}")
+            f"{expected}. {_REPLACE_HINT}")
     return report.path
 
 

@@ -16,27 +16,37 @@ import torch
 
 from .base import (DataFile, DataFileError, GraphDataset, require_exists, require_file,
                    resolve_root, undirected_graph)
+from .download import fetch_files
 
 FOLDER = "solar_bay_area"
+#: The EnbPI repository at the commit the files were taken from.
+SOURCE = ("https://raw.githubusercontent.com/hamrel-cxu/EnbPI/"
+          "7937e7303656a2bfbfeaae9d355d6a817cdce975/Data")
+
+
+def _published(name: str, size: int, sha256: str) -> DataFile:
+    return DataFile(name, size, sha256, f"{SOURCE}/{name}")
+
+
 FILES = (
-    DataFile("Fremont_data.csv", 729299,
-             "f18bec298c27c3bce34cc845d45246f42593f26452b64e9864df761ae69cdc80"),
-    DataFile("Milpitas_data.csv", 730308,
-             "c6190ecd1e1808d8a67077c614337fb8a0a3e1db29c30ebb29a85629fe6db29d"),
-    DataFile("Mountain_View_data.csv", 722654,
-             "2e666434226b0b06bf578e4e30503aa7fe63480bc8a91ee363ebc404116bb19b"),
-    DataFile("North_San_Jose_data.csv", 730231,
-             "5b22eff9d843c5e63c571a3f525d172c6ea6b6864ee19ca0247d1466addf643b"),
-    DataFile("Palo_Alto_data.csv", 722734,
-             "ee27bc08d39a3e0dab17be5a95f97001156e77eeb10ee0ef4285376d7c45caee"),
-    DataFile("Redwood_City_data.csv", 723403,
-             "00bc1afaecf2d13d2351ddcc37599242fedcc3c3f4f6567f149a268c4154b9bf"),
-    DataFile("San_Mateo_data.csv", 718802,
-             "edb8b58f094c861a4ce82a27da395e42f98a17268d8158d863b21e6f1b603e99"),
-    DataFile("Santa_Clara_data.csv", 728812,
-             "fbbae201fddc1c6ed7d8a0516c687f0b74cbcda6423cb3c724aba19f2a846418"),
-    DataFile("Sunnyvale_data.csv", 723035,
-             "dd330b1fb9e136df26e881731fec74a105e684c33085801b377d1528bb487fbb"),
+    _published("Fremont_data.csv", 729299,
+               "f18bec298c27c3bce34cc845d45246f42593f26452b64e9864df761ae69cdc80"),
+    _published("Milpitas_data.csv", 730308,
+               "c6190ecd1e1808d8a67077c614337fb8a0a3e1db29c30ebb29a85629fe6db29d"),
+    _published("Mountain_View_data.csv", 722654,
+               "2e666434226b0b06bf578e4e30503aa7fe63480bc8a91ee363ebc404116bb19b"),
+    _published("North_San_Jose_data.csv", 730231,
+               "5b22eff9d843c5e63c571a3f525d172c6ea6b6864ee19ca0247d1466addf643b"),
+    _published("Palo_Alto_data.csv", 722734,
+               "ee27bc08d39a3e0dab17be5a95f97001156e77eeb10ee0ef4285376d7c45caee"),
+    _published("Redwood_City_data.csv", 723403,
+               "00bc1afaecf2d13d2351ddcc37599242fedcc3c3f4f6567f149a268c4154b9bf"),
+    _published("San_Mateo_data.csv", 718802,
+               "edb8b58f094c861a4ce82a27da395e42f98a17268d8158d863b21e6f1b603e99"),
+    _published("Santa_Clara_data.csv", 728812,
+               "fbbae201fddc1c6ed7d8a0516c687f0b74cbcda6423cb3c724aba19f2a846418"),
+    _published("Sunnyvale_data.csv", 723035,
+               "dd330b1fb9e136df26e881731fec74a105e684c33085801b377d1528bb487fbb"),
 )
 
 #: Columns every NSRDB-style file needs; ``Minute`` and a location column are optional.
@@ -170,7 +180,7 @@ def agreement_pairs(train_labels: np.ndarray, k: int) -> list[tuple[int, int]]:
 
 
 def solar(root: str | os.PathLike | None = None, verify: bool = True, k: int = 3,
-          files: Sequence[str | os.PathLike] | None = None) -> GraphDataset:
+          files: Sequence[str | os.PathLike] | None = None, download: bool = True) -> GraphDataset:
     """Load solar ramp-event data from NSRDB-style CSV files.
 
     Each location's DHI is averaged over 12-hour windows; window t gets features
@@ -198,6 +208,10 @@ def solar(root: str | os.PathLike | None = None, verify: bool = True, k: int = 3
         CSV files to read instead of the nine published ones; relative paths are taken inside
         ``<root>/solar_bay_area``. They have no published checksum, so only their format is
         checked.
+    download : bool
+        Download missing published files from :data:`SOURCE` (or ``$DGL_IFLOW_DATA_URL``)
+        into ``<root>/solar_bay_area/`` first; downloads are checked before they are kept.
+        Has no effect with ``files``.
 
     Returns
     -------
@@ -207,11 +221,14 @@ def solar(root: str | os.PathLike | None = None, verify: bool = True, k: int = 3
     Raises
     ------
     DataFileError
-        If a file is missing, fails its checksum or is not in the expected format.
+        If a file is missing (and cannot be downloaded), fails its checksum or is not in the
+        expected format.
     """
     data_root = resolve_root(root)
     folder = data_root.path / FOLDER
     if files is None:
+        if download:
+            fetch_files(FOLDER, FILES, data_root)
         paths = [require_file(folder, spec, data_root, verify) for spec in FILES]
         sources = {spec.name: {"size": spec.size, "sha256": spec.sha256} for spec in FILES}
     else:

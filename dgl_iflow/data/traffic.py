@@ -16,16 +16,26 @@ import torch
 
 from .base import (DataFile, DataFileError, GraphDataset, graph_from_edges, require_file,
                    resolve_root)
+from .download import fetch_files
 
 FOLDER = "traffic"
-TRAIN_FLOW = DataFile("flow_frame_train_0.7_no_drop_data.p", 787481,
-                      "ad1cb13703d454e45eac24c12a779c29218913a51b7463728b8b92fe9599af88")
-TEST_FLOW = DataFile("flow_frame_test_0.7_no_drop_data.p", 339097,
-                     "5611f5e51f96d4d628f966d8313c102bfc694a942c39cab7b4796192607d6131")
-LABELS = DataFile("true_anomalies.p", 1125410,
-                  "a837127d323354f085cf1ba0386128a2b26dbf72366a71811a9092d6cb46234f")
-NEIGHBORS = DataFile("sensor_neighbors.p", 2478,
-                     "eb34a0b2a4f26e24b07bc9f10161a7ea90258bf34557bf7fb576665c6ad173bc")
+#: The paper's repository at its last commit holding the files (the next one deletes them).
+SOURCE = ("https://raw.githubusercontent.com/hamrel-cxu/Invertible-Graph-Neural-Network-iGNN/"
+          "8955033b3011400a19db0e8dd2d06b33a7d18b8a/Data")
+
+
+def _published(name: str, size: int, sha256: str) -> DataFile:
+    return DataFile(name, size, sha256, f"{SOURCE}/{name}")
+
+
+TRAIN_FLOW = _published("flow_frame_train_0.7_no_drop_data.p", 787481,
+                        "ad1cb13703d454e45eac24c12a779c29218913a51b7463728b8b92fe9599af88")
+TEST_FLOW = _published("flow_frame_test_0.7_no_drop_data.p", 339097,
+                       "5611f5e51f96d4d628f966d8313c102bfc694a942c39cab7b4796192607d6131")
+LABELS = _published("true_anomalies.p", 1125410,
+                    "a837127d323354f085cf1ba0386128a2b26dbf72366a71811a9092d6cb46234f")
+NEIGHBORS = _published("sensor_neighbors.p", 2478,
+                       "eb34a0b2a4f26e24b07bc9f10161a7ea90258bf34557bf7fb576665c6ad173bc")
 FILES = (TRAIN_FLOW, TEST_FLOW, LABELS, NEIGHBORS)
 
 #: Each sensor aggregates itself and its 2 nearest sensors.
@@ -86,7 +96,7 @@ def _neighbor_edges(path: Path, sensors: list) -> tuple[torch.Tensor, torch.Tens
 
 
 def traffic(root: str | os.PathLike | None = None, verify: bool = True,
-            subsample: bool = True) -> GraphDataset:
+            subsample: bool = True, download: bool = True) -> GraphDataset:
     """Load the 15-sensor traffic anomaly data.
 
     Train and test frames are consecutive hours; sample t has features
@@ -107,9 +117,14 @@ def traffic(root: str | os.PathLike | None = None, verify: bool = True,
     root : str or PathLike, optional
         Data root holding ``traffic/``; default ``$DGL_IFLOW_DATA``, else ``~/.dgl_iflow/data``.
     verify : bool
-        Check the published sizes and sha256 checksums before reading.
+        Check the published sizes and sha256 checksums before reading. Without it the pickles
+        are read unchecked, and reading a pickle runs whatever code it carries: only for
+        files you trust.
     subsample : bool
         Use the paper's halved split (see above).
+    download : bool
+        Download missing files from :data:`SOURCE` (or ``$DGL_IFLOW_DATA_URL``) into
+        ``<root>/traffic/`` first; downloads are checked before they are kept.
 
     Returns
     -------
@@ -119,10 +134,13 @@ def traffic(root: str | os.PathLike | None = None, verify: bool = True,
     Raises
     ------
     DataFileError
-        If a file is missing, fails its checksum or is not in the expected format.
+        If a file is missing (and cannot be downloaded), fails its checksum or is not in the
+        expected format.
     """
     data_root = resolve_root(root)
     folder = data_root.path / FOLDER
+    if download:
+        fetch_files(FOLDER, FILES, data_root)
     paths = {spec.name: require_file(folder, spec, data_root, verify) for spec in FILES}
     train = _frame(paths[TRAIN_FLOW.name], None)
     sensors = list(train.columns)
