@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ._backend import dgl
+from .checkpoints import atomic_save, read_checkpoint
 from .latent import NodeGaussianLatent
 from .layers import ChebConv, GraphFlow, GraphResidual, InvertibleResBlock, L3Conv, NodeAffine
 from .layers.resblock import check_finite
@@ -342,7 +341,11 @@ class IGNN(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, graph: dgl.DGLGraph | None = None) -> IGNN:
-        """Read a model written by :meth:`save`."""
+        """Read a model written by :meth:`save`, without running code from the file.
+
+        Raises :class:`~dgl_iflow.checkpoints.CheckpointError` for a file that is unreadable,
+        carries anything beyond tensors and plain containers, or needs converting.
+        """
         return cls.from_checkpoint(read_checkpoint(path), graph)
 
     def load_weights(self, path: str | os.PathLike) -> dict[str, Any]:
@@ -363,35 +366,3 @@ class IGNN(nn.Module):
             )
         self.load_state_dict(checkpoint["state_dict"])
         return checkpoint
-
-
-def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it.
-
-    A failure at any point leaves an existing file at ``path`` untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint dict written by :func:`atomic_save`, with a clear error if unreadable."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {path}") from None
-    except Exception as err:
-        raise ValueError(f"checkpoint {path} could not be read: {err}") from err
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a dgl_iflow checkpoint (no state_dict entry)")
-    return checkpoint

@@ -11,7 +11,6 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -19,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ._backend import dgl
+from .checkpoints import rng_state, set_rng_state
 from .layers import InversionError, InversionWarning
 from .model import IGNN
 
@@ -95,16 +95,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    return dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state())
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
 
 
 def _check_samples(model: IGNN, x: Tensor, y: Tensor, name: str) -> None:
@@ -272,7 +262,7 @@ def fit(
         scheduler.load_state_dict(checkpoint["scheduler"])
         history = TrainHistory(list(checkpoint["history"]))
         start_epoch = checkpoint["epoch"]
-        _set_rng_state(checkpoint["rng"])
+        set_rng_state(checkpoint["rng"])
 
     def model_loss(batch: Tensor) -> dict[str, Tensor]:
         return model.loss(
@@ -319,7 +309,7 @@ def fit(
             if config.checkpoint_path is not None:
                 model.save(
                     config.checkpoint_path, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    history=history.epochs, epoch=epoch + 1, rng=_rng_state(),
+                    history=history.epochs, epoch=epoch + 1, rng=rng_state(),
                     train_config=dataclasses.asdict(config),
                 )
             if callback is not None:
