@@ -1,20 +1,48 @@
-"""The ``dgl-iflow`` command: demos, and training, evaluating and sampling on bundled data sets."""
+"""The ``dgl-iflow`` command: demos, and training, evaluating and sampling on the library's data sets.
+
+Every command reports a bad argument or bad input as one line ``dgl-iflow: error: ...`` on
+stderr with a non-zero exit status (2 for usage, 1 for failures); ``--debug`` shows the
+traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+#: Exit status of a command that failed on its input, files or data.
+FAILED = 1
+#: Exit status of a command line that does not parse (argparse's own).
+USAGE = 2
+
+
+class _UsageError(Exception):
+    """Raised instead of argparse's exit, so that ``main`` prints one line and returns."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # noqa: D102  (argparse API)
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
 
 
 def _parse_labels(text: str) -> torch.Tensor:
     try:
         return torch.tensor([int(value) for value in text.split(",")])
     except ValueError:
-        raise SystemExit(f"--labels must be comma-separated integers such as 0,1,0; got {text!r}") from None
+        raise ValueError(f"--labels must be comma-separated integers such as 0,1,0; got {text!r}") from None
+
+
+def _parse_means(text: str) -> list[list[float]]:
+    try:
+        return [[float(value) for value in mean.split(",")] for mean in text.split(";")]
+    except ValueError:
+        raise ValueError(f"--means must be comma-separated numbers per class, ';' between classes, such as "
+                         f"'2,-2;-2,2'; got {text!r}") from None
 
 
 def _dataset(args: argparse.Namespace):
@@ -70,24 +98,26 @@ def _train(args: argparse.Namespace) -> None:
     dataset = _dataset(args)
     x_train, y_train = dataset.split("train")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "model.pt"
     model = IGNN(
         dataset.graph, dataset.num_features, dataset.num_classes, conv=args.conv, num_blocks=args.blocks,
         hidden_feats=tuple(args.hidden), sigma=args.sigma,
-        means=None if args.means is None else [[float(v) for v in mean.split(",")] for mean in args.means.split(";")],
+        means=None if args.means is None else _parse_means(args.means),
         lipschitz_coeff=args.lipschitz,
     )
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
         checkpoint_path=str(checkpoint), progress=not args.no_progress,
     )
+    out.mkdir(parents=True, exist_ok=True)  # only once the arguments have proved valid
     history = fit(model, x_train, y_train, config, resume_from=checkpoint if args.resume else None)
     (out / "history.json").write_text(json.dumps(history.epochs, indent=2))
     print(f"wrote {checkpoint} and {out / 'history.json'}; last epoch: {history.last()}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from tqdm.auto import tqdm
+
     from . import metrics
     from .model import IGNN
 
@@ -97,9 +127,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     graph = model.graph
     torch.manual_seed(args.seed)
     proba = model.predict_proba(graph, x_test.transpose(0, 1))
-    result = metrics.paper_protocol(
-        x_test, y_test, lambda labels, n: model.sample(graph, labels, n).transpose(0, 1), top=args.top,
-    )
+    with tqdm(total=args.top, desc="generate per label vector", unit="label vector", disable=args.no_progress) as bar:
+        def generate(labels: torch.Tensor, n: int) -> torch.Tensor:
+            samples = model.sample(graph, labels, n).transpose(0, 1)
+            bar.update(1)
+            return samples
+
+        result = metrics.paper_protocol(x_test, y_test, generate, top=args.top)
     report = dict(
         dataset=args.dataset, checkpoint=str(args.checkpoint),
         mmd=result["mmd"], energy=result["energy"],
@@ -115,9 +149,13 @@ def _evaluate(args: argparse.Namespace) -> None:
 def _sample(args: argparse.Namespace) -> None:
     from .model import IGNN
 
+    labels = _parse_labels(args.labels)
     model = IGNN.load(args.checkpoint).eval()
+    if labels.shape != (model.num_nodes,) or int(labels.min()) < 0 or int(labels.max()) >= model.num_classes:
+        raise ValueError(f"--labels needs {model.num_nodes} labels (one per node of the model's graph) in "
+                         f"[0, {model.num_classes}); got {args.labels}")
     torch.manual_seed(args.seed)
-    samples = model.sample(model.graph, _parse_labels(args.labels), args.n).transpose(0, 1)
+    samples = model.sample(model.graph, labels, args.n).transpose(0, 1)
     out = Path(args.out)
     if out.suffix == ".png":
         import matplotlib
@@ -136,38 +174,60 @@ def _sample(args: argparse.Namespace) -> None:
     print(f"wrote {args.n} samples of shape {tuple(samples.shape[1:])} to {out}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dgl-iflow", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
+def _convert_checkpoint(args: argparse.Namespace) -> None:
+    from .checkpoints import convert_checkpoint
 
-    demo = commands.add_parser("demo", help="run a demonstration")
+    convert_checkpoint(args.source, args.target)
+    print(f"wrote {args.target}, which loads without running code from the file")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --debug works before or after the command; the command's copy only overrides when given.
+    debug = _Parser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the Python traceback of an error instead of one line")
+    parser = _Parser(prog="dgl-iflow", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of an error instead of one line")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str, writes: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=f"{help[0].upper()}{help[1:]}. {writes}",
+                                   parents=[debug])
+
+    def data_root(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--data-root", default=None,
+                         help="root of the real data sets (default: $DGL_IFLOW_DATA, else ~/.dgl_iflow/data); "
+                              "missing files are downloaded into it")
+
+    demo = command("demo", "run a demonstration",
+                   "Writes its figures and JSON results into --out (default runs/NAME) and prints a summary.")
     demo.add_argument("name", choices=["expressiveness", "chordal", "three-moons"],
                       help="expressiveness: 3-node graph; chordal: the same comparison on the chordal graph")
     demo.add_argument("--out", default=None, help="output folder (default runs/NAME)")
     demo.add_argument("--epochs", type=int, default=None, help="default: the demo's own")
     demo.add_argument("--blocks", type=int, default=None, help="default: the demo's own")
     demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.set_defaults(run=_demo)
 
-    datasets = commands.add_parser(
-        "datasets", help="list the data sets, check the real files, download them",
-        description="Lists every data set and, for those read from files, each file's size, status and "
-                    "source. Writes nothing unless --download or --replace is given; those write the "
-                    "downloaded files into DATA_ROOT/<data set>/.")
+    datasets = command("datasets", "list the data sets, check the real files, download them",
+                       "Lists every data set and, for those read from files, each file's size, status and "
+                       "source. Writes nothing unless --download or --replace is given; those write the "
+                       "downloaded files into DATA_ROOT/<data set>/.")
     datasets.add_argument("names", nargs="*", help="data sets to show (default: all)")
-    datasets.add_argument("--data-root", default=None,
-                          help="data root (default: $DGL_IFLOW_DATA, else ~/.dgl_iflow/data)")
+    data_root(datasets)
     datasets.add_argument("--download", action="store_true",
                           help="download the missing files, checked against their size and sha256")
     datasets.add_argument("--replace", action="store_true",
                           help="like --download, and also download over files that fail their checks")
-    datasets.add_argument("--no-progress", action="store_true")
+    datasets.add_argument("--no-progress", action="store_true", help="hide the download progress bars")
     datasets.set_defaults(run=_datasets)
 
-    train = commands.add_parser("train", help="train an iGNN on a bundled data set")
-    train.add_argument("--dataset", required=True)
-    train.add_argument("--data-root", default=None)
+    train = command("train", "train an iGNN on a data set",
+                    "Writes OUT/model.pt (a checkpoint, rewritten after every epoch) and OUT/history.json "
+                    "(per-epoch losses); downloads a missing real data set into the data root first.")
+    train.add_argument("--dataset", required=True, help="a name from `dgl-iflow datasets`")
+    data_root(train)
     train.add_argument("--conv", choices=["l3", "cheb", "mlp"], default="l3")
     train.add_argument("--blocks", type=int, default=8)
     train.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
@@ -182,31 +242,62 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="folder for model.pt and history.json")
     train.add_argument("--resume", action="store_true", help="continue from OUT/model.pt")
-    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(run=_train)
 
-    evaluate = commands.add_parser("evaluate", help="the paper's protocol and node accuracy on the test split")
-    evaluate.add_argument("--checkpoint", required=True)
-    evaluate.add_argument("--dataset", required=True)
-    evaluate.add_argument("--data-root", default=None)
-    evaluate.add_argument("--top", type=int, default=3)
+    evaluate = command("evaluate", "the paper's protocol and node accuracy on the test split",
+                       "Prints the metrics as JSON; --out also writes them to that file.")
+    evaluate.add_argument("--checkpoint", required=True, help="model.pt written by `dgl-iflow train`")
+    evaluate.add_argument("--dataset", required=True, help="the data set the model was trained on")
+    data_root(evaluate)
+    evaluate.add_argument("--top", type=int, default=3, help="number of most frequent label vectors to compare")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--out", default=None, help="write the metrics as JSON here")
+    evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate.set_defaults(run=_evaluate)
 
-    sample = commands.add_parser("sample", help="generate X | Y from a checkpoint")
-    sample.add_argument("--checkpoint", required=True)
-    sample.add_argument("--labels", required=True, help="label vector, e.g. 0,1,0")
+    sample = command("sample", "generate X | Y from a checkpoint",
+                     "Writes N samples to OUT: a .pt tensor (n, V, d), or a .png scatter plot of the first "
+                     "two features per node.")
+    sample.add_argument("--checkpoint", required=True, help="model.pt written by `dgl-iflow train`")
+    sample.add_argument("--labels", required=True, help="label vector, one label per node, e.g. 0,1,0")
     sample.add_argument("--n", type=int, default=100)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--out", required=True, help=".pt tensor (n, V, d) or .png scatter plot")
     sample.set_defaults(run=_sample)
+
+    convert = command("convert-checkpoint", "rewrite an older training checkpoint in the safe format",
+                      "Writes TARGET (which may be SOURCE); reading SOURCE runs no code from it.")
+    convert.add_argument("source", help="checkpoint that `IGNN.load` asked to convert")
+    convert.add_argument("target", help="where to write the converted checkpoint")
+    convert.set_defaults(run=_convert_checkpoint)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.run(args)
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
+    from .checkpoints import CheckpointError
+    from .data import DataFileError
+    from .layers import InversionError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as err:
+        print(f"dgl-iflow: error: {err}", file=sys.stderr)
+        return USAGE
+    try:
+        args.run(args)
+    except (ValueError, OSError, CheckpointError, DataFileError, InversionError) as err:
+        if args.debug:
+            raise
+        print(f"dgl-iflow: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return FAILED
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print("dgl-iflow: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 
