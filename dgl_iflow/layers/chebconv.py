@@ -1,6 +1,8 @@
 """Spectral Chebyshev graph convolution."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import scipy.sparse
 import scipy.sparse.linalg
@@ -8,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._backend import dgl
-from .basis_conv import BasisConv
+from .basis_conv import BasisConv, _component_index
 from .graph_operator import GraphMemo, node_matmul, operator_matrix
 
 
@@ -27,24 +29,42 @@ def _normalized_adjacency_values(graph: dgl.DGLGraph, edge_weight: Tensor) -> tu
     return dst, src, inv_sqrt[dst] * edge_weight * inv_sqrt[src]
 
 
-def laplacian_lambda_max(graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> float:
-    r"""Largest real part of the eigenvalues of :math:`L = I - D^{-1/2} A D^{-1/2}`.
+def laplacian_lambda_max(graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> list[float]:
+    r"""Largest real part of the eigenvalues of :math:`L = I - D^{-1/2} A D^{-1/2}`, per graph.
 
-    Dense eigen-decomposition for small graphs, ARPACK for large ones.
+    For a batched graph (``dgl.batch``) one value per graph of the batch, as
+    ``dgl.laplacian_lambda_max`` returns them: each graph's Laplacian is its own block. Dense
+    eigen-decomposition for small graphs, ARPACK for large ones.
+
+    Returns
+    -------
+    list of float
+        ``graph.batch_size`` values; 0 for a graph without nodes.
     """
-    num_nodes = graph.num_nodes()
     weight = torch.ones(graph.num_edges(), dtype=torch.float64) if edge_weight is None \
         else edge_weight.detach().to("cpu", torch.float64)
     dst, src, values = _normalized_adjacency_values(graph, weight)
-    norm_adj = scipy.sparse.coo_matrix(
-        (values.numpy(), (dst.cpu().numpy(), src.cpu().numpy())), shape=(num_nodes, num_nodes)
-    ).tocsr()
-    laplacian = scipy.sparse.identity(num_nodes, format="csr") - norm_adj
-    if num_nodes <= 512:
-        eigenvalues = np.linalg.eigvals(laplacian.toarray())
-    else:
-        eigenvalues = scipy.sparse.linalg.eigs(laplacian, k=1, which="LR", return_eigenvectors=False)
-    return float(np.max(eigenvalues.real))
+    # Edges never cross graphs of a batch, so an edge belongs to the graph of its destination.
+    edge_component = _component_index(graph, dst.device)[0][dst]
+    sizes = graph.batch_num_nodes().tolist()
+    offsets = np.cumsum([0, *sizes[:-1]])
+    result = []
+    for component, (num_nodes, offset) in enumerate(zip(sizes, offsets)):
+        if num_nodes == 0:
+            result.append(0.0)
+            continue
+        mask = (edge_component == component).cpu().numpy()
+        norm_adj = scipy.sparse.coo_matrix(
+            (values.numpy()[mask], (dst.cpu().numpy()[mask] - offset, src.cpu().numpy()[mask] - offset)),
+            shape=(num_nodes, num_nodes),
+        ).tocsr()
+        laplacian = scipy.sparse.identity(num_nodes, format="csr") - norm_adj
+        if num_nodes <= 512:
+            eigenvalues = np.linalg.eigvals(laplacian.toarray())
+        else:
+            eigenvalues = scipy.sparse.linalg.eigs(laplacian, k=1, which="LR", return_eigenvectors=False)
+        result.append(float(np.max(eigenvalues.real)))
+    return result
 
 
 class ChebConv(BasisConv):
@@ -66,10 +86,13 @@ class ChebConv(BasisConv):
         Output feature size :math:`C_{out}`.
     k : int
         Number of Chebyshev terms :math:`K` (filter order :math:`K - 1`).
-    lambda_max : float, optional
-        Largest eigenvalue of the normalized Laplacian; computed from the graph (and the
-        edge weights, taken as constants) when absent. A computed value of zero (a graph
-        whose nodes have only self-loops, :math:`L = 0`) is replaced by 2.
+    lambda_max : float or sequence of float, optional
+        Largest eigenvalue of the normalized Laplacian: one value for every graph, or one per
+        graph of a batched graph (``dgl.batch``), as ``dgl.laplacian_lambda_max`` lists them.
+        Computed from the graph (and the edge weights, taken as constants) when absent, per
+        graph of a batch, so that each graph's output does not depend on what it was batched
+        with. A computed value of zero (a graph whose nodes have only self-loops,
+        :math:`L = 0`) is replaced by 2.
     activation : callable, optional
         Applied to the output. Default: none.
     bias : bool
@@ -97,14 +120,16 @@ class ChebConv(BasisConv):
         in_feats: int,
         out_feats: int,
         k: int,
-        lambda_max: float | None = None,
+        lambda_max: float | Sequence[float] | None = None,
         activation=None,
         bias: bool = True,
         graph_mean: bool = False,
     ) -> None:
         super().__init__(in_feats, out_feats, num_bases=k, bias=bias, graph_mean=graph_mean)
-        if lambda_max is not None and lambda_max <= 0:
-            raise ValueError(f"lambda_max must be positive, got {lambda_max}")
+        if lambda_max is not None:
+            lambda_max = float(lambda_max) if np.ndim(lambda_max) == 0 else tuple(float(v) for v in lambda_max)
+            if min(np.atleast_1d(lambda_max), default=0.0) <= 0:
+                raise ValueError(f"lambda_max must be positive, got {lambda_max}")
         self._lambda_max = lambda_max
         self._activation = activation
         self._laplacian_memo = GraphMemo()
@@ -121,22 +146,32 @@ class ChebConv(BasisConv):
         def build() -> Tensor:
             weight = torch.ones(graph.num_edges(), dtype=like.dtype, device=like.device) \
                 if edge_weight is None else edge_weight.to(like.dtype)
-            lambda_max = self._lambda_max or laplacian_lambda_max(graph, edge_weight)
-            if not lambda_max > _ZERO_LAPLACIAN:
-                # L = 0 (every node has only self-loops): any scale gives L~ = -I.
-                lambda_max = 2.0
+            lambda_max = torch.tensor(self._lambda_values(graph, edge_weight), dtype=like.dtype, device=like.device)
+            # L = 0 (every node has only self-loops): any scale gives L~ = -I.
+            lambda_max = torch.where(lambda_max > _ZERO_LAPLACIAN, lambda_max, torch.full_like(lambda_max, 2.0))
             dst, src, values = _normalized_adjacency_values(graph, weight)
             nodes = torch.arange(graph.num_nodes(), device=like.device)
-            scale = 2.0 / lambda_max
+            # Each graph of a batch is its own block of L~, scaled by its own lambda_max.
+            scale = (2.0 / lambda_max)[_component_index(graph, like.device)[0]]
             row = torch.cat([dst, nodes])
             col = torch.cat([src, nodes])
-            diagonal = torch.full((graph.num_nodes(),), scale - 1.0, dtype=like.dtype, device=like.device)
-            entries = torch.cat([-scale * values, diagonal])
+            entries = torch.cat([-scale[dst] * values, scale - 1.0])
             return operator_matrix(row, col, entries, (graph.num_nodes(), graph.num_nodes()))
 
         if edge_weight is not None:
             return build()
         return self._laplacian_memo.get(graph, (like.device, like.dtype), build)
+
+    def _lambda_values(self, graph: dgl.DGLGraph, edge_weight: Tensor | None) -> list[float]:
+        """One lambda_max per graph of the batch: the given ones, else computed."""
+        if self._lambda_max is None:
+            return laplacian_lambda_max(graph, edge_weight)
+        if isinstance(self._lambda_max, float):
+            return [self._lambda_max] * graph.batch_size
+        if len(self._lambda_max) != graph.batch_size:
+            raise ValueError(f"lambda_max gives {len(self._lambda_max)} values, but the graph is a batch of "
+                             f"{graph.batch_size} graph(s); give one value per graph, or a single float")
+        return list(self._lambda_max)
 
     def apply_bases(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
         if self._num_bases == 1:

@@ -63,7 +63,10 @@ class GraphResidual(nn.Module):
         vectors persist between calls; when they are (re)started (first call, or a graph
         with another node count for the convolution) the iteration runs to convergence.
         In eval mode, without autograd, and during :meth:`InvertibleResBlock.inverse`, the
-        vectors are frozen, so that :math:`g` is one fixed function.
+        vectors are frozen, so that :math:`g` is one fixed function. On a batched graph the
+        convolution's norm is that of the whole batch, the largest of its graphs' norms, so
+        with spectral normalization a graph's output can depend on its batch partners (each
+        is scaled at least as much as alone, so invertibility holds).
 
     Notes
     -----
