@@ -1,4 +1,5 @@
-# `make demo` and `make test` each build .venv from the pins in setup.cfg on first use.
+# `make demo` and `make test` each build .venv on first use: dgl_iflow with the exact, tested stack
+# of constraints.txt (setup.cfg only declares the supported ranges).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -11,9 +12,9 @@ export OMP_NUM_THREADS ?= 1
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -e '.[test]'
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e '.[test]'
 	touch $@
 
 demo: $(STAMP)
