@@ -1,7 +1,8 @@
 """Downloading the real data sets: the real HTTP path, against a server on the loopback address.
 
 The server serves a copy of the files under ``$DGL_IFLOW_DATA`` in the layout of a mirror
-(``<folder>/<file name>``), plus variants of them: truncated, corrupted, and cut off mid-transfer.
+(``/<variant>/<folder>/<file name>``): intact (``good``), truncated, corrupted, oversized, and
+cut off mid-transfer (``interrupted``).
 No test needs the internet, and the shared data folder is only read.
 """
 from __future__ import annotations
@@ -25,8 +26,6 @@ from dgl_iflow.data.download import MIRROR_ENV_VAR
 traffic_module = importlib.import_module("dgl_iflow.data.traffic")
 solar_module = importlib.import_module("dgl_iflow.data.solar")
 MODULES = {"traffic": traffic_module, "solar": solar_module}
-#: Variants served under ``/<variant>/<folder>/<name>`` besides the intact files under ``/good/``.
-VARIANTS = ("good", "truncated", "corrupted", "interrupted")
 
 
 class MirrorHandler(http.server.SimpleHTTPRequestHandler):
@@ -61,14 +60,14 @@ class QuietServer(http.server.ThreadingHTTPServer):
 
 
 def build_mirror(source: Path, mirror: Path) -> None:
-    """Copies of the published files, and a truncated and a corrupted variant of each."""
+    """Copies of the published files, and a truncated, a corrupted and an oversized variant."""
     for name, module in MODULES.items():
         for spec in module.FILES:
             content = (source / module.FOLDER / spec.name).read_bytes()
             corrupted = bytearray(content)
             corrupted[len(content) // 2] ^= 0xFF
             for variant, data in (("good", content), ("truncated", content[:-100]),
-                                  ("corrupted", bytes(corrupted))):
+                                  ("corrupted", bytes(corrupted)), ("oversized", content * 2)):
                 target = mirror / variant / module.FOLDER / spec.name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
@@ -132,6 +131,7 @@ def test_data_root_from_environment_and_all_files(server, tmp_path, monkeypatch)
 @pytest.mark.parametrize("variant, message", [
     ("truncated", r"received \d+ of \d+ bytes \(truncated\)"),
     ("corrupted", "corrupted, sha256"),
+    ("oversized", r"the server sent more than the published \d+ bytes"),
     ("interrupted", r"broke off after \d+ of \d+ bytes \(interrupted\)"),
 ])
 def test_bad_download_leaves_nothing_and_names_file_and_url(server, tmp_path, variant, message):
