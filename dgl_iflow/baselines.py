@@ -143,9 +143,12 @@ class LabelGaussian:
     of its rows (``S_Y`` the unbiased sample covariance, ``s`` = ``shrinkage``, ``epsilon`` =
     ``ridge``). The ridge makes every covariance positive definite, so a label vector with fewer
     rows than ``V * d + 1`` still has a density; with the loaders' standardized features,
-    ``ridge = 1e-3`` is a thousandth of a feature's variance. The paper protocol's three label
-    vectors have 100+ training rows on traffic and solar, so there the defaults (no shrinkage,
-    ``ridge = 1e-3``) give practically the plain sample covariance (see ``docs/reproduce.md``).
+    ``ridge = 1e-3`` is a thousandth of a feature's variance. On traffic the paper protocol's
+    three label vectors have 100+ training rows each, so the defaults (no shrinkage,
+    ``ridge = 1e-3``) give practically the plain sample covariance: any ridge from ``1e-6`` to
+    ``1e-2`` scores the same (``docs/reproduce.md``). A label vector with a handful of rows (the
+    third one on solar has 4-7) gets a nearly flat Gaussian, its spread in the directions its
+    rows do not span set by the ridge.
 
     Parameters
     ----------
