@@ -147,8 +147,8 @@ class LabelGaussian:
     three label vectors have 100+ training rows each, so the defaults (no shrinkage,
     ``ridge = 1e-3``) give practically the plain sample covariance: any ridge from ``1e-6`` to
     ``1e-2`` scores the same (``docs/reproduce.md``). A label vector with a handful of rows (the
-    third one on solar has 4-7) gets a nearly flat Gaussian, its spread in the directions its
-    rows do not span set by the ridge.
+    third one on solar has 4-7) gets a nearly degenerate Gaussian: in the directions its rows
+    do not span, its variance is the ridge.
 
     Parameters
     ----------
