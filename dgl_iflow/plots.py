@@ -214,6 +214,8 @@ def training_curves(epochs: Sequence[Mapping[str, float]], path: str | os.PathLi
     if not present:
         raise ValueError(f"none of {list(keys)} occurs in the history; its keys are "
                          f"{sorted(set().union(*epochs))}")
+    from matplotlib.ticker import MaxNLocator
+
     columns = min(len(present), 3)
     rows_count = math.ceil(len(present) / columns)
     figure = _figure(4.0 * columns, 3.0 * rows_count + 0.3)
@@ -227,6 +229,7 @@ def training_curves(epochs: Sequence[Mapping[str, float]], path: str | os.PathLi
             axis.set_yscale("log")
         axis.set_title(key, fontsize=10)
         axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.grid(alpha=0.3)
     for axis in axes[len(present):]:
         axis.set_visible(False)
