@@ -80,19 +80,38 @@ def _evaluate(args: argparse.Namespace) -> None:
     graph = model.graph
     torch.manual_seed(args.seed)
     proba = model.predict_proba(graph, x_test.transpose(0, 1))
-    result = metrics.paper_protocol(
-        x_test, y_test, lambda labels, n: model.sample(graph, labels, n).transpose(0, 1), top=args.top,
-    )
+    generated: dict[tuple[int, ...], torch.Tensor] = {}  # kept for the figures
+
+    def generate(labels: torch.Tensor, n: int) -> torch.Tensor:
+        samples = generated[tuple(labels.tolist())] = model.sample(graph, labels, n).transpose(0, 1)
+        return samples
+
+    result = metrics.paper_protocol(x_test, y_test, generate, top=args.top)
     report = dict(
         dataset=args.dataset, checkpoint=str(args.checkpoint),
         mmd=result["mmd"], energy=result["energy"],
         node_accuracy=metrics.node_accuracy(proba, y_test.transpose(0, 1)),
         node_log_loss=metrics.node_log_loss(proba, y_test.transpose(0, 1)),
     )
+    if args.out:
+        report["figures"] = _evaluation_figures(dataset, x_test, y_test, generated, proba, Path(args.out))
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+
+
+def _evaluation_figures(dataset, x_test, y_test, generated, proba, out: Path) -> list[str]:
+    """Generated-vs-real and predicted-probability PNGs beside ``out``, named after its stem."""
+    from . import plots
+
+    real = {key: x_test[(y_test == torch.tensor(key)).all(dim=1)] for key in generated}
+    stem = out.with_suffix("")
+    paths = [plots.generated_vs_real(real, generated, f"{stem}_samples.png", feature_names=dataset.feature_names,
+                                     title=f"{dataset.name}: test rows vs generated"),
+             plots.node_probabilities(proba, y_test.transpose(0, 1), f"{stem}_proba.png",
+                                      node_names=dataset.node_names)]
+    return [str(path) for path in paths]
 
 
 def _sample(args: argparse.Namespace) -> None:

@@ -22,5 +22,8 @@ def test_train_sample_evaluate(tmp_path, capsys):
                  "--out", str(metrics_path)]) == 0
     report = json.loads(metrics_path.read_text())
     assert 0.0 <= report["node_accuracy"] <= 1.0 and report["energy"] > 0
+    figures = [tmp_path / "metrics_samples.png", tmp_path / "metrics_proba.png"]
+    assert report["figures"] == [str(path) for path in figures]
+    assert all(path.read_bytes()[:4] == b"\x89PNG" for path in figures)
     with pytest.raises(SystemExit, match="comma-separated integers"):
         main(["sample", "--checkpoint", str(out / "model.pt"), "--labels", "a,b", "--out", str(samples_path)])
