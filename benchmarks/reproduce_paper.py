@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--progress", action="store_true", help="show tqdm bars")
     p.add_argument("--baselines-only", action="store_true",
                    help="print only the flow-free baselines (seconds), train no flow")
+    p.add_argument("--solar-split", default="week_blocks", choices=["week_blocks", "chronological"],
+                   help="solar train/test split (default week_blocks; see datasets/solar.md)")
     p.add_argument("--baseline-seeds", type=int, default=5,
                    help="sampling seeds the generator baselines are averaged over (default 5)")
     return p.parse_args(argv)
@@ -325,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, baseline = [], []
     started = time.perf_counter()
     for name in args.datasets:
-        dataset = load_dataset(name, **kwargs)
+        dataset = load_dataset(name, **kwargs, **({"split": args.solar_split} if name == "solar" else {}))
         print(f"[{name}] baselines over {args.baseline_seeds} sampling seeds ...", flush=True)
         rows_here, covered = baseline_rows(dataset, args, out)
         baseline.extend(rows_here)
