@@ -176,14 +176,15 @@ class LabelGaussian:
         self.dtype = x.dtype
         self.min_rows = min_rows
         flat = x64.reshape(len(x64), -1)
+        groups = _group_rows(y64)
+        self.counts = {key: len(rows) for key, rows in groups.items()}
         self.means: dict[LabelKey, Tensor] = {}
         self.chols: dict[LabelKey, Tensor] = {}
-        for key, rows in _group_rows(y64).items():
+        for key, rows in groups.items():
             if len(rows) >= min_rows:
                 self.means[key] = flat[rows].mean(dim=0)
                 self.chols[key] = torch.linalg.cholesky(
                     _regularized_cov(flat[rows], shrinkage, ridge))
-        self.counts = {key: len(rows) for key, rows in _group_rows(y64).items()}
         self.generator = torch.Generator().manual_seed(seed)
 
     def covariance(self, labels: Tensor) -> Tensor:
@@ -288,7 +289,7 @@ class NodeGaussian:
         return (mean + torch.einsum("vij,nvj->nvi", chol, noise)).to(self.dtype)
 
     def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
-        """``log p(x_i | y_i) = sum_v log N(x_iv; mu_{v, y_iv}, Sigma_{v, y_iv})``, shape ``(N,)``."""
+        """``log p(x_i | y_i) = sum_v log N(x_iv; mu_{v,y_iv}, Sigma_{v,y_iv})``, shape ``(N,)``."""
         x64, y64 = _check_rows(x, y)
         if tuple(x64.shape[1:]) != self.shape:
             raise ValueError(f"x rows must have shape {self.shape}, got {tuple(x64.shape[1:])}")

@@ -222,7 +222,8 @@ def test_node_logistic_optimum_and_separable_data():
 def test_node_logistic_all_features_sees_other_nodes():
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(2000, 2, 1, generator=gen)
-    y = torch.stack([(x[:, 1, 0] > 0), (x[:, 0, 0] > 0)], dim=1).long()  # each node's label is its neighbour's sign
+    # Each node's label is the sign of the other node's feature.
+    y = torch.stack([(x[:, 1, 0] > 0), (x[:, 0, 0] > 0)], dim=1).long()
     own = NodeLogistic(x, y, features="own")
     full = NodeLogistic(x, y, features="all")
     assert metrics.node_accuracy(own.predict_proba(x), y.T) < 0.6
