@@ -3,12 +3,17 @@
 Trains iGNN with L3Conv, ChebConv and the graph-free MLP flow, evaluates every model on the test
 split with the paper's protocol (the 3 most frequent test label vectors; unbiased MMD^2 at
 alpha = 0.1 and energy distance, averaged weighted by counts: ``metrics.paper_protocol``) plus
-per-node prediction accuracy, and prints one table with wall time per run.
+per-node prediction accuracy and test NLL, and prints one table with wall time per run. Beside
+the flows it prints flow-free baselines on the same split, by the same protocol
+(``dgl_iflow.baselines``: resampled training rows, Gaussians per label vector and per node,
+logistic regression), computed once per data set; ``--baselines-only`` prints just those.
 
     OMP_NUM_THREADS=1 DGL_IFLOW_DATA=/path/to/data python benchmarks/reproduce_paper.py
     python benchmarks/reproduce_paper.py --epochs 100 --blocks 16 --datasets traffic --out runs/paper
+    python benchmarks/reproduce_paper.py --baselines-only
 
-The table is also written to ``OUT/results.json`` and ``OUT/results.md``.
+The table is also written to ``OUT/results.json`` and ``OUT/results.md``; every flow run also
+writes its figures to ``OUT/<dataset>_<conv>_{samples,proba,curves}.png``.
 See ``docs/reproduce.md`` for the settings, measured numbers and notes.
 """
 from __future__ import annotations
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from dgl_iflow import metrics
+from dgl_iflow import baselines, metrics, plots
 from dgl_iflow.data import load_dataset
 from dgl_iflow.layers import InversionError
 from dgl_iflow.model import IGNN
@@ -43,6 +48,19 @@ MEANS = ((2.0, -2.0), (-2.0, 2.0))
 SIGMA = math.sqrt(math.dist(*MEANS) / 8)
 
 CONV_NAMES = {"l3": "iGNN L3Conv", "cheb": "iGNN ChebConv", "mlp": "iGNN MLP (graph-free)"}
+
+#: Flow-free generators, by the protocol (``dgl_iflow.baselines``).
+GENERATOR_BASELINES = {
+    "resampled": "baseline: resampled training rows, same Y",
+    "label_gaussian": "baseline: Gaussian per label vector",
+    "node_gaussian": "baseline: Gaussian per node given its label",
+}
+#: Flow-free node predictors.
+PREDICTOR_BASELINES = {
+    "all_zero": "baseline: all-zero predictor",
+    "logistic_own": "baseline: logistic regression, node's own features",
+    "logistic_all": "baseline: logistic regression, all features",
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -66,10 +84,110 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="runs/reproduce_paper")
     p.add_argument("--progress", action="store_true", help="show tqdm bars")
+    p.add_argument("--baselines-only", action="store_true",
+                   help="print only the flow-free baselines (seconds), train no flow")
+    p.add_argument("--solar-split", default="week_blocks", choices=["week_blocks", "chronological"],
+                   help="solar train/test split (default week_blocks; see datasets/solar.md)")
+    p.add_argument("--baseline-seeds", type=int, default=5,
+                   help="sampling seeds the generator baselines are averaged over (default 5)")
     return p.parse_args(argv)
 
 
-def run_one(dataset, conv: str, args: argparse.Namespace) -> dict:
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    return float(t.mean()), float(t.std()) if len(t) > 1 else 0.0
+
+
+def baseline_rows(dataset, args: argparse.Namespace, out: Path) -> tuple[list[dict], torch.Tensor]:
+    """The baselines' rows for one data set, and the test rows the per-label Gaussian covers.
+
+    Generators are fitted once and scored by the protocol under ``--baseline-seeds`` sampling
+    seeds (mean and standard deviation; per-label values of the first seed). Test NLL (nats per
+    sample): the per-label Gaussian only on test rows whose label vector has at least V d + 1
+    training rows (a full-rank sample covariance; the ridge alone would set the density of the
+    others), the per-node Gaussian on every test row. Returns that coverage mask too, so flows
+    can be scored on the same rows.
+    """
+    x_train, y_train = dataset.split("train")
+    x_test, y_test = dataset.split("test")
+    num_nodes, feats = dataset.num_nodes, dataset.num_features
+    seeds = list(range(args.seed, args.seed + args.baseline_seeds))
+    generators = {
+        "resampled": baselines.ResampledRows(x_train, y_train),
+        "label_gaussian": baselines.LabelGaussian(x_train, y_train),
+        "node_gaussian": baselines.NodeGaussian(x_train, y_train),
+    }
+    full_rank = baselines.LabelGaussian(x_train, y_train, min_rows=num_nodes * feats + 1)
+    label_log_prob = full_rank.log_prob(x_test, y_test)
+    covered = ~label_log_prob.isnan()
+    nll = {"label_gaussian": dict(nll_test=float("nan"),
+                                  nll_test_label_gaussian_rows=float(-label_log_prob[covered].mean()))}
+    try:
+        node_nll = -generators["node_gaussian"].log_prob(x_test, y_test)
+        nll["node_gaussian"] = dict(nll_test=float(node_nll.mean()),
+                                    nll_test_label_gaussian_rows=float(node_nll[covered].mean()))
+    except KeyError as err:  # a test node carries a label it never had in training
+        print(f"    node Gaussian NLL undefined: {err}", flush=True)
+
+    rows, samples = [], {}
+    for key, model in generators.items():
+        started = time.perf_counter()
+        results = []
+        for seed in seeds:
+            model.generator.manual_seed(seed)
+            generate, calls = _recording(model.generate)
+            results.append(metrics.paper_protocol(x_test, y_test, generate, top=3, alpha=0.1))
+            if seed == seeds[0]:
+                samples[key] = calls
+        row = dict(dataset=dataset.name, baseline=key, model=GENERATOR_BASELINES[key], seeds=seeds,
+                   wall_s=time.perf_counter() - started)
+        row["mmd"], row["mmd_std"] = _mean_std([r["mmd"] for r in results])
+        row["energy"], row["energy_std"] = _mean_std([r["energy"] for r in results])
+        row["per_label"] = [dict(labels="".join(map(str, k)), **v) for k, v in results[0]["per_label"].items()]
+        row.update(nll.get(key, {}))
+        row["label_gaussian_coverage"] = float(covered.double().mean())
+        rows.append(row)
+
+    labels_first = y_test.transpose(0, 1)
+    zero = torch.zeros(num_nodes, len(y_test), dataset.num_classes, dtype=torch.float64)
+    zero[..., 0] = 1.0
+    predictors = {"all_zero": zero}
+    for key, features in (("logistic_own", "own"), ("logistic_all", "all")):
+        model = baselines.NodeLogistic(x_train, y_train, features=features, num_classes=dataset.num_classes)
+        predictors[key] = model.predict_proba(x_test)
+    for key, proba in predictors.items():
+        rows.append(dict(dataset=dataset.name, baseline=key, model=PREDICTOR_BASELINES[key],
+                         node_accuracy=metrics.node_accuracy(proba, labels_first),
+                         node_log_loss=metrics.node_log_loss(proba, labels_first)))
+    plots.node_probabilities(predictors["logistic_all"], labels_first, out / f"{dataset.name}_logistic_all_proba.png",
+                             node_names=dataset.node_names,
+                             title=f"{dataset.name}: logistic regression on all features, first 40 test samples")
+    generated = samples["label_gaussian"]
+    plots.generated_vs_real(_real_rows(x_test, y_test, generated), generated,
+                            out / f"{dataset.name}_label_gaussian_samples.png",
+                            feature_names=dataset.feature_names,
+                            title=f"{dataset.name}: test rows vs the per-label Gaussian baseline")
+    return rows, covered
+
+
+def _recording(generate):
+    """``generate`` wrapped to keep each call's output by label vector, for the figures."""
+    calls: dict[tuple[int, ...], torch.Tensor] = {}
+
+    def wrapped(labels: torch.Tensor, n: int) -> torch.Tensor:
+        out = generate(labels, n)
+        calls[tuple(labels.tolist())] = out
+        return out
+
+    return wrapped, calls
+
+
+def _real_rows(x: torch.Tensor, y: torch.Tensor, keys) -> dict[tuple[int, ...], torch.Tensor]:
+    return {key: x[(y == torch.tensor(key)).all(dim=1)] for key in keys}
+
+
+def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor, out: Path) -> dict:
+    """Train one flow and score it; ``covered`` marks the test rows the per-label Gaussian's NLL uses."""
     x_train, y_train = dataset.split("train")
     x_test, y_test = dataset.split("test")
     graph = dataset.graph
@@ -101,6 +219,9 @@ def run_one(dataset, conv: str, args: argparse.Namespace) -> dict:
     # Majority-class accuracy, to read node_accuracy against.
     row["all_zero_accuracy"] = float((y_test == 0).double().mean())
     row["inversion_error_test"] = _inversion_error(model, graph, x_test)
+    nll = -_log_prob(model, graph, x_test, y_test, args.batch_size)
+    row["nll_test"] = float(nll.mean())
+    row["nll_test_label_gaussian_rows"] = float(nll[covered].mean())
 
     generated = [0]
     generator = torch.Generator().manual_seed(args.seed)
@@ -109,9 +230,10 @@ def run_one(dataset, conv: str, args: argparse.Namespace) -> dict:
         generated[0] += n
         return model.sample(graph, labels, n, generator=generator).transpose(0, 1)
 
+    recorded, calls = _recording(generate)
     started = time.perf_counter()
     try:
-        result = metrics.paper_protocol(x_test, y_test, generate, top=3, alpha=0.1)
+        result = metrics.paper_protocol(x_test, y_test, recorded, top=3, alpha=0.1)
         row["mmd"], row["energy"] = result["mmd"], result["energy"]
         row["per_label"] = [dict(labels="".join(map(str, k)), **v) for k, v in result["per_label"].items()]
         row["inversion"] = "ok"
@@ -122,7 +244,25 @@ def run_one(dataset, conv: str, args: argparse.Namespace) -> dict:
     sample_s = time.perf_counter() - started
     row["samples"] = generated[0]
     row["samples_per_s"] = generated[0] / sample_s if sample_s > 0 else float("nan")
+
+    stem = out / f"{dataset.name}_{conv}"
+    figures = [plots.node_probabilities(proba, y_test.transpose(0, 1), f"{stem}_proba.png",
+                                        node_names=dataset.node_names),
+               plots.training_curves(history.epochs, f"{stem}_curves.png",
+                                     title=f"{dataset.name}, {CONV_NAMES[conv]}: training")]
+    if calls:  # label vectors sampled before any InversionError
+        figures.append(plots.generated_vs_real(
+            _real_rows(x_test, y_test, calls), calls, f"{stem}_samples.png",
+            feature_names=dataset.feature_names, title=f"{dataset.name}, {CONV_NAMES[conv]}: test rows vs generated"))
+    row["figures"] = [str(path) for path in figures]
     return row
+
+
+def _log_prob(model: IGNN, graph, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """``log p(x_i | y_i)`` of every test sample, shape ``(N,)``, in batches to bound memory."""
+    with torch.no_grad():
+        return torch.cat([model.log_prob(graph, xb.transpose(0, 1), yb.transpose(0, 1))
+                          for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
 
 
 def _inversion_error(model: IGNN, graph, x: torch.Tensor) -> float:
@@ -141,21 +281,40 @@ def _fmt(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def markdown_table(rows: list[dict], args: argparse.Namespace) -> str:
+def _cell(row: dict, key: str) -> str:
+    """``mean ± std`` where the row has a spread over seeds, else the value; blank if absent."""
+    if key not in row:
+        return ""
+    spread = row.get(f"{key}_std")
+    return _fmt(row[key]) + (f" ± {spread:.3f}" if spread else "")
+
+
+def _nll_cell(row: dict) -> str:
+    if "nll_test_label_gaussian_rows" not in row:
+        return ""
+    return f"{_fmt(row.get('nll_test', float('nan')), 2)} / {_fmt(row['nll_test_label_gaussian_rows'], 2)}"
+
+
+def markdown_table(rows: list[dict], baseline: list[dict], args: argparse.Namespace) -> str:
     lines = [
-        "| data set | model | MMD (alpha=0.1) | energy | node acc. | train s (s/epoch) | samples/s | inversion |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data set | model | MMD (alpha=0.1) | energy | node acc. | test NLL (all / Gaussian's rows) "
+        "| train s (s/epoch) | samples/s | inversion |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in args.datasets:
         for row in (r for r in rows if r["dataset"] == name):
             inv = "ok" if row["inversion"] == "ok" else "FAILED"
             lines.append(
                 f"| {name} | {row['model']} | {_fmt(row['mmd'])} | {_fmt(row['energy'])} | "
-                f"{_fmt(row['node_accuracy'])} | {row['train_s']:.0f} ({row['s_per_epoch']:.2f}) | "
+                f"{_fmt(row['node_accuracy'])} | {_nll_cell(row)} | "
+                f"{row['train_s']:.0f} ({row['s_per_epoch']:.2f}) | "
                 f"{row['samples_per_s']:.0f} | {inv} (max rel. err {row['inversion_error_test']:.1e}) |"
             )
+        for row in (r for r in baseline if r["dataset"] == name):
+            lines.append(f"| {name} | {row['model']} | {_cell(row, 'mmd')} | {_cell(row, 'energy')} | "
+                         f"{_cell(row, 'node_accuracy')} | {_nll_cell(row)} | | | |")
         for label, (m, e) in PAPER[name].items():
-            lines.append(f"| {name} | {label} | {m:.3f} | {e:.3f} | | | | |")
+            lines.append(f"| {name} | {label} | {m:.3f} | {e:.3f} | | | | | |")
     return "\n".join(lines)
 
 
@@ -165,14 +324,20 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     kwargs = {"root": args.data_root} if args.data_root else {}
-    rows = []
+    rows, baseline = [], []
     started = time.perf_counter()
     for name in args.datasets:
-        dataset = load_dataset(name, **kwargs)
-        for conv in args.convs:
+        dataset = load_dataset(name, **kwargs, **({"split": args.solar_split} if name == "solar" else {}))
+        print(f"[{name}] baselines over {args.baseline_seeds} sampling seeds ...", flush=True)
+        rows_here, covered = baseline_rows(dataset, args, out)
+        baseline.extend(rows_here)
+        for row in rows_here:
+            print(f"    {row['model']}: MMD {_cell(row, 'mmd') or '-'}  energy {_cell(row, 'energy') or '-'}"
+                  f"  node acc {_cell(row, 'node_accuracy') or '-'}  test NLL {_nll_cell(row) or '-'}", flush=True)
+        for conv in [] if args.baselines_only else args.convs:
             print(f"[{name} / {conv}] training {args.epochs} epochs ...", flush=True)
             try:
-                row = run_one(dataset, conv, args)
+                row = run_one(dataset, conv, args, covered, out)
             except Exception as err:  # keep the other runs; the failure is in the table
                 traceback.print_exc()
                 row = dict(dataset=name, conv=conv, model=CONV_NAMES[conv], error=repr(err), mmd=float("nan"),
@@ -184,11 +349,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"  train {row['train_s']:.0f} s  {row['samples_per_s']:.0f} samples/s  inversion {row['inversion']}",
                   flush=True)
     total = time.perf_counter() - started
-    table = markdown_table(rows, args)
+    table = markdown_table(rows, baseline, args)
     settings = {k: v for k, v in vars(args).items() if k not in ("progress",)}
     settings.update(means=MEANS, torch=torch.__version__, python=platform.python_version(),
                     omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
-    (out / "results.json").write_text(json.dumps(dict(settings=settings, total_s=total, rows=rows), indent=2) + "\n")
+    (out / "results.json").write_text(json.dumps(dict(settings=settings, total_s=total, rows=rows, baselines=baseline), indent=2) + "\n")
     header = (f"Settings: {json.dumps(settings)}\n\nTotal wall time: {total:.0f} s\n\n")
     (out / "results.md").write_text(header + table + "\n")
     print()

@@ -127,9 +127,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     graph = model.graph
     torch.manual_seed(args.seed)
     proba = model.predict_proba(graph, x_test.transpose(0, 1))
+    generated: dict[tuple[int, ...], torch.Tensor] = {}  # kept for the figures
     with tqdm(total=args.top, desc="generate per label vector", unit="label vector", disable=args.no_progress) as bar:
         def generate(labels: torch.Tensor, n: int) -> torch.Tensor:
-            samples = model.sample(graph, labels, n).transpose(0, 1)
+            samples = generated[tuple(labels.tolist())] = model.sample(graph, labels, n).transpose(0, 1)
             bar.update(1)
             return samples
 
@@ -140,10 +141,25 @@ def _evaluate(args: argparse.Namespace) -> None:
         node_accuracy=metrics.node_accuracy(proba, y_test.transpose(0, 1)),
         node_log_loss=metrics.node_log_loss(proba, y_test.transpose(0, 1)),
     )
+    if args.out:
+        report["figures"] = _evaluation_figures(dataset, x_test, y_test, generated, proba, Path(args.out))
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n")
+
+
+def _evaluation_figures(dataset, x_test, y_test, generated, proba, out: Path) -> list[str]:
+    """Generated-vs-real and predicted-probability PNGs beside ``out``, named after its stem."""
+    from . import plots
+
+    real = {key: x_test[(y_test == torch.tensor(key)).all(dim=1)] for key in generated}
+    stem = out.with_suffix("")
+    paths = [plots.generated_vs_real(real, generated, f"{stem}_samples.png", feature_names=dataset.feature_names,
+                                     title=f"{dataset.name}: test rows vs generated"),
+             plots.node_probabilities(proba, y_test.transpose(0, 1), f"{stem}_proba.png",
+                                      node_names=dataset.node_names)]
+    return [str(path) for path in paths]
 
 
 def _sample(args: argparse.Namespace) -> None:

@@ -33,6 +33,9 @@ def test_train_sample_evaluate(checkpoint, tmp_path):
                  "--out", str(metrics_path), "--no-progress"]) == 0
     report = json.loads(metrics_path.read_text())
     assert 0.0 <= report["node_accuracy"] <= 1.0 and report["energy"] > 0
+    figures = [tmp_path / "metrics_samples.png", tmp_path / "metrics_proba.png"]
+    assert report["figures"] == [str(path) for path in figures]
+    assert all(path.read_bytes()[:4] == b"\x89PNG" for path in figures)
 
 
 def one_error_line(capsys) -> str:

@@ -262,36 +262,82 @@ def test_real_checksums_verify():
         assert reports and all(report.ok for report in reports.values())
 
 
-@pytest.mark.data
-def test_solar_counts_graph_and_standardization(solar_ds):
-    check_common(solar_ds)
-    assert solar_ds.x.shape == (729, 9, 2)
-    assert len(solar_ds.train_idx) == 546 and len(solar_ds.test_idx) == 183
-    assert solar_ds.node_names[0] == "Fremont" and "North San Jose" in solar_ds.node_names
-    edges = edge_set(solar_ds.graph)
+def check_agreement_graph(ds: GraphDataset) -> None:
+    """The graph is the brute-force agreement graph of the training labels."""
+    edges = edge_set(ds.graph)
+    num_nodes = ds.num_nodes
     assert edges == {(dst, src) for src, dst in edges}
-    assert {(v, v) for v in range(9)} <= edges
-    assert (solar_ds.graph.in_degrees() >= 3).all()
-    # Recompute the agreement graph by brute force: 2 best-agreeing others, lower id on ties.
-    _, y_train = solar_ds.split("train")
-    expected = {(v, v) for v in range(9)}
-    for node in range(9):
+    assert (ds.graph.in_degrees() >= 3).all()
+    _, y_train = ds.split("train")
+    expected = {(v, v) for v in range(num_nodes)}
+    for node in range(num_nodes):
         agree = {other: int((y_train[:, node] == y_train[:, other]).sum())
-                 for other in range(9) if other != node}
+                 for other in range(num_nodes) if other != node}
         for other in sorted(agree, key=lambda o: (-agree[o], o))[:2]:
             expected |= {(node, other), (other, node)}
     assert edges == expected
-    names = solar_ds.node_names
-    assert {tuple(sorted((names[a], names[b]))) for a, b in edges if a < b} == {
+
+
+@pytest.mark.data
+def test_solar_week_block_split_graph_and_standardization(solar_ds):
+    check_common(solar_ds)
+    assert solar_ds.x.shape == (729, 9, 2)
+    assert solar_ds.info["split"]["kind"] == "week_blocks"
+    # 729 samples = 52 blocks of 14 and one of 1; blocks 3, 7, ..., 51 are the 13 test weeks.
+    assert len(solar_ds.train_idx) == 729 - 13 * 14 and len(solar_ds.test_idx) == 13 * 14
+    assert len(solar_ds.info["split"]["test_weeks"]) == 13
+    assert solar_ds.node_names[0] == "Fremont" and "North San Jose" in solar_ds.node_names
+    check_agreement_graph(solar_ds)
+    # The scaler is fitted on the training samples' current windows: exactly standard there.
+    x_train, _ = solar_ds.split("train")
+    assert x_train[:, :, 0].mean(dim=0).abs().max() < 1e-5
+    assert torch.allclose(x_train[:, :, 0].std(dim=0, unbiased=False), torch.ones(9), atol=1e-5)
+
+
+@pytest.mark.data
+def test_solar_chronological_split_counts_and_graph():
+    real_root(solar_module.FOLDER, [f.name for f in solar_module.FILES])
+    ds = load_dataset("solar", split="chronological")
+    check_common(ds)
+    assert len(ds.train_idx) == 546 and len(ds.test_idx) == 183
+    assert torch.equal(ds.train_idx, torch.arange(546))
+    check_agreement_graph(ds)
+    names = ds.node_names
+    assert {tuple(sorted((names[a], names[b]))) for a, b in edge_set(ds.graph) if a < b} == {
         ("Fremont", "Milpitas"), ("Fremont", "Santa Clara"), ("Milpitas", "North San Jose"),
         ("Milpitas", "Santa Clara"), ("Mountain View", "Palo Alto"),
         ("Mountain View", "Redwood City"), ("Mountain View", "San Mateo"),
         ("Mountain View", "Sunnyvale"), ("North San Jose", "Santa Clara"),
         ("Palo Alto", "Redwood City"), ("Palo Alto", "Sunnyvale"),
         ("Redwood City", "San Mateo"), ("Santa Clara", "Sunnyvale")}
-    x_train, _ = solar_ds.split("train")
+    x_train, _ = ds.split("train")
     assert x_train[:, :, 0].mean(dim=0).abs().max() < 0.02
     assert torch.allclose(x_train[:, :, 0].std(dim=0), torch.ones(9), atol=0.02)
+
+
+@pytest.mark.parametrize("num_samples", [1, 13, 14, 55, 56, 57, 729])
+def test_solar_week_blocks_partition_into_alternating_weeks(num_samples):
+    train, test = solar_module.split_samples(num_samples, "week_blocks")
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(num_samples))
+    assert not set(train) & set(test)
+    # Brute force: walk the samples week by week, 3 training weeks then 1 test week.
+    expected_test = [i for i in range(num_samples) if (i // 14) % 4 == 3]
+    assert test.tolist() == expected_test
+    # Each run of test samples is one whole week starting on a block boundary.
+    runs = np.split(test, np.flatnonzero(np.diff(test) > 1) + 1) if len(test) else []
+    assert all(run[0] % 14 == 0 and len(run) == min(14, num_samples - run[0]) for run in runs)
+    full_cycles = num_samples // 56
+    assert len(test) >= 14 * full_cycles and len(train) >= 42 * full_cycles
+
+
+def test_solar_week_blocks_ratio_and_chronological_split():
+    train, test = solar_module.split_samples(56 * 10, "week_blocks")
+    assert len(train) == 3 * len(test)
+    train, test = solar_module.split_samples(729, "chronological")
+    # The first floor(3 W / 4) of W = 730 windows, window 0 only a predecessor.
+    assert train.tolist() == list(range(546)) and test.tolist() == list(range(546, 729))
+    with pytest.raises(ValueError, match="unknown split 'random'.*week_blocks, chronological"):
+        solar_module.split_samples(10, "random")
 
 
 @pytest.mark.data
@@ -382,7 +428,7 @@ def write_tiny_solar(folder: Path, names: list[str], days: int = 8) -> list[Path
 def test_solar_loader_on_tiny_files(tmp_path):
     folder = tmp_path / solar_module.FOLDER
     write_tiny_solar(folder, ["A_data.csv", "Big_Town_data.csv", "C_data.csv"])
-    ds = load_dataset("solar", root=tmp_path, k=2,
+    ds = load_dataset("solar", root=tmp_path, k=2, split="chronological",
                       files=["A_data.csv", "Big_Town_data.csv", "C_data.csv"])
     check_common(ds)
     # 8 days = 16 windows: window 0 has no predecessor, 12 training-period windows.
@@ -400,10 +446,51 @@ def test_solar_loader_on_tiny_files(tmp_path):
     stacked = pd.concat([tiny_solar_frame(8, seed, minutes=(0, 30)).assign(Location=name)
                          for seed, name in enumerate(["A", "Big Town", "C"])])
     stacked.to_csv(tmp_path / "stacked.csv", index=False)
-    same = load_dataset("solar", k=2, files=[tmp_path / "stacked.csv"])
+    same = load_dataset("solar", k=2, files=[tmp_path / "stacked.csv"], split="chronological")
     assert same.node_names == ds.node_names
     assert torch.allclose(same.x, ds.x) and torch.equal(same.y, ds.y)
     assert edge_set(same.graph) == edge_set(ds.graph)
+
+
+def test_solar_week_blocks_on_tiny_files_use_training_windows_only(tmp_path):
+    # 30 days = 60 windows = 59 samples: weeks 0-2 and the start of week 4 train, week 3 tests.
+    frames = [tiny_solar_frame(30, seed) for seed in range(3)]
+    for frame, name in zip(frames, "ABC"):
+        frame.to_csv(tmp_path / f"{name}_data.csv")
+    files = [tmp_path / f"{name}_data.csv" for name in "ABC"]
+    ds = load_dataset("solar", k=2, files=files)
+    check_common(ds)
+    test = list(range(42, 56))
+    assert ds.test_idx.tolist() == test
+    assert ds.train_idx.tolist() == [i for i in range(59) if i not in test]
+    # Scaler: mean and std (ddof 0) of the training samples' current windows, by hand.
+    averages = frames[1]["DHI"].to_numpy().reshape(60, 12).mean(axis=1)
+    fit = averages[ds.train_idx.numpy() + 1]
+    expected = torch.tensor((averages[1:] - fit.mean()) / fit.std(), dtype=torch.float32)
+    assert torch.allclose(ds.x[:, 1, 0], expected, atol=1e-5)
+    # The lag of the first test sample is the last training window, kept as it is.
+    assert ds.x[42, 1, 1] == ds.x[41, 1, 0]
+
+    # Change every test-part window except each test week's last (the next training sample's
+    # lag): training features, training labels, scaler and graph must not move.
+    for frame in frames:
+        hours = np.concatenate([np.arange(12 * (i + 1), 12 * (i + 2)) for i in test[:-1]])
+        frame.loc[hours, "DHI"] = frame.loc[hours, "DHI"] * 3.0 + 50.0
+        frame.to_csv(tmp_path / f"changed_{len(list(tmp_path.iterdir()))}_data.csv")
+    changed_files = sorted(tmp_path.glob("changed_*_data.csv"))
+    changed = load_dataset("solar", k=2, files=changed_files)
+    x_train, y_train = ds.split("train")
+    x_train_changed, y_train_changed = changed.split("train")
+    assert torch.equal(x_train, x_train_changed) and torch.equal(y_train, y_train_changed)
+    assert changed.info["scaler"]["mean"] == ds.info["scaler"]["mean"]
+    assert edge_set(changed.graph) == edge_set(ds.graph)
+    assert not torch.equal(ds.split("test")[0], changed.split("test")[0])
+
+    with pytest.raises(DataFileError, match="too few to split.*0 test samples"):
+        load_dataset("solar", k=2, files=write_tiny_solar(tmp_path / "short", ["D_data.csv",
+                                                                              "E_data.csv"]))
+    with pytest.raises(ValueError, match="unknown split"):
+        load_dataset("solar", k=2, files=files, split="random")
 
 
 def test_solar_reads_raw_nsrdb_header(tmp_path):
@@ -412,7 +499,7 @@ def test_solar_reads_raw_nsrdb_header(tmp_path):
         handle.write("Source,Location ID,City\nNSRDB,123,Somewhere\n")
         tiny_solar_frame(8, 0).to_csv(handle, index=False)
     other = write_tiny_solar(tmp_path, ["Other_data.csv"])
-    ds = load_dataset("solar", root=tmp_path, k=2, files=[path, other[0]])
+    ds = load_dataset("solar", root=tmp_path, k=2, files=[path, other[0]], split="chronological")
     assert ds.node_names == ["Site", "Other"] and ds.x.shape == (15, 2, 2)
 
 
@@ -421,7 +508,7 @@ def test_solar_checksums_on_tiny_real_format_files(tmp_path, monkeypatch):
     paths = write_tiny_solar(folder, ["A_data.csv", "B_data.csv", "C_data.csv"])
     specs = tuple(DataFile(p.name, p.stat().st_size, sha256_of(p)) for p in paths)
     monkeypatch.setattr(solar_module, "FILES", specs)
-    assert load_dataset("solar", root=tmp_path, k=2).x.shape == (15, 3, 2)
+    assert load_dataset("solar", root=tmp_path, k=2, split="chronological").x.shape == (15, 3, 2)
 
     content = paths[1].read_bytes()
     paths[1].write_bytes(content[:-40])
@@ -437,7 +524,8 @@ def test_solar_checksums_on_tiny_real_format_files(tmp_path, monkeypatch):
         load_dataset("solar", root=tmp_path, k=2)
     assert verify_dataset("solar", root=tmp_path)["B_data.csv"].status == "checksum mismatch"
     # verify=False accepts a changed file in the same format.
-    assert load_dataset("solar", root=tmp_path, k=2, verify=False).x.shape == (15, 3, 2)
+    assert load_dataset("solar", root=tmp_path, k=2, verify=False,
+                        split="chronological").x.shape == (15, 3, 2)
 
 
 def test_solar_malformed_csv_names_file_and_columns(tmp_path, monkeypatch):

@@ -53,7 +53,13 @@ FILES = (
 REQUIRED_COLUMNS = ("Year", "Month", "Day", "Hour", "DHI")
 LOCATION_COLUMNS = ("Location", "location")
 WINDOW_HOURS = 12
+#: Chronological split: the first floor(3 W / 4) of the W windows are the training period.
 TRAIN_FRACTION = 0.75
+#: Week-block split: blocks of 14 consecutive samples (one week of half-days); of every 4
+#: consecutive blocks the first 3 are training blocks and the 4th a test block.
+BLOCK_SAMPLES = 14
+BLOCKS_PER_CYCLE = 4
+SPLIT_KINDS = ("week_blocks", "chronological")
 FEATURE_NAMES = ["dhi_t", "dhi_t-1"]
 #: Ramp rule thresholds: relative rise above, relative fall below, and the low-light levels.
 RISE, FALL, LOW_NOW, LOW_BEFORE = 1.0, -0.5, 40.0, 35.0
@@ -179,18 +185,61 @@ def agreement_pairs(train_labels: np.ndarray, k: int) -> list[tuple[int, int]]:
     return pairs
 
 
+def split_samples(num_samples: int, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Training and test sample indices of the ``"week_blocks"`` or ``"chronological"`` split.
+
+    Sample i is window i + 1. ``"week_blocks"``: sample i lies in block i // 14 and is a test
+    sample when that block is the 4th of its cycle of 4 (block % 4 == 3), so training and test
+    weeks alternate 3:1 through the year and both parts see every season. ``"chronological"``:
+    the samples whose window lies in the first floor(3 W / 4) of the W = num_samples + 1
+    windows are training samples, the rest test samples.
+
+    Parameters
+    ----------
+    num_samples : int
+        Number of samples N.
+    split : str
+        One of ``SPLIT_KINDS``.
+
+    Returns
+    -------
+    train_idx, test_idx : np.ndarray
+        Sorted int64 indices into N.
+    """
+    if split not in SPLIT_KINDS:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLIT_KINDS)}")
+    samples = np.arange(num_samples)
+    if split == "week_blocks":
+        is_test = (samples // BLOCK_SAMPLES) % BLOCKS_PER_CYCLE == BLOCKS_PER_CYCLE - 1
+    else:
+        is_test = samples + 1 >= int((num_samples + 1) * TRAIN_FRACTION)
+    return samples[~is_test], samples[is_test]
+
+
+def _block_ranges(index: pd.Index, samples: np.ndarray) -> list[list[str]]:
+    """First and last window start of each run of consecutive samples (sample i = window i + 1)."""
+    breaks = np.flatnonzero(np.diff(samples) > 1) + 1
+    return [[str(index[run[0] + 1]), str(index[run[-1] + 1])]
+            for run in np.split(samples, breaks)]
+
+
 def solar(root: str | os.PathLike | None = None, verify: bool = True, k: int = 3,
-          files: Sequence[str | os.PathLike] | None = None, download: bool = True) -> GraphDataset:
+          files: Sequence[str | os.PathLike] | None = None, download: bool = True,
+          split: str = "week_blocks") -> GraphDataset:
     """Load solar ramp-event data from NSRDB-style CSV files.
 
     Each location's DHI is averaged over 12-hour windows; window t gets features
     [x_t, x_{t-1}] and its ramp label (see ``ramp_labels``), so the first window only serves
-    as a predecessor. The first floor(3 W / 4) windows are the training period: samples whose
-    window lies in it are training samples, the rest test samples (the first test sample's
-    predecessor is the last training window). Features are standardized per location with the
-    mean and standard deviation of the training-period windows. The graph links each location
-    to the k - 1 others (k counting itself) whose training labels agree with its own most often,
-    made symmetric, with a self-loop on every node.
+    as a predecessor. The samples are split by ``split_samples``: by default in week blocks
+    (14 consecutive half-days; of every 4 blocks, 3 train and 1 test), or chronologically
+    (first 3/4 of the windows train, the rest test). The lag feature x_{t-1} of the first
+    sample of a block is the last window of the block before, which belongs to the other part:
+    kept, since it is an observed past value, not a label; no sample is dropped. Features are
+    standardized per location with the mean and standard deviation of the training part's
+    windows only (for week blocks: the current windows x_t of the training samples; for the
+    chronological split: all windows of the training period, window 0 included). The graph
+    links each location to the k - 1 others (k counting itself) whose training labels agree
+    with its own most often, made symmetric, with a self-loop on every node.
 
     Files may be hourly or half-hourly, one per location (named ``<Location>_data.csv``) or
     several locations stacked with a ``Location``/``location`` column.
@@ -212,6 +261,8 @@ def solar(root: str | os.PathLike | None = None, verify: bool = True, k: int = 3
         Download missing published files from :data:`SOURCE` (or ``$DGL_IFLOW_DATA_URL``)
         into ``<root>/solar_bay_area/`` first; downloads are checked before they are kept.
         Has no effect with ``files``.
+    split : {"week_blocks", "chronological"}
+        How samples are split into training and test parts.
 
     Returns
     -------
@@ -244,32 +295,42 @@ def solar(root: str | os.PathLike | None = None, verify: bool = True, k: int = 3
                             f"12-hour windows; expected files for the same period")
     dhi = averages.to_numpy(np.float64)
     num_windows = len(dhi)
-    train_windows = int(num_windows * TRAIN_FRACTION)
-    if train_windows < 2 or train_windows == num_windows:
+    train_idx, test_idx = split_samples(num_windows - 1, split)
+    if len(train_idx) < 2 or len(test_idx) == 0:
         raise DataFileError(f"only {num_windows} 12-hour windows in folder {folder}; too few "
-                            f"to split")
+                            f"to split ({split!r} split: {len(train_idx)} training and "
+                            f"{len(test_idx)} test samples)")
     labels = ramp_labels(dhi)
-    mean = dhi[:train_windows].mean(axis=0)
-    std = dhi[:train_windows].std(axis=0)
+    if split == "week_blocks":
+        fit_windows = dhi[train_idx + 1]
+        split_info = {"kind": split, "block_samples": BLOCK_SAMPLES,
+                      "blocks_per_cycle": BLOCKS_PER_CYCLE, "test_block": "block % 4 == 3",
+                      "test_weeks": _block_ranges(averages.index, test_idx)}
+    else:
+        fit_windows = dhi[: train_idx[-1] + 2]  # windows 0 .. the last training sample's
+        split_info = {"kind": split, "train_fraction": TRAIN_FRACTION,
+                      "train_windows": [str(averages.index[1]),
+                                        str(averages.index[train_idx[-1] + 1])],
+                      "test_windows": [str(averages.index[test_idx[0] + 1]),
+                                       str(averages.index[-1])]}
+    mean = fit_windows.mean(axis=0)
+    std = fit_windows.std(axis=0)
     std = np.where(std > 0, std, 1.0)  # a constant location stays centred rather than dividing by 0
     scaled = (dhi - mean) / std
     x = np.stack([scaled[1:], scaled[:-1]], axis=-1)
-    num_train = train_windows - 1  # sample i is window i + 1
-    pairs = agreement_pairs(labels[:num_train], k)
+    pairs = agreement_pairs(labels[train_idx], k)
     info = {
         "root": str(data_root.path), "root_source": data_root.source, "verified": verify,
-        "files": sources, "k": k, "window_hours": WINDOW_HOURS,
-        "train_fraction": TRAIN_FRACTION, "windows": num_windows,
-        "train_windows": [str(averages.index[1]), str(averages.index[train_windows - 1])],
-        "test_windows": [str(averages.index[train_windows]), str(averages.index[-1])],
-        "scaler": {"fit_on": "training-period windows, per location, both lags", "ddof": 0,
-                   "mean": mean.tolist(), "std": std.tolist()},
+        "files": sources, "k": k, "window_hours": WINDOW_HOURS, "windows": num_windows,
+        "split": split_info,
+        "scaler": {"fit_on": f"windows of the training part ({split} split), per location, "
+                             f"both lags", "ddof": 0, "mean": mean.tolist(), "std": std.tolist()},
         "ramp_rule": f"change > {RISE} or change < {FALL} or (x_t < {LOW_NOW} and "
                      f"x_t-1 < {LOW_BEFORE}); x_t-1 = 0 -> 1",
         "graph_pairs": sorted(set(tuple(sorted(pair)) for pair in pairs)),
     }
     return GraphDataset(
         name="solar", graph=undirected_graph(pairs, len(names), self_loops=True),
-        x=torch.from_numpy(x), y=torch.from_numpy(labels), train_idx=torch.arange(num_train),
-        test_idx=torch.arange(num_train, len(labels)), num_classes=2, node_names=names,
+        x=torch.from_numpy(x), y=torch.from_numpy(labels), train_idx=torch.from_numpy(train_idx),
+        test_idx=torch.from_numpy(test_idx), num_classes=2, node_names=names,
         feature_names=list(FEATURE_NAMES), info=info, raw_path=folder)

@@ -1,0 +1,238 @@
+"""Figures for evaluating conditional graph generation: samples, node predictions, training curves.
+
+Every function takes plain tensors, arrays or dicts (no models), writes one PNG and returns its
+path. Figures are drawn on matplotlib's Agg canvas directly, without ``pyplot``, so no global
+backend is switched and no figure stays open; matplotlib is imported on first use, which keeps
+``import dgl_iflow`` fast.
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["generated_vs_real", "node_probabilities", "training_curves"]
+
+ArrayLike = torch.Tensor | np.ndarray
+LabelKey = tuple[int, ...]
+
+REAL_COLOUR = "#1f4e9c"  # dark blue
+GENERATED_COLOUR = "#e8710a"  # orange: distinct from blue also for colour-blind readers
+DPI = 120
+
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: str | os.PathLike) -> Path:
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=DPI, format="png")
+    return out
+
+
+def _numpy(a: ArrayLike) -> np.ndarray:
+    return torch.as_tensor(a).detach().cpu().to(torch.float64).numpy()
+
+
+def _label_text(key: Sequence[int]) -> str:
+    return "Y = " + "".join(str(int(v)) for v in key)
+
+
+def generated_vs_real(real: Mapping[LabelKey, ArrayLike], generated: Mapping[LabelKey, ArrayLike],
+                      path: str | os.PathLike, feature_names: Sequence[str] = ("x_0", "x_1"),
+                      max_samples: int = 40, title: str | None = None) -> Path:
+    """Real and generated graphs of each label vector in the (feature 0, feature 1) plane.
+
+    One panel per label vector: every node of every sample is a point, the nodes of one sample
+    (in node order) are joined by a light line, real samples in blue, generated in orange. All
+    panels share their axes.
+
+    Parameters
+    ----------
+    real : mapping of tuple to array_like
+        ``{Y: (n_Y, V, 2)}`` real node features per label vector ``Y`` (a tuple of V ints).
+    generated : mapping of tuple to array_like
+        ``{Y: (m_Y, V, 2)}`` generated features for the same label vectors.
+    path : str or PathLike
+        PNG file to write.
+    feature_names : sequence of str
+        Axis labels of the two features.
+    max_samples : int
+        At most this many samples of each kind per panel (the first ones), so the lines stay
+        readable.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    if not real:
+        raise ValueError("real must hold at least one label vector")
+    if set(real) != set(generated):
+        raise ValueError(f"real and generated must have the same label vectors, got "
+                         f"{sorted(real)} and {sorted(generated)}")
+    if len(feature_names) != 2:
+        raise ValueError(f"need 2 feature names, got {list(feature_names)}")
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    panels = []
+    for key in real:
+        pair = [_numpy(real[key]), _numpy(generated[key])]
+        for kind, rows in zip(("real", "generated"), pair):
+            if rows.ndim != 3 or rows.shape[1] != len(key) or rows.shape[2] != 2:
+                raise ValueError(f"{kind} samples of {_label_text(key)} must have shape "
+                                 f"(n, {len(key)}, 2), got {rows.shape}")
+        panels.append((key, [rows[:max_samples] for rows in pair], [len(rows) for rows in pair]))
+
+    columns = min(len(panels), 3)
+    rows_count = math.ceil(len(panels) / columns)
+    figure = _figure(4.6 * columns, 4.3 * rows_count + 0.4)
+    axes = figure.subplots(rows_count, columns, sharex=True, sharey=True, squeeze=False).ravel()
+    for axis, (key, (real_rows, fake_rows), (n_real, n_fake)) in zip(axes, panels):
+        for rows, colour, kind, total in ((real_rows, REAL_COLOUR, "real", n_real),
+                                          (fake_rows, GENERATED_COLOUR, "generated", n_fake)):
+            for sample in rows:
+                axis.plot(sample[:, 0], sample[:, 1], color=colour, alpha=0.12, linewidth=0.7)
+            points = rows.reshape(-1, 2)
+            axis.scatter(points[:, 0], points[:, 1], s=7, color=colour, alpha=0.55,
+                         linewidths=0, label=f"{kind} ({len(rows)} of {total})")
+        axis.set_title(_label_text(key), fontsize=9, family="monospace")
+        axis.set_xlabel(feature_names[0])
+        axis.set_ylabel(feature_names[1])
+        axis.grid(alpha=0.25)
+        axis.legend(fontsize=8, loc="best", markerscale=2)
+    for axis in axes[len(panels):]:
+        axis.set_visible(False)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def node_probabilities(proba: ArrayLike, labels: ArrayLike, path: str | os.PathLike,
+                       node_names: Sequence[str] | None = None, max_samples: int = 40,
+                       positive: int = 1, title: str | None = None) -> Path:
+    """Heatmap of predicted ``P(Y_v = positive | X)``, nodes by samples, true labels marked.
+
+    Cells are coloured from 0 (white) to 1 (dark); a dot marks every node whose true label is
+    ``positive``, so a dot on a pale cell is a missed event and a dark cell without a dot a
+    false alarm.
+
+    Parameters
+    ----------
+    proba : array_like
+        ``(V, n, K)`` class probabilities, nodes first, as ``IGNN.predict_proba`` returns.
+    labels : array_like
+        ``(V, n)`` true labels.
+    path : str or PathLike
+        PNG file to write.
+    node_names : sequence of str, optional
+        V row labels; default the node ids.
+    max_samples : int
+        Only the first ``max_samples`` samples are drawn.
+    positive : int
+        The class whose probability is drawn.
+    title : str, optional
+        Figure title; default says how many samples and the accuracy over the drawn ones.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    p, y = _numpy(proba), torch.as_tensor(labels).detach().cpu().long().numpy()
+    if p.ndim != 3 or y.shape != p.shape[:2]:
+        raise ValueError(f"expected proba (V, n, K) and labels (V, n), got {p.shape} and "
+                         f"{y.shape}")
+    if not 0 <= positive < p.shape[2]:
+        raise ValueError(f"positive must lie in [0, {p.shape[2]}), got {positive}")
+    if node_names is not None and len(node_names) != p.shape[0]:
+        raise ValueError(f"{len(node_names)} node names for V = {p.shape[0]} nodes")
+    if max_samples < 1:
+        raise ValueError(f"max_samples must be >= 1, got {max_samples}")
+    p, y = p[:, :max_samples], y[:, :max_samples]
+    num_nodes, num_samples = y.shape
+    names = list(node_names) if node_names is not None else [str(v) for v in range(num_nodes)]
+
+    figure = _figure(min(2.0 + 0.28 * num_samples, 16.0), 1.2 + 0.3 * num_nodes)
+    axis = figure.subplots()
+    image = axis.imshow(p[:, :, positive], cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto",
+                        interpolation="nearest")
+    nodes, samples = np.nonzero(y == positive)
+    axis.scatter(samples, nodes, s=14, color=GENERATED_COLOUR, edgecolors="black",
+                 linewidths=0.4)
+    axis.set_yticks(range(num_nodes), names, fontsize=8)
+    axis.set_xlabel(f"test sample    (orange dot: true label {positive})")
+    axis.set_ylabel("node")
+    figure.colorbar(image, ax=axis, label=f"P(Y_v = {positive} | X)", shrink=0.9)
+    accuracy = float((p.argmax(axis=2) == y).mean())
+    axis.set_title(title or f"predicted P(Y_v = {positive} | X), first {num_samples} test "
+                            f"samples (accuracy {accuracy:.3f})", fontsize=10)
+    return _save(figure, path)
+
+
+def training_curves(epochs: Sequence[Mapping[str, float]], path: str | os.PathLike,
+                    keys: Sequence[str] = ("loss", "nll", "ce", "transport", "inversion_error"),
+                    title: str | None = None) -> Path:
+    """Per-epoch training curves, one panel per key; the inversion error on a log scale.
+
+    Parameters
+    ----------
+    epochs : sequence of mapping
+        One dict per epoch, as ``TrainHistory.epochs``.
+    path : str or PathLike
+        PNG file to write.
+    keys : sequence of str
+        Quantities to draw; those absent from every epoch are skipped.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    if not epochs:
+        raise ValueError("epochs is empty: nothing to plot")
+    present = [key for key in keys if any(key in epoch for epoch in epochs)]
+    if not present:
+        raise ValueError(f"none of {list(keys)} occurs in the history; its keys are "
+                         f"{sorted(set().union(*epochs))}")
+    from matplotlib.ticker import MaxNLocator
+
+    columns = min(len(present), 3)
+    rows_count = math.ceil(len(present) / columns)
+    figure = _figure(4.0 * columns, 3.0 * rows_count + 0.3)
+    axes = figure.subplots(rows_count, columns, squeeze=False).ravel()
+    for axis, key in zip(axes, present):
+        points = [(number, float(epoch[key])) for number, epoch in enumerate(epochs, start=1)
+                  if key in epoch]
+        x, y = zip(*points)
+        axis.plot(x, y, marker="o", markersize=3, color=REAL_COLOUR)
+        if key == "inversion_error":
+            axis.set_yscale("log")
+        axis.set_title(key, fontsize=10)
+        axis.set_xlabel("epoch")
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axis.grid(alpha=0.3)
+    for axis in axes[len(present):]:
+        axis.set_visible(False)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)

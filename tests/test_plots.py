@@ -1,0 +1,91 @@
+"""Tests of dgl_iflow.plots: every figure is a real PNG, bad inputs are refused."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from dgl_iflow import plots
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def check_png(path) -> None:
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 5000
+
+
+@pytest.fixture
+def samples() -> tuple[dict, dict]:
+    gen = torch.Generator().manual_seed(0)
+    keys = [(0, 0, 0, 0), (0, 1, 1, 0), (1, 1, 0, 0)]
+    real = {key: torch.randn(30, 4, 2, generator=gen) for key in keys}
+    fake = {key: torch.randn(30, 4, 2, generator=gen) + 0.5 for key in keys}
+    return real, fake
+
+
+def test_generated_vs_real_writes_a_png(tmp_path, samples):
+    real, fake = samples
+    out = plots.generated_vs_real(real, fake, tmp_path / "sub" / "scatter.png",
+                                  feature_names=["flow_t", "flow_t-1"], max_samples=10,
+                                  title="test")
+    assert out == tmp_path / "sub" / "scatter.png"
+    check_png(out)
+
+
+def test_generated_vs_real_rejects_bad_input(tmp_path, samples):
+    real, fake = samples
+    key = next(iter(real))
+    with pytest.raises(ValueError, match="same label vectors"):
+        plots.generated_vs_real(real, {key: fake[key]}, tmp_path / "a.png")
+    with pytest.raises(ValueError, match=r"generated samples of Y = 0000 must have shape "
+                                          r"\(n, 4, 2\)"):
+        plots.generated_vs_real({key: real[key]}, {key: fake[key][:, :, :1]}, tmp_path / "a.png")
+    with pytest.raises(ValueError, match="at least one label vector"):
+        plots.generated_vs_real({}, {}, tmp_path / "a.png")
+    with pytest.raises(ValueError, match="2 feature names"):
+        plots.generated_vs_real(real, fake, tmp_path / "a.png", feature_names=["a"])
+    assert not (tmp_path / "a.png").exists()
+
+
+def test_node_probabilities_writes_a_png(tmp_path):
+    gen = torch.Generator().manual_seed(1)
+    p1 = torch.rand(5, 60, generator=gen)
+    proba = torch.stack([1 - p1, p1], dim=-1)
+    labels = (p1 > 0.5).long()
+    out = plots.node_probabilities(proba, labels, tmp_path / "proba.png",
+                                   node_names=list("abcde"), max_samples=25)
+    check_png(out)
+
+
+def test_node_probabilities_rejects_bad_input(tmp_path):
+    proba = torch.full((5, 8, 2), 0.5)
+    with pytest.raises(ValueError, match=r"proba \(V, n, K\) and labels \(V, n\)"):
+        plots.node_probabilities(proba, torch.zeros(8, 5), tmp_path / "p.png")
+    with pytest.raises(ValueError, match=r"proba \(V, n, K\)"):
+        plots.node_probabilities(proba[..., 1], torch.zeros(5, 8), tmp_path / "p.png")
+    with pytest.raises(ValueError, match="3 node names for V = 5"):
+        plots.node_probabilities(proba, torch.zeros(5, 8), tmp_path / "p.png",
+                                 node_names=["a", "b", "c"])
+    with pytest.raises(ValueError, match="positive must lie in"):
+        plots.node_probabilities(proba, torch.zeros(5, 8), tmp_path / "p.png", positive=2)
+
+
+def test_training_curves_writes_a_png_and_rejects_bad_input(tmp_path):
+    history = [dict(loss=5.0 / e, nll=4.0 / e, ce=0.7, transport=0.1 * e,
+                    inversion_error=1e-7 * 10 ** (e / 3)) for e in range(1, 9)]
+    history[3].pop("inversion_error")  # an epoch without an inversion check
+    check_png(plots.training_curves(history, tmp_path / "curves.png"))
+    with pytest.raises(ValueError, match="empty"):
+        plots.training_curves([], tmp_path / "c.png")
+    with pytest.raises(ValueError, match=r"none of \['accuracy'\].*\['ce', 'inversion_error'"):
+        plots.training_curves(history, tmp_path / "c.png", keys=["accuracy"])
+
+
+def test_importing_the_package_does_not_import_matplotlib():
+    code = "import sys, dgl_iflow; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,54 @@
+"""The baseline rows of benchmarks/reproduce_paper.py, on a small synthetic data set."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import statistics
+from pathlib import Path
+
+import torch
+
+from dgl_iflow import baselines, metrics
+from dgl_iflow.data import load_dataset
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "reproduce_paper.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("reproduce_paper", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_baseline_rows_table_and_figures(tmp_path):
+    script = load_script()
+    args = script.parse_args(["--baselines-only", "--baseline-seeds", "2", "--seed", "3"])
+    dataset = load_dataset("three_node", n_per_label=60, seed=0)
+    rows, covered = script.baseline_rows(dataset, args, tmp_path)
+    by_key = {row["baseline"]: row for row in rows}
+    assert set(by_key) == set(script.GENERATOR_BASELINES) | set(script.PREDICTOR_BASELINES)
+
+    # The generator rows average the protocol over seeds 3 and 4 of a model fitted once.
+    x_train, y_train = dataset.split("train")
+    x_test, y_test = dataset.split("test")
+    scores = []
+    for seed in (3, 4):
+        model = baselines.LabelGaussian(x_train, y_train, seed=seed)
+        scores.append(metrics.paper_protocol(x_test, y_test, model.generate)["mmd"])
+    row = by_key["label_gaussian"]
+    assert math.isclose(row["mmd"], sum(scores) / 2, rel_tol=1e-12)
+    assert math.isclose(row["mmd_std"], statistics.stdev(scores), rel_tol=1e-9)
+
+    # NLL of the per-label Gaussian on the rows whose label vector has >= V d + 1 training rows.
+    full_rank = baselines.LabelGaussian(x_train, y_train, min_rows=3 * 2 + 1)
+    expected = -full_rank.log_prob(x_test, y_test)
+    assert torch.equal(covered, ~expected.isnan())
+    assert math.isclose(row["nll_test_label_gaussian_rows"], float(expected[covered].mean()))
+    assert by_key["all_zero"]["node_accuracy"] == float((y_test == 0).double().mean())
+
+    # The table lists a data set's baselines under its name only.
+    table = script.markdown_table([], rows, script.parse_args(["--datasets", "traffic"]))
+    assert "three_node" not in table and table.count("| traffic |") == len(script.PAPER["traffic"])
+    for name in ("three_node_label_gaussian_samples.png", "three_node_logistic_all_proba.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
