@@ -68,6 +68,11 @@ class IGNN(nn.Module):
         ``(K, d)`` latent class means; placed automatically far apart when absent.
     trainable_means : bool
         Learn the means, kept apart by a log-barrier.
+    min_separation : float, optional
+        Distance the barrier keeps trainable means apart; by default the one that keeps every
+        node on its own mean's side with probability 0.99 (:func:`~dgl_iflow.latent.default_separation`), which
+        claims classes separate almost surely. A small value lets the data choose the gap, and
+        with it the latent's Bayes error per node.
     init_scale : float
         Factor applied to the last layer of every residual function at initialization; a
         small value starts the flow near the identity, safely invertible.
@@ -79,6 +84,12 @@ class IGNN(nn.Module):
     node_bias : bool
         L3Conv only: a bias per node (see :class:`L3Conv`), so blocks can translate nodes
         differently.
+    graph_mean : bool
+        Give every convolution the graph-wide mean as one more operator (see
+        :class:`~dgl_iflow.layers.BasisConv`): blocks can model correlation across all nodes.
+    node_affine : bool
+        End the flow with a :class:`~dgl_iflow.layers.NodeAffine` layer: a per-node scale and
+        shift at the latent end, free of transport cost.
 
     Notes
     -----
@@ -101,6 +112,7 @@ class IGNN(nn.Module):
         sigma: float = 1.0,
         means: Tensor | Sequence[Sequence[float]] | None = None,
         trainable_means: bool = False,
+        min_separation: float | None = None,
         init_scale: float = 0.5,
         lipschitz_coeff: float | None = None,
         node_bias: bool = True,
@@ -118,7 +130,7 @@ class IGNN(nn.Module):
             hidden_feats=list(hidden_feats), orders=list(orders), cheb_k=cheb_k,
             activation=activation, logdet=logdet, sigma=sigma,
             means=None if means is None else torch.as_tensor(means).tolist(),
-            trainable_means=trainable_means, init_scale=init_scale, lipschitz_coeff=lipschitz_coeff,
+            trainable_means=trainable_means, min_separation=min_separation, init_scale=init_scale, lipschitz_coeff=lipschitz_coeff,
             node_bias=node_bias, graph_mean=graph_mean, node_affine=node_affine,
         )
         self.graph = graph
@@ -150,7 +162,7 @@ class IGNN(nn.Module):
         self.latent = NodeGaussianLatent(
             num_classes, feats, sigma=sigma,
             means=None if means is None else torch.as_tensor(means, dtype=torch.get_default_dtype()),
-            trainable_means=trainable_means, num_nodes=num_nodes,
+            trainable_means=trainable_means, min_separation=min_separation, num_nodes=num_nodes,
         )
 
     @property

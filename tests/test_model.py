@@ -167,3 +167,15 @@ def test_bad_input_gets_clear_errors():
         model.sample(graph, torch.zeros(3, 2, dtype=torch.long), 5)
     with pytest.raises(ValueError, match="conv must be one of"):
         IGNN(graph, 2, 2, conv="gat")
+
+
+def test_min_separation_reaches_the_barrier():
+    """The barrier keeps trainable means min_separation apart: zero-cost gap above it, a push below."""
+    model = small_model("l3", trainable_means=True, min_separation=1.0, means=((0.5, 0.0), (-0.5, 0.0)))
+    assert model.latent.separation == 1.0
+    penalty = model.latent.barrier_penalty()
+    penalty.backward()
+    gap = model.latent.means.grad[0, 0] - model.latent.means.grad[1, 0]
+    assert gap < 0  # descending the penalty moves mean 0 right and mean 1 left: apart
+    far = small_model("l3", trainable_means=True, min_separation=1.0, means=((2.0, 0.0), (-2.0, 0.0)))
+    assert far.latent.barrier_penalty() < penalty
