@@ -59,6 +59,15 @@ class RecordingGraph:
         self._count("edges")
         return self._graph.edges(*args, **kwargs)
 
+    @property
+    def batch_size(self):
+        self._count("batch_size")
+        return self._graph.batch_size
+
+    def batch_num_nodes(self, *args):
+        self._count("batch_num_nodes")
+        return self._graph.batch_num_nodes(*args)
+
     def __getattr__(self, name: str):
         raise AssertionError(f"the hot path used DGL: graph.{name}")
 
