@@ -56,7 +56,10 @@ def _demo(args: argparse.Namespace) -> None:
     from .demos import chordal, expressiveness, three_moons
 
     demo = {"expressiveness": expressiveness, "chordal": chordal, "three-moons": three_moons}[args.name]
-    settings = {key: value for key, value in (("epochs", args.epochs), ("num_blocks", args.blocks)) if value is not None}
+    if args.nodes is not None and args.name != "chordal":
+        raise SystemExit(f"--nodes applies to the chordal demo only, not to {args.name}")
+    options = (("epochs", args.epochs), ("num_blocks", args.blocks), ("p", args.nodes))
+    settings = {key: value for key, value in options if value is not None}
     demo.run(args.out or f"runs/{args.name}", seed=args.seed, progress=not args.no_progress, **settings)
 
 
@@ -218,10 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", "run a demonstration",
                    "Writes its figures and JSON results into --out (default runs/NAME) and prints a summary.")
     demo.add_argument("name", choices=["expressiveness", "chordal", "three-moons"],
-                      help="expressiveness: 3-node graph; chordal: the same comparison on the chordal graph")
+                      help="expressiveness: 3-node graph; chordal: generated vs exact covariances on the chordal graph")
     demo.add_argument("--out", default=None, help="output folder (default runs/NAME)")
     demo.add_argument("--epochs", type=int, default=None, help="default: the demo's own")
     demo.add_argument("--blocks", type=int, default=None, help="default: the demo's own")
+    demo.add_argument("--nodes", type=int, default=None, help="chordal only: number of nodes, a prime (default 503)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     demo.set_defaults(run=_demo)

@@ -103,6 +103,28 @@ def chordal_cycle_pairs(p: int) -> list[tuple[int, int]]:
     return sorted((min(u, v), max(u, v)) for u, v in simple.edges() if u != v)
 
 
+def chordal_mixing_operator(p: int) -> Tensor:
+    """The chordal data's mixing operator M = 0.8 I + 0.2 D^{-1} A, with A including self-loops.
+
+    Given the labels, the data are X = M Z with Z's within-class covariance I, so
+    Cov(X | Y) = (M M^T) kron I_d for every label vector and E[X | Y] = M E[Z | Y].
+
+    Parameters
+    ----------
+    p : int
+        Number of nodes; must be prime.
+
+    Returns
+    -------
+    Tensor
+        Shape (p, p), float64.
+    """
+    if not _is_prime(p):
+        raise ValueError(f"chordal_cycle_graph needs a prime number of nodes, got p = {p}")
+    return (CHORDAL_SELF_WEIGHT * torch.eye(p, dtype=torch.float64)
+            + (1 - CHORDAL_SELF_WEIGHT) * row_normalized_adjacency(chordal_cycle_pairs(p), p))
+
+
 def chordal(p: int = 503, num_label_vectors: int = 10, n_per_label: int = 100,
             seed: int = 0) -> GraphDataset:
     """Expander-like chordal cycle graph on p nodes (p prime) with self-loops.
@@ -128,8 +150,7 @@ def chordal(p: int = 503, num_label_vectors: int = 10, n_per_label: int = 100,
     GraphDataset
         x (N, p, 2), y (N, p) in {0, 1}; ``info["label_vectors"]`` lists the drawn vectors.
     """
-    if not _is_prime(p):
-        raise ValueError(f"chordal_cycle_graph needs a prime number of nodes, got p = {p}")
+    operator = chordal_mixing_operator(p)
     generator = torch.Generator().manual_seed(seed)
     label_vectors = torch.zeros(num_label_vectors, p, dtype=torch.int64)
     for row in label_vectors:
@@ -138,8 +159,6 @@ def chordal(p: int = 503, num_label_vectors: int = 10, n_per_label: int = 100,
     latent = torch.randn(labels.shape + (2,), generator=generator, dtype=torch.float64)
     latent[:, :, 1] += CHORDAL_DELTA * (labels == 0)
     pairs = chordal_cycle_pairs(p)
-    operator = (CHORDAL_SELF_WEIGHT * torch.eye(p, dtype=torch.float64)
-                + (1 - CHORDAL_SELF_WEIGHT) * row_normalized_adjacency(pairs, p))
     groups = torch.arange(num_label_vectors).repeat_interleave(n_per_label)
     train_idx, test_idx = stratified_split(groups, TEST_FRACTION, generator)
     info = {"p": p, "num_label_vectors": num_label_vectors, "n_per_label": n_per_label,
