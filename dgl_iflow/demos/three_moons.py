@@ -33,7 +33,9 @@ def train(epochs: int = 100, num_blocks: int = 10, seed: int = 0, progress: bool
     seed_everything(seed)
     model = IGNN(dataset.graph, 2, 3, conv="mlp", num_blocks=num_blocks, hidden_feats=(64, 64), sigma=0.3)
     started = time.perf_counter()
-    fit(model, x_train, y_train, TrainConfig(epochs=epochs, batch_size=200, lr=3e-3, seed=seed, progress=progress))
+    # Batch 64: 3x the steps of batch 200 in the same epochs. At 200 the flow was under-trained:
+    # held-out coverage of the 90% sets 0.84, 0.73, 0.62 for seeds 0-2 (0.91, 0.89, 0.86 at 64).
+    fit(model, x_train, y_train, TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, seed=seed, progress=progress))
     return model.eval(), dataset, time.perf_counter() - started
 
 
