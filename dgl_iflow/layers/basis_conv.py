@@ -137,7 +137,7 @@ class BasisConv(nn.Module, ABC):
         )
 
 
-def _component_index(graph: dgl.DGLGraph, device: torch.device) -> tuple[Tensor, Tensor]:
+def component_index(graph: dgl.DGLGraph, device: torch.device) -> tuple[Tensor, Tensor]:
     """Graph index of every node ``(V,)`` and node count of every graph ``(G,)`` of a batch."""
     counts = graph.batch_num_nodes().to(device)
     return torch.repeat_interleave(torch.arange(len(counts), device=device), counts), counts
@@ -147,7 +147,7 @@ def node_mean(graph: dgl.DGLGraph, feat: Tensor) -> Tensor:
     """Mean of ``feat`` ``(V, *, C)`` over the nodes of each graph, broadcast back to its nodes."""
     if graph.batch_size == 1:
         return feat.mean(dim=0, keepdim=True).expand_as(feat)
-    component, counts = _component_index(graph, feat.device)
+    component, counts = component_index(graph, feat.device)
     sums = feat.new_zeros((len(counts), *feat.shape[1:])).index_add(0, component, feat)
     means = sums / counts.reshape(-1, *([1] * (feat.dim() - 1))).to(feat.dtype)
     return means[component]
@@ -155,6 +155,6 @@ def node_mean(graph: dgl.DGLGraph, feat: Tensor) -> Tensor:
 
 def node_mean_matrix(graph: dgl.DGLGraph, like: Tensor) -> Tensor:
     r"""Dense ``(V, V)`` operator of :func:`node_mean`: :math:`1/V_g` within each graph ``g``."""
-    component, counts = _component_index(graph, like.device)
+    component, counts = component_index(graph, like.device)
     same = component[:, None] == component[None, :]
     return same.to(like.dtype) / counts[component][:, None].to(like.dtype)

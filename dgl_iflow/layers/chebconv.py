@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .._backend import dgl
-from .basis_conv import BasisConv, _component_index
+from .basis_conv import BasisConv, component_index
 from .graph_operator import GraphMemo, node_matmul, operator_matrix
 
 
@@ -45,7 +45,8 @@ def laplacian_lambda_max(graph: dgl.DGLGraph, edge_weight: Tensor | None = None)
         else edge_weight.detach().to("cpu", torch.float64)
     dst, src, values = _normalized_adjacency_values(graph, weight)
     # Edges never cross graphs of a batch, so an edge belongs to the graph of its destination.
-    edge_component = _component_index(graph, dst.device)[0][dst]
+    edge_component = component_index(graph, dst.device)[0][dst].cpu().numpy()
+    values, dst, src = values.numpy(), dst.cpu().numpy(), src.cpu().numpy()
     sizes = graph.batch_num_nodes().tolist()
     offsets = np.cumsum([0, *sizes[:-1]])
     result = []
@@ -53,10 +54,9 @@ def laplacian_lambda_max(graph: dgl.DGLGraph, edge_weight: Tensor | None = None)
         if num_nodes == 0:
             result.append(0.0)
             continue
-        mask = (edge_component == component).cpu().numpy()
+        mask = edge_component == component
         norm_adj = scipy.sparse.coo_matrix(
-            (values.numpy()[mask], (dst.cpu().numpy()[mask] - offset, src.cpu().numpy()[mask] - offset)),
-            shape=(num_nodes, num_nodes),
+            (values[mask], (dst[mask] - offset, src[mask] - offset)), shape=(num_nodes, num_nodes),
         ).tocsr()
         laplacian = scipy.sparse.identity(num_nodes, format="csr") - norm_adj
         if num_nodes <= 512:
@@ -152,7 +152,7 @@ class ChebConv(BasisConv):
             dst, src, values = _normalized_adjacency_values(graph, weight)
             nodes = torch.arange(graph.num_nodes(), device=like.device)
             # Each graph of a batch is its own block of L~, scaled by its own lambda_max.
-            scale = (2.0 / lambda_max)[_component_index(graph, like.device)[0]]
+            scale = (2.0 / lambda_max)[component_index(graph, like.device)[0]]
             row = torch.cat([dst, nodes])
             col = torch.cat([src, nodes])
             entries = torch.cat([-scale[dst] * values, scale - 1.0])
