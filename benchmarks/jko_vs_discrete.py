@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import torch
 
 from dgl_iflow.data import DataFileError, GraphDataset, load_dataset
-from dgl_iflow.jko import JKOConfig, JKOFlow, JKOTrainer, reparametrize
+from dgl_iflow.models import JKOFlow
+from dgl_iflow.training import JKOConfig, JKOTrainer, reparametrize
 from dgl_iflow.metrics import paper_protocol
-from dgl_iflow.model import IGNN
+from dgl_iflow.models import IGNN
 from dgl_iflow.training import TrainConfig, fit
 
 TOYS = ("checkerboard", "eight_gaussians", "three_moons")

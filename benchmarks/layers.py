@@ -66,7 +66,8 @@ def build_graph(num_nodes: int):
 
 # --------------------------------------------------------------------------- one configuration
 def make_flow(kind: str, graph, mode: str, memory_efficient: bool, num_blocks: int = 1):
-    from dgl_iflow.layers import ChebConv, GraphFlow, GraphResidual, InvertibleResBlock, L3Conv
+    from dgl_iflow.layers import ChebConv, L3Conv
+    from dgl_iflow.transforms import GraphFlow, GraphResidual, InvertibleResBlock
 
     blocks = []
     for _ in range(num_blocks):

@@ -32,8 +32,8 @@ import torch
 
 from dgl_iflow import baselines, metrics, plots
 from dgl_iflow.data import load_dataset
-from dgl_iflow.layers import InversionError
-from dgl_iflow.model import IGNN
+from dgl_iflow.transforms import InversionError
+from dgl_iflow.models import IGNN
 from dgl_iflow.training import TrainConfig, fit
 
 #: The paper's test numbers (MMD at alpha = 0.1, energy distance). Solar: their 10-node version,

@@ -65,7 +65,8 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    from dgl_iflow.layers import ChebConv, GraphFlow, GraphResidual, InvertibleResBlock, L3Conv
+    from dgl_iflow.layers import ChebConv, L3Conv
+    from dgl_iflow.transforms import GraphFlow, GraphResidual, InvertibleResBlock
 
     device = torch.device(args.device)
     started = time.perf_counter()

@@ -60,7 +60,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from dgl_iflow.data import load_dataset
-    from dgl_iflow.model import IGNN
+    from dgl_iflow.models import IGNN
     from dgl_iflow.training import TrainConfig, fit
 
     started = time.perf_counter()

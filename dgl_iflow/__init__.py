@@ -1,10 +1,12 @@
 """dgl_iflow: invertible graph neural networks on DGL and PyTorch."""
 from . import _backend  # noqa: F401  (fails early, naming the supported torch/dgl pair)
-from . import layers, metrics
-from .latent import NodeGaussianLatent
-from .model import IGNN
-from .training import TrainConfig, TrainHistory, fit
+from . import layers, metrics, transforms
+from .models import IGNN, JKOFlow, NodeGaussianLatent
+from .training import JKOConfig, TrainConfig, TrainHistory, fit, fit_jko
 
 __version__ = "0.1.0"
 
-__all__ = ["IGNN", "NodeGaussianLatent", "TrainConfig", "TrainHistory", "fit", "layers", "metrics"]
+__all__ = [
+    "IGNN", "JKOConfig", "JKOFlow", "NodeGaussianLatent", "TrainConfig", "TrainHistory", "fit", "fit_jko", "layers",
+    "metrics", "transforms",
+]

@@ -95,7 +95,7 @@ def _datasets(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .model import IGNN
+    from .models import IGNN
     from .training import TrainConfig, fit
 
     dataset = _dataset(args)
@@ -122,7 +122,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from tqdm.auto import tqdm
 
     from . import metrics
-    from .model import IGNN
+    from .models import IGNN
 
     dataset = _dataset(args)
     model = IGNN.load(args.checkpoint).eval()
@@ -166,7 +166,7 @@ def _evaluation_figures(dataset, x_test, y_test, generated, proba, out: Path) ->
 
 
 def _sample(args: argparse.Namespace) -> None:
-    from .model import IGNN
+    from .models import IGNN
 
     labels = _parse_labels(args.labels)
     model = IGNN.load(args.checkpoint).eval()
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     from .checkpoints import CheckpointError
     from .data import DataFileError
-    from .layers import InversionError
+    from .transforms import InversionError
 
     argv = sys.argv[1:] if argv is None else list(argv)
     try:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from dgl_iflow.latent import NodeGaussianLatent
+    from dgl_iflow.models import NodeGaussianLatent
 
 __all__ = [
     "KERNEL_OFFSET",

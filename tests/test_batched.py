@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from dgl_iflow.layers import (ChebConv, GraphFlow, GraphResidual, InvertibleResBlock, L3Conv,
-                              laplacian_lambda_max)
+from dgl_iflow.layers import ChebConv, L3Conv, laplacian_lambda_max
+from dgl_iflow.transforms import GraphFlow, GraphResidual, InvertibleResBlock
 from dgl_iflow.layers.graph_operator import DENSE_MAX_NODES
 from graphs import path_graph, random_graph
 from test_chebconv import dense_chebconv

@@ -11,7 +11,7 @@ import torch
 from dgl_iflow import IGNN, TrainConfig, fit
 from dgl_iflow.checkpoints import (CheckpointError, convert_checkpoint, read_checkpoint, rng_state,
                                    set_rng_state)
-from dgl_iflow.model import CHECKPOINT_FORMAT
+from dgl_iflow.models.ignn import CHECKPOINT_FORMAT
 from graphs import path_graph
 
 

@@ -11,8 +11,9 @@ import dgl
 import pytest
 import torch
 
-from dgl_iflow.layers import ChebConv, GraphResidual, L3Conv
-from dgl_iflow.model import IGNN
+from dgl_iflow.layers import ChebConv, L3Conv
+from dgl_iflow.transforms import GraphResidual
+from dgl_iflow.models import IGNN
 
 NUM_NODES = 6
 

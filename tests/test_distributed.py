@@ -11,8 +11,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from dgl_iflow import distributed
-from dgl_iflow.model import IGNN
+from dgl_iflow.training import distributed
+from dgl_iflow.models import IGNN
 from dgl_iflow.training import TrainConfig, fit
 
 NUM_NODES = 5

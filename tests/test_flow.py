@@ -4,7 +4,8 @@ import dgl
 import pytest
 import torch
 
-from dgl_iflow.layers import ChebConv, FlowOutput, GraphFlow, GraphResidual, InvertibleResBlock, L3Conv
+from dgl_iflow.layers import ChebConv, L3Conv
+from dgl_iflow.transforms import FlowOutput, GraphFlow, GraphResidual, InvertibleResBlock
 
 
 def small_graph() -> dgl.DGLGraph:

@@ -9,15 +9,7 @@ import torch
 from scipy.linalg import expm
 from torch import nn
 
-from dgl_iflow.jko import (
-    FieldSpec,
-    GraphVelocityField,
-    JKOBlock,
-    NodewiseConv,
-    autograd_divergence,
-    hutchinson_divergence,
-    make_probes,
-)
+from dgl_iflow.transforms import FieldSpec, GraphVelocityField, JKOBlock, NodewiseConv, autograd_divergence, hutchinson_divergence, make_probes
 from dgl_iflow.layers import ChebConv, L3Conv
 
 

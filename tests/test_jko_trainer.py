@@ -11,17 +11,9 @@ import dgl
 import pytest
 import torch
 
-from dgl_iflow.jko import (
-    JKOConfig,
-    JKOFlow,
-    SavedTensorMeter,
-    fit_jko,
-    refine,
-    reparametrize,
-    reparametrized_steps,
-    step_size,
-)
-from dgl_iflow.model import IGNN
+from dgl_iflow.models import JKOFlow
+from dgl_iflow.training import JKOConfig, SavedTensorMeter, fit_jko, refine, reparametrize, reparametrized_steps, step_size
+from dgl_iflow.models import IGNN
 
 
 def _single_node() -> dgl.DGLGraph:
@@ -162,7 +154,8 @@ def test_saved_memory_per_step_does_not_grow_with_the_block_index(trained):
 RSS_SCRIPT = textwrap.dedent("""
     import json, sys
     import dgl, torch
-    from dgl_iflow.jko import JKOConfig, JKOFlow, fit_jko
+    from dgl_iflow.models import JKOFlow
+    from dgl_iflow.training import JKOConfig, fit_jko
     torch.set_num_threads(1)
     num_samples, width, num_blocks = 1024, 64, 4
     graph = dgl.graph(([0], [0]), num_nodes=1)

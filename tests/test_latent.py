@@ -7,7 +7,8 @@ import pytest
 import torch
 from scipy.stats import chi2, multivariate_normal, norm
 
-from dgl_iflow.latent import NodeGaussianLatent, default_separation, spread_means
+from dgl_iflow.models import NodeGaussianLatent
+from dgl_iflow.models.latent import default_separation, spread_means
 
 
 def _random_means(k: int, d: int, seed: int = 0) -> torch.Tensor:

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from dgl_iflow.layers import exact_logdet, power_series_logdet
-from dgl_iflow.layers.logdet import roulette_survival
+from dgl_iflow.transforms import exact_logdet, power_series_logdet
+from dgl_iflow.transforms.logdet import roulette_survival
 
 
 V, D, B = 3, 2, 64

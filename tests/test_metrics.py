@@ -9,7 +9,7 @@ from scipy.stats import energy_distance as scipy_energy
 from scipy.stats import norm
 
 from dgl_iflow import metrics
-from dgl_iflow.latent import NodeGaussianLatent
+from dgl_iflow.models import NodeGaussianLatent
 
 OFFSET = 1e-5
 

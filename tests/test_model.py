@@ -6,7 +6,7 @@ import torch
 
 import dgl
 from dgl_iflow import IGNN
-from dgl_iflow.model import atomic_save
+from dgl_iflow.checkpoints import atomic_save
 from graphs import path_graph
 
 

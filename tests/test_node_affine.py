@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dgl_iflow.layers import NodeAffine
+from dgl_iflow.transforms import NodeAffine
 from graphs import path_graph
 
 

@@ -7,9 +7,8 @@ import dgl
 import pytest
 import torch
 
-from dgl_iflow.layers import (
-    ChebConv, GraphResidual, InversionError, InversionWarning, InvertibleResBlock, L3Conv,
-)
+from dgl_iflow.layers import ChebConv, L3Conv
+from dgl_iflow.transforms import GraphResidual, InversionError, InversionWarning, InvertibleResBlock
 
 
 def small_graph() -> dgl.DGLGraph:

@@ -6,7 +6,8 @@ import dgl
 import pytest
 import torch
 
-from dgl_iflow.layers import ChebConv, GraphResidual, L3Conv
+from dgl_iflow.layers import ChebConv, L3Conv
+from dgl_iflow.transforms import GraphResidual
 from dgl_iflow.layers.graph_operator import DENSE_MAX_NODES, DENSE_MAX_NODES_LEARNABLE
 
 

@@ -129,7 +129,7 @@ def test_bad_training_input():
 def test_frozen_gc_is_undone_on_exit_and_on_error():
     import gc
 
-    from dgl_iflow.training import frozen_gc
+    from dgl_iflow.training.fit import frozen_gc
 
     assert gc.get_freeze_count() == 0
     with frozen_gc():

@@ -22,8 +22,9 @@ from torch import Tensor
 from .._backend import dgl
 from ..data import load_dataset
 from ..data.synthetic import CHORDAL_DELTA, chordal_mixing_operator
-from ..model import IGNN
-from ..training import TrainConfig, fit, seed_everything
+from ..models import IGNN
+from ..training import TrainConfig, fit
+from ..training.fit import seed_everything
 
 CONV_NAMES = {"cheb": "ChebConv", "l3": "L3Conv"}
 
@@ -158,7 +159,7 @@ def run(out_dir: str | Path = "runs/chordal", p: int = 503, epochs: int = 10, nu
     epochs, lr, batch_size, transport_weight, classification_weight
         Training settings (:class:`~dgl_iflow.training.TrainConfig`).
     num_blocks, hidden_feats
-        Flow size (:class:`~dgl_iflow.model.IGNN`).
+        Flow size (:class:`~dgl_iflow.IGNN`).
     num_label_vectors, n_per_label
         Data size (:func:`~dgl_iflow.data.chordal`); 80 % of it trains.
     num_generated : int

@@ -26,8 +26,9 @@ from torch import Tensor
 from .. import metrics
 from ..data import load_dataset
 from ..data.base import GraphDataset
-from ..model import IGNN
-from ..training import TrainConfig, fit, seed_everything
+from ..models import IGNN
+from ..training import TrainConfig, fit
+from ..training.fit import seed_everything
 
 #: Latent means and variance of the paper's 3-node experiment.
 THREE_NODE_LATENT_MEANS = ((0.0, 1.5), (0.0, -1.5))

@@ -10,8 +10,9 @@ import torch
 
 from .. import metrics
 from ..data import load_dataset
-from ..model import IGNN
-from ..training import TrainConfig, fit, seed_everything
+from ..models import IGNN
+from ..training import TrainConfig, fit
+from ..training.fit import seed_everything
 
 
 @dataclass

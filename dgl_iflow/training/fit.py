@@ -1,4 +1,4 @@
-"""Training loop for :class:`~dgl_iflow.model.IGNN`: mini-batches over samples of one graph."""
+"""Training loop for :class:`~dgl_iflow.IGNN`: mini-batches over samples of one graph."""
 from __future__ import annotations
 
 import dataclasses
@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ._backend import dgl
-from .checkpoints import rng_state, set_rng_state
-from .layers import InversionError, InversionWarning
-from .model import IGNN
+from .._backend import dgl
+from ..checkpoints import rng_state, set_rng_state
+from ..transforms import InversionError, InversionWarning
+from ..models import IGNN
 
 
 @dataclass
@@ -222,7 +222,7 @@ def fit(
     callback : callable, optional
         Called as ``callback(epoch, record)`` after every epoch.
     make_batch_loss : callable, optional
-        Hook for :mod:`dgl_iflow.distributed`: called once before the first epoch as
+        Hook for :mod:`dgl_iflow.training.distributed`: called once before the first epoch as
         ``make_batch_loss(model, graph, x_train, y_train, config)`` (tensors on the training
         device), it returns the function mapping a mini-batch's sample indices to the loss
         terms (``model.loss`` on those samples by default) whose ``"loss"`` is back-propagated.

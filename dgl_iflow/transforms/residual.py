@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .._backend import dgl
-from .activations import ELU, LIPSWISH_DIVISOR, LipSwish, make_activation
-from .basis_conv import BasisConv
+from ..layers.activations import ELU, LIPSWISH_DIVISOR, LipSwish, make_activation
+from ..layers.basis_conv import BasisConv
 
 #: Power iterations run when a singular-vector estimate is (re)started, and their stopping rule.
 _WARMUP_ITERATIONS = 200

@@ -9,7 +9,7 @@ single-process training on the same global batches (up to float rounding).
 
 Start one process per CPU socket or GPU with ``torchrun``::
 
-    torchrun --nproc_per_node 2 -m dgl_iflow.distributed --dataset traffic --conv cheb --epochs 10
+    torchrun --nproc_per_node 2 -m dgl_iflow.training.distributed --dataset traffic --conv cheb --epochs 10
 
 or call :func:`fit` from your own script started by ``torchrun`` (see ``docs/performance.md``
 for several machines).
@@ -25,9 +25,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .model import IGNN
-from .training import TrainConfig, TrainHistory
-from .training import fit as _fit
+from ..models import IGNN
+from .fit import TrainConfig, TrainHistory
+from .fit import fit as _fit
 
 
 def init_distributed(backend: str | None = None) -> tuple[int, int, int]:
@@ -153,8 +153,8 @@ def fit(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``torchrun ... -m dgl_iflow.distributed``: train IGNN on a data set, data-parallel."""
-    from .data import load_dataset
+    """``torchrun ... -m dgl_iflow.training.distributed``: train IGNN on a data set, data-parallel."""
+    from ..data import load_dataset
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--dataset", default="traffic")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from ._backend import dgl
+from .._backend import dgl
 
 
 def single_node_graph() -> dgl.DGLGraph:

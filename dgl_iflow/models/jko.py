@@ -1,4 +1,4 @@
-"""JKO-iFlow on graphs: a chain of continuous-time blocks with the interface of :class:`~dgl_iflow.model.IGNN`."""
+"""JKO-iFlow on graphs: a chain of continuous-time blocks with the interface of :class:`~dgl_iflow.IGNN`."""
 from __future__ import annotations
 
 import math
@@ -9,11 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from .._backend import dgl
-from ..latent import NodeGaussianLatent
-from ..layers.resblock import check_finite
-from ..node_layout import flatten_nodes, single_node_graph, unflatten_nodes
-from .block import JKOBlock
-from .field import FieldSpec
+from .latent import NodeGaussianLatent
+from ..transforms.resblock import check_finite
+from .layout import flatten_nodes, single_node_graph, unflatten_nodes
+from ..transforms.ode_block import JKOBlock
+from ..transforms.velocity import FieldSpec
 
 CONVS = ("l3", "cheb", "mlp", "node")
 
@@ -36,7 +36,7 @@ class JKOFlow(nn.Module):
 
     where :math:`q` is the class-conditional :class:`NodeGaussianLatent` (with ``num_classes``)
     or :math:`N(0, I)` (unconditional, ``num_classes=None``). Blocks are added and trained one
-    at a time by :func:`~dgl_iflow.jko.fit_jko`; a new model has none and is the identity.
+    at a time by :func:`~dgl_iflow.fit_jko`; a new model has none and is the identity.
 
     Parameters
     ----------
@@ -50,11 +50,11 @@ class JKOFlow(nn.Module):
         First layer of every velocity field: ``"l3"`` (:class:`~dgl_iflow.layers.L3Conv`),
         ``"cheb"`` (:class:`~dgl_iflow.layers.ChebConv`), ``"node"`` (the same MLP on every
         node, no message passing) or ``"mlp"`` (graph-free: the :math:`V d` features of a
-        sample form one vector), as in :class:`~dgl_iflow.model.IGNN`.
+        sample form one vector), as in :class:`~dgl_iflow.IGNN`.
     hidden_feats : sequence of int
         Width of the convolution output, then the node-wise hidden widths.
     orders, cheb_k, node_bias : sequence of int, int, bool
-        Options of the layers, as in :class:`~dgl_iflow.model.IGNN` (``node_bias``: one bias
+        Options of the layers, as in :class:`~dgl_iflow.IGNN` (``node_bias``: one bias
         per node in ``"l3"``).
     activation : str
         ``"tanh"`` (cheapest exact divergence), ``"softplus"``, ``"lipswish"`` or ``"elu"``.

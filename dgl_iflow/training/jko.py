@@ -12,10 +12,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..training import frozen_gc
-from .block import JKOBlock
-from .model import JKOFlow
-from .schedule import refine, reparametrize, step_size
+from .fit import frozen_gc
+from ..transforms.ode_block import JKOBlock
+from ..models import JKOFlow
+from .jko_schedule import refine, reparametrize, step_size
 
 
 @dataclass

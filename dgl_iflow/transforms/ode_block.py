@@ -34,7 +34,7 @@ class JKOBlock(nn.Module):
         Velocity ``field(graph, x, t)`` on ``x`` of shape ``(V, B, D)``. For
         ``divergence="exact"`` it also needs ``divergence_context(graph)`` and
         ``forward_with_divergence(graph, x, t, context)`` (see
-        :class:`~dgl_iflow.jko.GraphVelocityField`); :meth:`retime` needs ``retime``.
+        :class:`~dgl_iflow.transforms.GraphVelocityField`); :meth:`retime` needs ``retime``.
     t0, t1 : float
         Integration interval, :math:`t_0 < t_1`.
     steps : int

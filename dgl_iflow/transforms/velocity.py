@@ -213,7 +213,7 @@ class GraphVelocityField(nn.Module):
 
 @dataclass
 class FieldSpec:
-    """Recipe for the velocity field of every block of a :class:`~dgl_iflow.jko.JKOFlow`.
+    """Recipe for the velocity field of every block of a :class:`~dgl_iflow.JKOFlow`.
 
     Parameters
     ----------

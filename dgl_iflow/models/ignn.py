@@ -9,12 +9,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._backend import dgl
-from .checkpoints import atomic_save, read_checkpoint
+from .._backend import dgl
+from ..checkpoints import atomic_save, read_checkpoint
 from .latent import NodeGaussianLatent
-from .layers import ChebConv, GraphFlow, GraphResidual, InvertibleResBlock, L3Conv, NodeAffine
-from .layers.resblock import check_finite
-from .node_layout import flatten_nodes, single_node_graph, unflatten_nodes
+from ..layers import ChebConv, L3Conv
+from ..transforms import GraphFlow, GraphResidual, InvertibleResBlock, NodeAffine
+from ..transforms.resblock import check_finite
+from .layout import flatten_nodes, single_node_graph, unflatten_nodes
 
 CONVS = ("l3", "cheb", "mlp")
 
@@ -70,7 +71,7 @@ class IGNN(nn.Module):
         Learn the means, kept apart by a log-barrier.
     min_separation : float, optional
         Distance the barrier keeps trainable means apart; by default the one that keeps every
-        node on its own mean's side with probability 0.99 (:func:`~dgl_iflow.latent.default_separation`), which
+        node on its own mean's side with probability 0.99 (:func:`~dgl_iflow.models.latent.default_separation`), which
         claims classes separate almost surely. A small value lets the data choose the gap, and
         with it the latent's Bayes error per node.
     init_scale : float

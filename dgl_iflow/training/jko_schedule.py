@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .model import JKOFlow
+from ..models import JKOFlow
 
 
 def step_size(k: int, h0: float, rho: float, h_max: float) -> float:
