@@ -100,7 +100,7 @@ def worker(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        z, logdet, transport = flow(graph, x)
+        z, logdet, transport = flow.forward_with_transport(graph, x)
         loss = (0.5 * z.pow(2).sum(dim=(0, -1)) - logdet + transport).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -31,8 +31,9 @@ def test_sums_equal_per_block_sums():
     g = small_graph()
     flow = make_flow(g)
     x = torch.randn(5, 4, 2, dtype=torch.float64)
-    out = flow(g, x)
+    out = flow.forward_with_transport(g, x)
     assert isinstance(out, FlowOutput)
+    assert all(torch.equal(a, b) for a, b in zip(flow(g, x), out[:2]))
     h, logdet, transport = x, 0, 0
     for block in flow.blocks:
         cost = block.transport_cost(g, h)
@@ -45,30 +46,31 @@ def test_sums_equal_per_block_sums():
     assert out.logdet.shape == out.transport_cost.shape == (4,)
 
 
-def test_jac_false_has_no_logdet():
+def test_logdet_false_has_no_logdet():
     g = small_graph()
     flow = make_flow(g)
     x = torch.randn(5, 3, 2, dtype=torch.float64)
-    out = flow(g, x, jac=False)
-    assert out.logdet is None
+    z, logdet = flow(g, x, logdet=False)
+    assert logdet is None
     # Equal up to rounding: the log-det path folds LipSwish's 1/1.1 into the next weight.
-    torch.testing.assert_close(out.z, flow(g, x).z, rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(z, flow(g, x)[0], rtol=1e-14, atol=1e-14)
 
 
 def test_inverse_runs_blocks_in_reverse_order():
     g = small_graph()
     flow = make_flow(g)
     x = torch.randn(5, 3, 2, dtype=torch.float64)
-    z = flow(g, x).z
-    recovered = flow.inverse(g, z, tol=1e-11)
+    z, logdet = flow(g, x)
+    recovered, inverse_logdet = flow.inverse(g, z, logdet=True, tol=1e-11)
+    torch.testing.assert_close(inverse_logdet, -logdet, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(recovered, x, rtol=0, atol=1e-6)
     manual = z
     for block in reversed(flow.blocks):
-        manual = block.inverse(g, manual, tol=1e-11)
+        manual, _ = block.inverse(g, manual, tol=1e-11)
     torch.testing.assert_close(recovered, manual, rtol=0, atol=0)
     forward_order = z
     for block in flow.blocks:  # the wrong order does not invert
-        forward_order = block.inverse(g, forward_order, tol=1e-11)
+        forward_order, _ = block.inverse(g, forward_order, tol=1e-11)
     assert (forward_order - x).abs().max() > 1e-3
 
 
@@ -76,8 +78,8 @@ def test_flow_logdet_matches_brute_force_jacobian():
     g = small_graph()
     flow = make_flow(g)
     x = torch.randn(5, 3, 2, dtype=torch.float64)
-    logdet = flow(g, x).logdet
-    full = torch.autograd.functional.jacobian(lambda h: flow(g, h, jac=False).z, x)
+    logdet = flow(g, x)[1]
+    full = torch.autograd.functional.jacobian(lambda h: flow(g, h, logdet=False)[0], x)
     per_sample = torch.stack([full[:, s, :, :, s, :].reshape(10, 10) for s in range(3)])
     torch.testing.assert_close(logdet, torch.logdet(per_sample), rtol=1e-8, atol=1e-8)
     assert logdet.abs().min() > 1e-2
@@ -90,7 +92,10 @@ def test_estimator_mode_switch_and_empty_flow():
     assert all(block.logdet_mode == "estimator" for block in flow.blocks)
     x = torch.randn(5, 3, 2, dtype=torch.float64)
     with torch.no_grad():
-        out = flow(g, x)
-    assert out.logdet.shape == (3,) and not out.logdet.requires_grad
-    with pytest.raises(ValueError, match="at least one block"):
-        GraphFlow([])
+        _, logdet = flow(g, x)
+    assert logdet.shape == (3,) and not logdet.requires_grad
+    identity = GraphFlow([])
+    z, logdet = identity(g, x)
+    assert torch.equal(z, x) and torch.equal(logdet, torch.zeros(3, dtype=x.dtype))
+    back, logdet = identity.inverse(g, x, logdet=True)
+    assert torch.equal(back, x) and torch.equal(logdet, torch.zeros(3, dtype=x.dtype))

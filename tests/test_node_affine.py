@@ -27,17 +27,19 @@ def test_inverse_is_exact_and_logdet_matches_brute_force():
     graph = path_graph()
     x = torch.randn(3, 5, 2, dtype=torch.float64)
     y, logdet = layer(graph, x)
-    torch.testing.assert_close(layer.inverse(graph, y), x, rtol=0, atol=1e-14)
+    back, inverse_logdet = layer.inverse(graph, y, logdet=True)
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-14)
+    torch.testing.assert_close(inverse_logdet, -logdet, rtol=0, atol=0)
     jacobian = torch.autograd.functional.jacobian(lambda z: layer(graph, z.reshape(3, 1, 2))[0].reshape(-1),
                                                   x[:, 0].reshape(-1))
     torch.testing.assert_close(logdet, torch.linalg.slogdet(jacobian).logabsdet.expand(5), rtol=0, atol=1e-12)
     assert y.shape == x.shape and logdet.shape == (5,)
 
 
-def test_jac_false_and_gradients_reach_both_parameters():
+def test_logdet_false_and_gradients_reach_both_parameters():
     layer = trained_like_layer()
     y, logdet = layer(path_graph(), torch.randn(3, 2, 2, dtype=torch.float64))
-    assert layer(path_graph(), torch.randn(3, 2, 2, dtype=torch.float64), jac=False)[1] is None
+    assert layer(path_graph(), torch.randn(3, 2, 2, dtype=torch.float64), logdet=False)[1] is None
     (y.sum() + logdet.sum()).backward()
     assert layer.log_scale.grad.abs().min() > 0 and layer.shift.grad.abs().min() > 0
 

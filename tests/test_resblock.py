@@ -53,7 +53,7 @@ def make_block(kind="cheb", lip=0.3, hidden=(5,), seed=0, graph=None, aligned=Fa
 def brute_force_jacobian(block, graph, x):
     """Per-sample Jacobians of x -> x + g(x) for x of shape (V, S, D), by autograd."""
     num_nodes, samples, feats = x.shape
-    full = torch.autograd.functional.jacobian(lambda z: block(graph, z, jac=False)[0], x)
+    full = torch.autograd.functional.jacobian(lambda z: block(graph, z, logdet=False)[0], x)
     return torch.stack([full[:, s, :, :, s, :].reshape(num_nodes * feats, -1) for s in range(samples)])
 
 
@@ -65,7 +65,7 @@ def test_inverse_recovers_input(kind, batch):
     x = torch.randn(4, *batch, 2, dtype=torch.float64)
     y, logdet = block(g, x)
     assert y.shape == x.shape and logdet.shape == batch
-    torch.testing.assert_close(block.inverse(g, y, tol=1e-10), x, rtol=0, atol=1e-5)
+    torch.testing.assert_close(block.inverse(g, y, tol=1e-10)[0], x, rtol=0, atol=1e-5)
     assert 1 < block.last_inverse_iterations < 200
 
 
@@ -151,7 +151,7 @@ def test_eval_mode_estimator_is_detached():
     assert not y.requires_grad and not logdet.requires_grad and logdet.grad_fn is None
     assert logdet.shape == (16,) and torch.isfinite(logdet).all()
     with torch.no_grad():
-        y_plain, _ = block(g, x, jac=False)
+        y_plain, _ = block(g, x, logdet=False)
     torch.testing.assert_close(y, y_plain, rtol=0, atol=0)
     # an input that requires grad under no_grad works too
     with torch.no_grad():
@@ -159,11 +159,11 @@ def test_eval_mode_estimator_is_detached():
     assert not logdet2.requires_grad
 
 
-def test_jac_false_and_transport_cost():
+def test_logdet_false_and_transport_cost():
     g = small_graph()
     block = make_block("cheb")
     x = torch.randn(4, 3, 2, dtype=torch.float64)
-    y, logdet = block(g, x, jac=False)
+    y, logdet = block(g, x, logdet=False)
     assert logdet is None
     torch.testing.assert_close(block.transport_cost(g, x), (y - x).pow(2).sum(dim=(0, -1)))
 
@@ -201,7 +201,7 @@ def test_non_convergence_raises_or_warns():
     assert err.residual > 1e-6 and 1 <= err.iterations <= 25
     assert f"{err.residual:.3e}" in str(err) and "Lip(g)" in str(err)
     with pytest.warns(InversionWarning, match="relative residual"):
-        x = block.inverse(g, y, max_iter=25, on_failure="warn")
+        x, _ = block.inverse(g, y, max_iter=25, on_failure="warn")
     assert x.shape == y.shape
 
 
@@ -217,7 +217,7 @@ def test_spectral_normalized_block_inverts_despite_large_weights():
     y, logdet = block(g, x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        torch.testing.assert_close(block.inverse(g, y, tol=1e-10), x, rtol=0, atol=1e-6)
+        torch.testing.assert_close(block.inverse(g, y, tol=1e-10)[0], x, rtol=0, atol=1e-6)
     jac = brute_force_jacobian(block, g, x) - torch.eye(8, dtype=torch.float64)
     assert torch.linalg.matrix_norm(jac, ord=2).max().item() <= 0.9 + 1e-6
     torch.testing.assert_close(logdet, torch.logdet(jac + torch.eye(8, dtype=torch.float64)), rtol=1e-8, atol=1e-8)

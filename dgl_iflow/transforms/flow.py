@@ -1,4 +1,4 @@
-"""A chain of invertible residual blocks."""
+"""Composition of invertible graph transforms."""
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -8,70 +8,68 @@ import torch
 from torch import Tensor, nn
 
 from .._backend import dgl
-from .resblock import InvertibleResBlock
+from .base import GraphTransform
 
 
 class FlowOutput(NamedTuple):
-    """Result of :meth:`GraphFlow.forward`; every field but ``z`` has shape ``(*,)``."""
+    """Result of :meth:`GraphFlow.forward_with_transport`; every field but ``z`` has shape ``(*,)``."""
 
     z: Tensor
     logdet: Tensor | None
     transport_cost: Tensor
 
 
-class GraphFlow(nn.Module):
-    r"""Composition :math:`F = f_L \circ \cdots \circ f_1` of invertible residual blocks.
+class GraphFlow(GraphTransform):
+    r"""Composition :math:`F = T_L \circ \cdots \circ T_1` of :class:`GraphTransform` units.
 
     .. math::
-        \log|\det J_F(X)| = \sum_{l} \log|\det(I + J_{g_l}(X_{l-1}))|, \qquad
-        W(X) = \sum_l \|X_l - X_{l-1}\|^2,
+        \log|\det J_F(X)| = \sum_{l} \log|\det J_{T_l}(X_{l-1})|, \qquad
+        W(X) = \sum_{l\,:\,\text{counts transport}} \|X_l - X_{l-1}\|^2,
 
-    the second being the transport cost that keeps each block close to the identity.
+    the second being the transport cost that keeps residual and ODE blocks close to the
+    identity. Without units it is the identity map (a JKO flow before its first block).
 
     Parameters
     ----------
-    blocks : iterable of InvertibleResBlock
+    blocks : iterable of GraphTransform
         Applied in order by :meth:`forward`, in reverse by :meth:`inverse`.
     """
 
-    def __init__(self, blocks: Iterable[InvertibleResBlock]) -> None:
+    def __init__(self, blocks: Iterable[GraphTransform] = ()) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
-        if len(self.blocks) == 0:
-            raise ValueError("GraphFlow needs at least one block")
 
-    def forward(self, graph: dgl.DGLGraph, x: Tensor, jac: bool = True) -> FlowOutput:
-        """Map ``x`` of shape ``(V, *, D)`` to the latent ``z`` of the same shape.
-
-        Returns the latent, the summed log-determinant (``None`` unless ``jac``) and the
-        summed transport cost, each per sample.
-        """
-        logdet = None
+    def forward_with_transport(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> FlowOutput:
+        """The latent ``z`` of ``x`` (both ``(V, *, D)``), the summed log-det and transport cost per sample."""
+        total = torch.zeros(x.shape[1:-1], dtype=x.dtype, device=x.device) if logdet else None
         transport = torch.zeros(x.shape[1:-1], dtype=x.dtype, device=x.device)
         for block in self.blocks:
-            y, block_logdet = block(graph, x, jac=jac)
+            y, block_logdet = block(graph, x, logdet=logdet)
             if block.counts_transport:
                 transport = transport + (y - x).pow(2).sum(dim=(0, -1))
-            if jac:
-                logdet = block_logdet if logdet is None else logdet + block_logdet
+            if logdet:
+                total = total + block_logdet
             x = y
-        return FlowOutput(x, logdet, transport)
+        return FlowOutput(x, total, transport)
 
-    @torch.no_grad()
+    def forward(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
+        """Every unit in order; see :class:`GraphTransform`."""
+        z, total, _ = self.forward_with_transport(graph, x, logdet)
+        return z, total
+
     def inverse(
-        self,
-        graph: dgl.DGLGraph,
-        z: Tensor,
-        tol: float = 1e-6,
-        max_iter: int = 200,
-        on_failure: str = "raise",
-    ) -> Tensor:
-        """Invert block by block in reverse order; see :meth:`InvertibleResBlock.inverse`."""
+        self, graph: dgl.DGLGraph, y: Tensor, logdet: bool = False, *,
+        tol: float = 1e-6, max_iter: int = 200, on_failure: str = "raise",
+    ) -> tuple[Tensor, Tensor | None]:
+        """Every unit's inverse in reverse order, each to ``tol``; see :class:`GraphTransform`."""
+        total = torch.zeros(y.shape[1:-1], dtype=y.dtype, device=y.device) if logdet else None
         for block in reversed(self.blocks):
-            z = block.inverse(graph, z, tol=tol, max_iter=max_iter, on_failure=on_failure)
-        return z
+            y, block_logdet = block.inverse(graph, y, logdet, tol=tol, max_iter=max_iter, on_failure=on_failure)
+            if logdet:
+                total = total + block_logdet
+        return y, total
 
     def set_logdet_mode(self, mode: str) -> None:
-        """Switch every block to ``"exact"`` or ``"estimator"``."""
+        """Switch every unit that offers both to ``"exact"`` or ``"estimator"``."""
         for block in self.blocks:
             block.set_logdet_mode(mode)

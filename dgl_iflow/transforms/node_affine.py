@@ -5,9 +5,10 @@ import torch
 from torch import Tensor, nn
 
 from .._backend import dgl
+from .base import GraphTransform
 
 
-class NodeAffine(nn.Module):
+class NodeAffine(GraphTransform):
     r"""Per-node, per-channel scale and shift (an ActNorm for graph signals).
 
     .. math::
@@ -29,7 +30,7 @@ class NodeAffine(nn.Module):
     Examples
     --------
     >>> import dgl, torch
-    >>> from dgl_iflow.layers import NodeAffine
+    >>> from dgl_iflow.transforms import NodeAffine
     >>> g = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
     >>> layer = NodeAffine(3, 2)
     >>> y, logdet = layer(g, torch.randn(3, 5, 2))
@@ -47,17 +48,12 @@ class NodeAffine(nn.Module):
             raise ValueError(f"num_nodes and feats must be positive, got {num_nodes} and {feats}")
         self.log_scale = nn.Parameter(torch.empty(num_nodes, feats))
         self.shift = nn.Parameter(torch.empty(num_nodes, feats))
-        self.logdet_mode = "exact"
-        self.last_inverse_iterations = 0
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """The identity map."""
         nn.init.zeros_(self.log_scale)
         nn.init.zeros_(self.shift)
-
-    def set_logdet_mode(self, mode: str) -> None:
-        """Accepted for a uniform interface with the residual blocks; the log-det is always exact."""
 
     def _check_input(self, graph: dgl.DGLGraph, x: Tensor, name: str) -> None:
         num_nodes, feats = self.log_scale.shape
@@ -71,21 +67,24 @@ class NodeAffine(nn.Module):
     def _broadcast(self, param: Tensor, x: Tensor) -> Tensor:
         return param.reshape(param.shape[0], *([1] * (x.dim() - 2)), param.shape[1])
 
-    def forward(self, graph: dgl.DGLGraph, x: Tensor, jac: bool = True) -> tuple[Tensor, Tensor | None]:
-        """``y`` of the shape ``(V, *, D)`` of ``x``, and the log-det ``(*,)`` (``None`` unless ``jac``)."""
+    def _logdet(self, x: Tensor, sign: float, wanted: bool) -> Tensor | None:
+        return sign * self.log_scale.sum().expand(x.shape[1:-1]) if wanted else None
+
+    def forward(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
+        """``y`` of the shape ``(V, *, D)`` of ``x``, and the log-det ``(*,)`` (``None`` unless ``logdet``)."""
         self._check_input(graph, x, "x")
         y = x * self._broadcast(self.log_scale, x).exp() + self._broadcast(self.shift, x)
-        if not jac:
-            return y, None
-        return y, self.log_scale.sum().expand(x.shape[1:-1])
+        return y, self._logdet(x, 1.0, logdet)
 
     @torch.no_grad()
-    def inverse(self, graph: dgl.DGLGraph, y: Tensor, tol: float = 1e-6, max_iter: int = 200,
-                on_failure: str = "raise") -> Tensor:
-        """Exact inverse; ``tol``, ``max_iter`` and ``on_failure`` are those of the residual blocks,
-        accepted so that a flow inverts all its layers alike."""
+    def inverse(
+        self, graph: dgl.DGLGraph, y: Tensor, logdet: bool = False, *,
+        tol: float = 1e-6, max_iter: int = 200, on_failure: str = "raise",
+    ) -> tuple[Tensor, Tensor | None]:
+        """Exact inverse (``tol``, ``max_iter``, ``on_failure`` unused) and its log-det."""
         self._check_input(graph, y, "y")
-        return (y - self._broadcast(self.shift, y)) * (-self._broadcast(self.log_scale, y)).exp()
+        x = (y - self._broadcast(self.shift, y)) * (-self._broadcast(self.log_scale, y)).exp()
+        return x, self._logdet(y, -1.0, logdet)
 
     def extra_repr(self) -> str:
         num_nodes, feats = self.log_scale.shape

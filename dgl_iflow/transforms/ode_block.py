@@ -8,12 +8,13 @@ import torch
 from torch import Tensor, nn
 
 from .._backend import dgl
+from .base import GraphTransform
 from .divergence import autograd_divergence, hutchinson_divergence, make_probes
 
 DIVERGENCES = ("exact", "autograd", "hutchinson")
 
 
-class JKOBlock(nn.Module):
+class JKOBlock(GraphTransform):
     r"""Flow map of :math:`\dot x = f_\theta(x, t)` over :math:`[t_0, t_1]`, with its log-determinant.
 
     The state and the log-determinant are integrated jointly by classical fourth-order
@@ -146,13 +147,18 @@ class JKOBlock(nn.Module):
         """
         return self._run(graph, x, forward=True, logdet=logdet)
 
-    def inverse(self, graph: dgl.DGLGraph, z: Tensor, logdet: bool = False) -> tuple[Tensor, Tensor | None]:
+    def inverse(
+        self, graph: dgl.DGLGraph, y: Tensor, logdet: bool = False, *,
+        tol: float = 1e-6, max_iter: int = 200, on_failure: str = "raise",
+    ) -> tuple[Tensor, Tensor | None]:
         """Map ``x(t1)`` back to ``x(t0)`` by integrating from ``t1`` to ``t0``.
 
         The log-determinant returned with ``logdet`` is that of the inverse map (about minus
-        the forward one).
+        the forward one). The backward integration is not iterative, so ``tol``, ``max_iter``
+        and ``on_failure`` are unused: its error against the forward map is what
+        :meth:`round_trip_error` measures.
         """
-        return self._run(graph, z, forward=False, logdet=logdet)
+        return self._run(graph, y, forward=False, logdet=logdet)
 
     @torch.no_grad()
     def round_trip_error(self, graph: dgl.DGLGraph, x: Tensor) -> Tensor:

@@ -7,33 +7,14 @@ import torch
 from torch import Tensor, nn
 
 from .._backend import dgl
+from .base import GraphTransform, InversionError, InversionWarning, check_finite, check_node_features, check_on_failure
 from .logdet import exact_logdet, power_series_logdet
 from .residual import GraphResidual
 
 LOGDET_MODES = ("exact", "estimator")
 
 
-class InversionError(RuntimeError):
-    """The fixed-point inverse did not reach its tolerance."""
-
-    def __init__(self, message: str, residual: float, iterations: int) -> None:
-        super().__init__(message)
-        self.residual = residual
-        self.iterations = iterations
-
-
-class InversionWarning(RuntimeWarning):
-    """The fixed-point inverse did not reach its tolerance and ``on_failure="warn"`` was set."""
-
-
-def check_finite(tensor: Tensor, name: str) -> None:
-    """Raise ``ValueError`` when ``tensor`` holds NaN or infinite values."""
-    if not torch.isfinite(tensor).all():
-        bad = int((~torch.isfinite(tensor)).sum())
-        raise ValueError(f"{name} of shape {tuple(tensor.shape)} holds {bad} NaN or infinite values")
-
-
-class InvertibleResBlock(nn.Module):
+class InvertibleResBlock(GraphTransform):
     r"""Invertible residual block (Behrmann et al., 2019) on graph node features.
 
     .. math::
@@ -64,19 +45,18 @@ class InvertibleResBlock(nn.Module):
     Examples
     --------
     >>> import dgl, torch
-    >>> from dgl_iflow.layers import ChebConv, GraphResidual, InvertibleResBlock
+    >>> from dgl_iflow.layers import ChebConv
+    >>> from dgl_iflow.transforms import GraphResidual, InvertibleResBlock
     >>> g = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
     >>> block = InvertibleResBlock(GraphResidual(ChebConv(2, 16, k=2), hidden_feats=(16,)))
     >>> x = torch.randn(3, 5, 2)
     >>> y, logdet = block(g, x)
     >>> logdet.shape
     torch.Size([5])
-    >>> torch.allclose(block.inverse(g, y), x, atol=1e-4)
+    >>> x_back, _ = block.inverse(g, y)
+    >>> torch.allclose(x_back, x, atol=1e-4)
     True
     """
-
-    #: The flow's transport cost sums this block's squared displacement.
-    counts_transport = True
 
     def __init__(
         self,
@@ -106,24 +86,19 @@ class InvertibleResBlock(nn.Module):
         self.logdet_mode = mode
 
     def _check_input(self, graph: dgl.DGLGraph, x: Tensor, name: str) -> None:
-        feats = self.residual.feats
-        if x.dim() < 2 or x.shape[0] != graph.num_nodes() or x.shape[-1] != feats:
-            raise ValueError(
-                f"{name} must have shape (V, *, {feats}) with V = {graph.num_nodes()} nodes, "
-                f"got {tuple(x.shape)}"
-            )
+        check_node_features(graph, x, self.residual.feats, name, type(self).__name__)
 
-    def forward(self, graph: dgl.DGLGraph, x: Tensor, jac: bool = True) -> tuple[Tensor, Tensor | None]:
+    def forward(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
         """Map ``x`` of shape ``(V, *, D)`` to ``y`` of the same shape.
 
         Returns
         -------
         tuple
-            ``y`` and :math:`\\log|\\det(I + J_g(x))|` of shape ``(*,)`` (``None`` when
-            ``jac`` is false).
+            ``y`` and :math:`\\log|\\det(I + J_g(x))|` of shape ``(*,)`` (``None`` unless
+            ``logdet``).
         """
         self._check_input(graph, x, "x")
-        if not jac:
+        if not logdet:
             return x + self.residual(graph, x), None
         if self.logdet_mode == "exact":
             residual, jacobian = self.residual.forward_with_jacobian(graph, x)
@@ -161,13 +136,9 @@ class InvertibleResBlock(nn.Module):
 
     @torch.no_grad()
     def inverse(
-        self,
-        graph: dgl.DGLGraph,
-        y: Tensor,
-        tol: float = 1e-6,
-        max_iter: int = 200,
-        on_failure: str = "raise",
-    ) -> Tensor:
+        self, graph: dgl.DGLGraph, y: Tensor, logdet: bool = False, *,
+        tol: float = 1e-6, max_iter: int = 200, on_failure: str = "raise",
+    ) -> tuple[Tensor, Tensor | None]:
         r"""Solve :math:`x + g(x) = y` by the fixed-point iteration :math:`x \leftarrow y - g(x)`.
 
         Stops when every sample's relative residual :math:`\|x + g(x) - y\| / \|y\|` is at
@@ -178,6 +149,9 @@ class InvertibleResBlock(nn.Module):
         ----------
         y : Tensor
             Shape ``(V, *, D)``, finite.
+        logdet : bool
+            Also return :math:`\\log|\\det J_{f^{-1}}(y)| = -\\log|\\det(I + J_g(x))|`, one more
+            forward pass.
         tol : float
             Relative residual to reach.
         max_iter : int
@@ -189,11 +163,10 @@ class InvertibleResBlock(nn.Module):
 
         Returns
         -------
-        Tensor
-            ``x`` of the shape of ``y``.
+        tuple
+            ``x`` of the shape of ``y``, and the log-det of shape ``(*,)`` or ``None``.
         """
-        if on_failure not in ("raise", "warn"):
-            raise ValueError(f"on_failure must be 'raise' or 'warn', got {on_failure!r}")
+        check_on_failure(on_failure)
         if max_iter < 1:
             raise ValueError(f"max_iter must be positive, got {max_iter}")
         self._check_input(graph, y, "y")
@@ -209,7 +182,7 @@ class InvertibleResBlock(nn.Module):
                 x = update
                 if relative <= tol:
                     self.last_inverse_iterations = iteration
-                    return x
+                    return x, self._inverse_logdet(graph, x, logdet)
                 if not torch.isfinite(x).all():
                     break
         self.last_inverse_iterations = iteration
@@ -221,7 +194,10 @@ class InvertibleResBlock(nn.Module):
         if on_failure == "raise" or not torch.isfinite(x).all():
             raise InversionError(message, relative, iteration)
         warnings.warn(message, InversionWarning, stacklevel=2)
-        return x
+        return x, self._inverse_logdet(graph, x, logdet)
+
+    def _inverse_logdet(self, graph: dgl.DGLGraph, x: Tensor, wanted: bool) -> Tensor | None:
+        return -self.forward(graph, x, logdet=True)[1] if wanted else None
 
     def extra_repr(self) -> str:
         extra = ", memory_efficient=True" if self.memory_efficient else ""
