@@ -24,7 +24,7 @@ from ..data import load_dataset
 from ..data.synthetic import CHORDAL_DELTA, chordal_mixing_operator
 from ..models import IGNN
 from ..training import TrainConfig, fit
-from ..training.fit import seed_everything
+from ..training.common import seed_everything
 
 CONV_NAMES = {"cheb": "ChebConv", "l3": "L3Conv"}
 

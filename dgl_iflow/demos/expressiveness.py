@@ -28,7 +28,7 @@ from ..data import load_dataset
 from ..data.base import GraphDataset
 from ..models import IGNN
 from ..training import TrainConfig, fit
-from ..training.fit import seed_everything
+from ..training.common import seed_everything
 
 #: Latent means and variance of the paper's 3-node experiment.
 THREE_NODE_LATENT_MEANS = ((0.0, 1.5), (0.0, -1.5))

@@ -12,7 +12,7 @@ from .. import metrics
 from ..data import load_dataset
 from ..models import IGNN
 from ..training import TrainConfig, fit
-from ..training.fit import seed_everything
+from ..training.common import seed_everything
 
 
 @dataclass

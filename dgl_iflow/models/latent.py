@@ -6,11 +6,10 @@ isotropic Gaussian around a class mean ``mu_k``; generation samples ``H`` from
 this module and inverts the network; prediction applies Bayes' rule to the
 latent of every node.
 
-Layouts follow the rest of the package: latents are ``(V, *, d)`` (nodes
-first, then any sample dimensions, features last) and labels are ``(V, *)``
-integers.  A label tensor whose shape is a prefix of ``h.shape[:-1]`` (for
-example ``(V,)`` against ``(V, n, d)``) is broadcast over the remaining
-sample dimensions.
+Layouts follow the models: latents are sample-first ``(*, V, d)`` (any sample
+dimensions, then nodes, features last) and labels are ``(*, V)`` integers.  A
+label tensor whose shape is a suffix of ``h.shape[:-1]`` (for example ``(V,)``
+against ``(n, V, d)``) is broadcast over the leading sample dimensions.
 """
 
 from __future__ import annotations
@@ -252,7 +251,7 @@ class NodeGaussianLatent(nn.Module):
             raise TypeError(f"h must be a torch.Tensor, got {type(h).__name__}")
         if h.ndim < 2 or h.shape[-1] != self.dim:
             raise ValueError(
-                f"h must have shape (V, *, d) with d={self.dim}, got {tuple(h.shape)}"
+                f"h must have shape (*, V, d) with d={self.dim}, got {tuple(h.shape)}"
             )
         if not torch.isfinite(h).all():
             raise ValueError(f"h of shape {tuple(h.shape)} contains NaN or inf")
@@ -263,7 +262,7 @@ class NodeGaussianLatent(nn.Module):
         if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
             raise ValueError(f"labels must be an integer tensor, got dtype {y.dtype}")
         if y.ndim < 1:
-            raise ValueError("labels must have shape (V, *), got a scalar")
+            raise ValueError("labels must have shape (*, V), got a scalar")
         bad = (y < 0) | (y >= self.num_classes)
         if bad.any():
             values = torch.unique(y[bad]).tolist()
@@ -276,12 +275,12 @@ class NodeGaussianLatent(nn.Module):
         self._check_h(h)
         self._check_y(y)
         lead = h.shape[:-1]
-        if y.ndim > len(lead) or y.shape != lead[: y.ndim]:
+        if y.ndim > len(lead) or y.shape != lead[len(lead) - y.ndim:]:
             raise ValueError(
                 f"labels of shape {tuple(y.shape)} do not match h of shape "
-                f"{tuple(h.shape)}: expected labels shaped like a prefix of {tuple(lead)}"
+                f"{tuple(h.shape)}: expected labels shaped like a suffix of {tuple(lead)}"
             )
-        return y.reshape(y.shape + (1,) * (len(lead) - y.ndim)).expand(lead)
+        return y.expand(lead)
 
     # -- densities --------------------------------------------------------
 
@@ -299,12 +298,12 @@ class NodeGaussianLatent(nn.Module):
         Parameters
         ----------
         h : Tensor
-            ``(V, *, d)`` latents.
+            ``(*, V, d)`` latents.
 
         Returns
         -------
         Tensor
-            ``(V, *, K)``.
+            ``(*, V, K)``.
         """
         self._check_h(h)
         sq = (h.unsqueeze(-2) - self.means).square().sum(-1)
@@ -316,9 +315,9 @@ class NodeGaussianLatent(nn.Module):
         Parameters
         ----------
         h : Tensor
-            ``(V, *, d)`` latents.
+            ``(*, V, d)`` latents.
         y : Tensor
-            ``(V, *)`` labels, or a prefix of that shape.
+            ``(*, V)`` labels, or a suffix of that shape.
 
         Returns
         -------
@@ -327,7 +326,7 @@ class NodeGaussianLatent(nn.Module):
         """
         labels = self._labels_like(h, y)
         sq = (h - self.means[labels]).square().sum(-1)
-        return (-0.5 * sq / self.sigma**2 + self._log_normalizer()).sum(0)
+        return (-0.5 * sq / self.sigma**2 + self._log_normalizer()).sum(-1)
 
     def log_posterior(self, h: Tensor) -> Tensor:
         r"""Log class posterior of every node by Bayes' rule.
@@ -340,17 +339,17 @@ class NodeGaussianLatent(nn.Module):
         Parameters
         ----------
         h : Tensor
-            ``(V, *, d)`` latents.
+            ``(*, V, d)`` latents.
 
         Returns
         -------
         Tensor
-            ``(V, *, K)``; suitable for ``nll_loss`` after moving ``K`` to dim 1.
+            ``(*, V, K)``; suitable for ``nll_loss`` after moving ``K`` to dim 1.
         """
         return torch.log_softmax(self.node_log_prob(h) + self.log_priors, dim=-1)
 
     def posterior(self, h: Tensor) -> Tensor:
-        """Class probabilities ``P(Y_v = k | H_v)``, shape ``(V, *, K)``."""
+        """Class probabilities ``P(Y_v = k | H_v)``, shape ``(*, V, K)``."""
         return self.log_posterior(h).exp()
 
     def fit_priors(self, y_train: Tensor) -> Tensor:
@@ -386,7 +385,7 @@ class NodeGaussianLatent(nn.Module):
         Parameters
         ----------
         y : Tensor
-            ``(V,)`` labels when ``n`` is given, otherwise ``(V, *)``.
+            ``(V,)`` labels when ``n`` is given, otherwise ``(*, V)``.
         n : int, optional
             Number of samples for the single label vector ``y``.
         generator : torch.Generator, optional
@@ -395,7 +394,7 @@ class NodeGaussianLatent(nn.Module):
         Returns
         -------
         Tensor
-            ``(V, n, d)`` when ``n`` is given, else ``(V, *, d)``.
+            ``(n, V, d)`` when ``n`` is given, else ``(*, V, d)``.
         """
         self._check_y(y)
         if n is not None:
@@ -405,11 +404,12 @@ class NodeGaussianLatent(nn.Module):
                 )
             if n < 1:
                 raise ValueError(f"n must be >= 1, got {n}")
-            y = y.unsqueeze(1).expand(-1, n)
+            y = y.expand(n, -1)
         centers = self.means[y]
+        # Drawn nodes first, the order of earlier releases, so seeded samples are unchanged.
         noise = torch.randn(
-            centers.shape, generator=generator, dtype=centers.dtype, device=centers.device
-        )
+            centers.movedim(-2, 0).shape, generator=generator, dtype=centers.dtype, device=centers.device
+        ).movedim(0, -2)
         return centers + self.sigma * noise
 
     # -- trainable means --------------------------------------------------
@@ -495,14 +495,14 @@ class NodeGaussianLatent(nn.Module):
         Parameters
         ----------
         y : Tensor
-            ``(V, *)`` labels.
+            ``(*, V)`` labels.
         level : float
             Coverage probability in ``(0, 1)``.
 
         Returns
         -------
         centers : Tensor
-            ``(V, *, d)`` class means of the nodes.
+            ``(*, V, d)`` class means of the nodes.
         radius : float
             Common radius, see :meth:`confidence_radius`.
         """
@@ -515,16 +515,16 @@ class NodeGaussianLatent(nn.Module):
         Parameters
         ----------
         h : Tensor
-            ``(V, *, d)`` latents.
+            ``(*, V, d)`` latents.
         y : Tensor
-            ``(V, *)`` labels, or a prefix of that shape.
+            ``(*, V)`` labels, or a suffix of that shape.
         level : float
             Coverage probability in ``(0, 1)``.
 
         Returns
         -------
         Tensor
-            ``(V, *)`` bool.
+            ``(*, V)`` bool.
         """
         labels = self._labels_like(h, y)
         radius = self.confidence_radius(level)

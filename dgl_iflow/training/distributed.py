@@ -95,7 +95,7 @@ def sharded_batch_loss(**ddp_options) -> Callable[..., Callable[[Tensor], dict[s
             # stay in step (batch order, inversion checks) whatever each one consumes.
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(int(torch.randint(2 ** 62, ())) + rank)
-                terms = ddp(graph, x_train[share].transpose(0, 1), y_train[share].transpose(0, 1),
+                terms = ddp(graph, x_train[share], y_train[share],
                             config.classification_weight, config.transport_weight)
             keys = list(terms)
             means = torch.stack([terms[key].detach().to(torch.float64) * weight for key in keys])
@@ -114,6 +114,7 @@ def sharded_batch_loss(**ddp_options) -> Callable[..., Callable[[Tensor], dict[s
 
 def fit(
     model: IGNN,
+    graph,
     x_train: Tensor,
     y_train: Tensor,
     config: TrainConfig | None = None,
@@ -148,7 +149,7 @@ def fit(
         replace["device"] = default_device(local_rank)
     if replace:
         config = dataclasses.replace(config, **replace)
-    return _fit(model, x_train, y_train, config, make_batch_loss=sharded_batch_loss(**(ddp_options or {})),
+    return _fit(model, graph, x_train, y_train, config, make_batch_loss=sharded_batch_loss(**(ddp_options or {})),
                 **fit_options)
 
 
@@ -180,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
                  num_blocks=args.blocks, hidden_feats=args.hidden, logdet=args.logdet)
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, seed=args.seed, checkpoint_path=args.checkpoint)
-    history = fit(model, x_train, y_train, config)
+    history = fit(model, data.graph, x_train, y_train, config)
     if rank == 0:
         last = history.last()
         print(f"{world} processes, {len(history.epochs)} epochs: " +

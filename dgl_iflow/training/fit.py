@@ -2,25 +2,22 @@
 from __future__ import annotations
 
 import dataclasses
-import gc
 import math
 import os
-import random
 import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from .._backend import dgl
 from ..checkpoints import rng_state, set_rng_state
-from ..transforms import InversionError, InversionWarning
 from ..models import IGNN
+from ..transforms import InversionError, InversionWarning
+from .common import frozen_gc, seeded
 
 
 @dataclass
@@ -54,7 +51,8 @@ class TrainConfig:
         After the last epoch the check draws this many times more latents, so that
         generation after training rarely meets a block that fails.
     seed : int
-        Seeds Python, NumPy and torch; with it two runs give identical models.
+        Seeds Python, NumPy and torch for the run, whose random streams are then put back as
+        the caller left them; two runs with one seed give identical models.
     checkpoint_path : str, optional
         Written atomically after every epoch, with optimizer, schedule and RNG states.
     progress : bool
@@ -90,31 +88,17 @@ class TrainHistory:
         return self.epochs[-1]
 
 
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def _check_samples(model: IGNN, x: Tensor, y: Tensor, name: str) -> None:
-    expected = (model.num_nodes, model.feats)
-    if x.dim() != 3 or tuple(x.shape[1:]) != expected:
-        raise ValueError(f"{name} features must have shape (N, V, d) = (N, {expected[0]}, {expected[1]}), got {tuple(x.shape)}")
-    if y.shape != x.shape[:2]:
-        raise ValueError(f"{name} labels must have shape (N, V) = {tuple(x.shape[:2])}, got {tuple(y.shape)}")
-    if len(x) == 0:
-        raise ValueError(f"{name} holds no samples")
+def _check_samples(model: IGNN, graph: dgl.DGLGraph, x: Tensor, y: Tensor, name: str) -> None:
+    model.check_features(graph, x, f"{name} features")
+    model.check_labels(x, y)
     bad = (y < 0) | (y >= model.num_classes)
     if bad.any():
         raise ValueError(f"{name} labels must lie in [0, {model.num_classes}); found {sorted(set(y[bad].tolist()))}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} features hold NaN or infinite values")
 
 
 def _relative_error(estimate: Tensor, target: Tensor) -> float:
-    error = (estimate - target).pow(2).sum(dim=(0, -1)).sqrt()
-    scale = target.pow(2).sum(dim=(0, -1)).sqrt().clamp_min(1e-12)
+    error = (estimate - target).pow(2).sum(dim=(-2, -1)).sqrt()
+    scale = target.pow(2).sum(dim=(-2, -1)).sqrt().clamp_min(1e-12)
     value = float((error / scale).max())
     return value if math.isfinite(value) else math.inf
 
@@ -126,13 +110,12 @@ def inversion_error(model: IGNN, graph: dgl.DGLGraph, x: Tensor, max_iter: int =
     """
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", InversionWarning)
-        nodes_first = x.transpose(0, 1)
-        h = model.encode(graph, nodes_first, jac=False)[0]
+        h = model.encode(graph, x, logdet=False)[0]
         try:
             inverted = model.generate(graph, h, max_iter=max_iter, on_failure="warn")
         except InversionError:
             return math.inf
-        return _relative_error(inverted, nodes_first)
+        return _relative_error(inverted, x)
 
 
 @torch.no_grad()
@@ -144,53 +127,31 @@ def repair_invertibility(
 
     Generation inverts the flow where no training data was encoded, and a block whose
     residual function is not contractive there fails first. Each round inverts fresh
-    latents ``(V, N, d)`` block by block; the first block that does not reach ``tol`` within
-    ``max_iter`` iterations has its last layer scaled by ``factor``, which divides its
-    Lipschitz constant by at least that much, and nothing else changes. A ``max_iter`` well
+    latents ``(N, V, d)`` block by block; the first block that does not reach ``tol`` within
+    ``max_iter`` iterations is shrunk by ``factor`` (:meth:`~dgl_iflow.transforms.InvertibleResBlock.shrink`),
+    and nothing else changes. A ``max_iter`` well
     below the one generation uses leaves a margin: a block that passes here contracts fast.
     Returns the number of shrinks; raises :class:`InversionError` if ``max_rounds`` did not
     suffice.
     """
-    flow_graph = model._graph_for_flow(graph)
     for shrinks in range(max_rounds + 1):
-        z = model._to_flow(latents())
+        flow_graph, z = model.to_flow(graph, latents())
         failed = None
         for block in reversed(model.flow.blocks):
             try:
-                z = block.inverse(flow_graph, z, tol=tol, max_iter=max_iter)
+                z, _ = block.inverse(flow_graph, z, tol=tol, max_iter=max_iter)
             except InversionError:
                 failed = block
                 break
         if failed is None:
             return shrinks
-        _shrink_residual(failed, factor)
+        failed.shrink(factor)
     raise InversionError(f"blocks still fail to invert after {max_rounds} shrinks by {factor}", math.inf, max_iter)
-
-
-def _shrink_residual(block, factor: float) -> None:
-    with torch.no_grad():
-        block.residual.linears[-1].weight.mul_(factor)
-        block.residual.linears[-1].bias.mul_(factor)
-
-
-@contextmanager
-def frozen_gc() -> Iterator[None]:
-    """Within the block, objects that existed before it are left out of cyclic garbage collection.
-
-    Autograd creates enough container objects per step that Python's full collections run
-    every few steps, and each one traverses every object of torch, DGL and the data (about
-    300,000): 15 % of the training time on the traffic benchmark (``docs/performance.md``).
-    Objects created inside are collected as usual; the old ones are back on exit.
-    """
-    gc.freeze()
-    try:
-        yield
-    finally:
-        gc.unfreeze()
 
 
 def fit(
     model: IGNN,
+    graph: dgl.DGLGraph,
     x_train: Tensor,
     y_train: Tensor,
     config: TrainConfig | None = None,
@@ -201,12 +162,14 @@ def fit(
     callback: Callable[[int, dict[str, float]], None] | None = None,
     make_batch_loss: Callable[..., Callable[[Tensor], dict[str, Tensor]]] | None = None,
 ) -> TrainHistory:
-    """Train ``model`` on samples of its graph.
+    """Train ``model`` on samples of ``graph``.
 
     Parameters
     ----------
     model : IGNN
-        Trained in place, on ``model.graph``.
+        Trained in place.
+    graph : DGLGraph
+        The graph of every sample.
     x_train : Tensor
         ``(N, V, d)`` training features (sample-first, as the data sets give them).
     y_train : Tensor
@@ -232,13 +195,23 @@ def fit(
     TrainHistory
     """
     config = config or TrainConfig()
-    _check_samples(model, x_train, y_train, "training")
+    _check_samples(model, graph, x_train, y_train, "training")
+    if x_val is not None:
+        _check_samples(model, graph, x_val, y_val, "validation")
     if config.lr_schedule not in ("cosine", "constant"):
         raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {config.lr_schedule!r}")
-    seed_everything(config.seed)
+    with seeded(config.seed, config.device), frozen_gc():
+        return _train(model, graph, x_train, y_train, config, x_val, y_val, resume_from, callback, make_batch_loss)
+
+
+def _train(
+    model: IGNN, graph: dgl.DGLGraph, x_train: Tensor, y_train: Tensor, config: TrainConfig,
+    x_val: Tensor | None, y_val: Tensor | None, resume_from: str | os.PathLike | None,
+    callback: Callable[[int, dict[str, float]], None] | None,
+    make_batch_loss: Callable[..., Callable[[Tensor], dict[str, Tensor]]] | None,
+) -> TrainHistory:
     device = torch.device(config.device)
     model.to(device)
-    graph = model.graph
     x_train = x_train.to(device, torch.get_default_dtype())
     y_train = y_train.to(device)
     x_pool = x_train if x_val is None else x_val.to(device, x_train.dtype)
@@ -266,7 +239,7 @@ def fit(
 
     def model_loss(batch: Tensor) -> dict[str, Tensor]:
         return model.loss(
-            graph, x_train[batch].transpose(0, 1), y_train[batch].transpose(0, 1),
+            graph, x_train[batch], y_train[batch],
             classification_weight=config.classification_weight,
             transport_weight=config.transport_weight,
         )
@@ -274,44 +247,43 @@ def fit(
     batch_loss = model_loss if make_batch_loss is None else make_batch_loss(model, graph, x_train, y_train, config)
     num_samples = len(x_train)
     bar = tqdm(range(start_epoch, config.epochs), desc="train", disable=not config.progress, unit="epoch")
-    with frozen_gc():
-        for epoch in bar:
-            model.train()
-            started = time.perf_counter()
-            totals: dict[str, float] = {}
-            order = torch.randperm(num_samples, device=device)
-            num_batches = math.ceil(num_samples / config.batch_size)
-            for batch in order.split(config.batch_size):
-                terms = batch_loss(batch)
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                optimizer.step()
-                for key, value in terms.items():
-                    totals[key] = totals.get(key, 0.0) + float(value) / num_batches
-            scheduler.step()
-            record = dict(epoch=epoch + 1, seconds=time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"], **totals)
-            model.eval()
-            if config.inversion_check_samples > 0:
-                record["inversion_error"] = inversion_error(model, graph, x_check)
-                repeats = config.final_check_repeats if epoch + 1 == config.epochs else 1
+    for epoch in bar:
+        model.train()
+        started = time.perf_counter()
+        totals: dict[str, float] = {}
+        order = torch.randperm(num_samples, device=device)
+        num_batches = math.ceil(num_samples / config.batch_size)
+        for batch in order.split(config.batch_size):
+            terms = batch_loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            optimizer.step()
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + float(value) / num_batches
+        scheduler.step()
+        record = dict(epoch=epoch + 1, seconds=time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"], **totals)
+        model.eval()
+        if config.inversion_check_samples > 0:
+            record["inversion_error"] = inversion_error(model, graph, x_check)
+            repeats = config.final_check_repeats if epoch + 1 == config.epochs else 1
 
-                def check_latents() -> Tensor:
-                    encoded = model.encode(graph, x_check.transpose(0, 1), jac=False)[0]
-                    drawn = model.latent.sample(y_check.repeat(repeats, 1).transpose(0, 1))
-                    return torch.cat([encoded, drawn], dim=1)
+            def check_latents() -> Tensor:
+                encoded = model.encode(graph, x_check, logdet=False)[0]
+                drawn = model.latent.sample(y_check.repeat(repeats, 1))
+                return torch.cat([encoded, drawn])
 
-                record["shrinks"] = float(repair_invertibility(
-                    model, graph, check_latents, config.inversion_rescale,
-                    max_iter=config.inversion_check_iterations,
-                ))
-            history.epochs.append(record)
-            bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "nll", "ce", "transport", "inversion_error") if k in record})
-            if config.checkpoint_path is not None:
-                model.save(
-                    config.checkpoint_path, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    history=history.epochs, epoch=epoch + 1, rng=rng_state(),
-                    train_config=dataclasses.asdict(config),
-                )
-            if callback is not None:
-                callback(epoch + 1, record)
+            record["shrinks"] = float(repair_invertibility(
+                model, graph, check_latents, config.inversion_rescale,
+                max_iter=config.inversion_check_iterations,
+            ))
+        history.epochs.append(record)
+        bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "nll", "ce", "transport", "inversion_error") if k in record})
+        if config.checkpoint_path is not None:
+            model.save(
+                config.checkpoint_path, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                history=history.epochs, epoch=epoch + 1, rng=rng_state(),
+                train_config=dataclasses.asdict(config),
+            )
+        if callback is not None:
+            callback(epoch + 1, record)
     return history

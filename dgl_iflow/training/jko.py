@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,7 +14,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .fit import frozen_gc
+from .._backend import dgl
+from ..checkpoints import rng_state, set_rng_state
+from .common import frozen_gc, seeded
 from ..transforms.ode_block import JKOBlock
 from ..models import JKOFlow
 from .jko_schedule import refine, reparametrize, step_size
@@ -65,8 +69,11 @@ class JKOConfig:
     push_batch_size : int
         Samples per chunk when pushing the training data through a finished block.
     seed : int
-        Seeds the initial weights, mini-batch order and Hutchinson probes; the caller's global
-        random state is restored afterwards.
+        Seeds the initial weights, mini-batch order and Hutchinson probes; the caller's
+        random streams are put back as they were afterwards.
+    checkpoint_path : str, optional
+        Written atomically after every finished block: the model and what the trainer needs
+        to resume there (``fit_jko(..., resume_from=path)``) with identical results.
     progress : bool
         Show a tqdm bar per pass.
     device : str
@@ -92,6 +99,7 @@ class JKOConfig:
     check_samples: int = 256
     push_batch_size: int = 4096
     seed: int = 0
+    checkpoint_path: str | None = None
     progress: bool = True
     device: str = "cpu"
 
@@ -236,6 +244,8 @@ class JKOTrainer:
     model : JKOFlow
         Trained in place. :meth:`grow` needs it without blocks; :meth:`retrain` retrains the
         blocks it has.
+    graph : DGLGraph
+        The graph of every sample.
     x_train : Tensor
         ``(N, V, d)`` features, sample-first as the data sets give them.
     y_train : Tensor, optional
@@ -248,6 +258,7 @@ class JKOTrainer:
     def __init__(
         self,
         model: JKOFlow,
+        graph: dgl.DGLGraph,
         x_train: Tensor,
         y_train: Tensor | None = None,
         config: JKOConfig | None = None,
@@ -259,21 +270,13 @@ class JKOTrainer:
         counts = {name: getattr(self.config, name) for name in ("iterations", "batch_size", "max_blocks")}
         if min(counts.values()) < 1 or (self.config.retrain_iterations or 1) < 1:
             raise ValueError(f"iterations, retrain_iterations, batch_size and max_blocks must be >= 1, got {counts}")
-        if x_train.dim() != 3 or tuple(x_train.shape[1:]) != (model.num_nodes, model.feats):
-            raise ValueError(
-                f"x_train must have shape (N, V, d) = (N, {model.num_nodes}, {model.feats}), got {tuple(x_train.shape)}"
-            )
-        if (y_train is None) != (model.latent is None):
-            raise ValueError("y_train is needed by a conditional JKOFlow and refused by an unconditional one")
-        if y_train is not None and y_train.shape != x_train.shape[:2]:
-            raise ValueError(f"y_train must have shape (N, V) = {tuple(x_train.shape[:2])}, got {tuple(y_train.shape)}")
+        model.check_features(graph, x_train, "x_train")
+        model.check_labels(x_train, y_train)
         self.model = model.to(self.config.device)
         self.callback = callback
         self.history = JKOHistory()
-        dtype = model._anchor.dtype
-        self.data = model.to_flow(x_train.transpose(0, 1).to(self.config.device, dtype))
-        self.labels = None if y_train is None else y_train.transpose(0, 1).to(self.config.device)
-        self.graph = model.flow_graph()
+        self.graph, self.data = model.to_flow(graph, x_train.to(self.config.device, model.dtype))
+        self.labels = None if y_train is None else y_train.to(self.config.device)
         self.order = torch.Generator().manual_seed(self.config.seed)
         self._permutation = torch.empty(0, dtype=torch.long)
 
@@ -289,7 +292,7 @@ class JKOTrainer:
         return batch.to(self.config.device)
 
     def _labels(self, index: Tensor | slice) -> Tensor | None:
-        return None if self.labels is None else self.labels[:, index]
+        return None if self.labels is None else self.labels[index]
 
     def _train_block(self, block: JKOBlock, cache: Tensor, iterations: int, bar: tqdm) -> tuple[float, int]:
         """Adam on ``block`` alone; returns the late mean loss and the saved bytes of one step."""
@@ -326,7 +329,7 @@ class JKOTrainer:
     def _spread(self, x1: Tensor, labels: Tensor | None) -> Tensor:
         """Squared distance of pushed samples from their latent mean, per sample."""
         h = self.model.from_flow(x1)
-        return (h - self.model.latent_mean(h, labels)).pow(2).sum(dim=(0, -1))
+        return (h - self.model.latent_mean(h, labels)).pow(2).sum(dim=(-2, -1))
 
     @torch.no_grad()
     def _push(self, block: JKOBlock, cache: Tensor) -> tuple[Tensor, dict[str, float]]:
@@ -364,19 +367,42 @@ class JKOTrainer:
 
     # -- passes -----------------------------------------------------------
 
-    def _bar(self, stage: str, total: int) -> tqdm:
-        return tqdm(total=total, desc=f"JKO {stage}", unit="batch", disable=not self.config.progress, leave=False)
+    def stages(self) -> list[str]:
+        """The passes :meth:`fit` runs, in order: ``"grow"``, ``"reparametrize 1"``, ..., ``"refine 1"``, ..."""
+        return (["grow"] + [f"reparametrize {r}" for r in range(1, self.config.reparametrize_rounds + 1)]
+                + [f"refine {r}" for r in range(1, self.config.refine_rounds + 1)])
 
-    def grow(self) -> None:
-        """First pass: add blocks one by one until the data stop moving or ``max_blocks``."""
+    def _bar(self, stage: str, total: int, done: int = 0) -> tqdm:
+        return tqdm(total=total, initial=done, desc=f"JKO {stage}", unit="batch", disable=not self.config.progress,
+                    leave=False)
+
+    def _cache_after(self, num_blocks: int) -> Tensor:
+        """The training data pushed through the first ``num_blocks`` blocks (a resumed run's cache).
+
+        Hutchinson probes drawn on the way come from a forked stream, so the run's own streams
+        continue as they were saved.
+        """
+        cache = self.data
+        device = torch.device(self.config.device)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            for block in self.model.blocks[:num_blocks]:
+                cache, _ = self._push(block, cache)
+        return cache
+
+    def grow(self, start: int = 0) -> None:
+        """First pass: add blocks one by one until the data stop moving or ``max_blocks``.
+
+        ``start`` is the number of blocks already grown (a resumed run); a fresh pass needs a
+        model without blocks.
+        """
         config = self.config
         model = self.model
-        if model.blocks:
-            raise ValueError(f"grow() starts from a model without blocks, this one has {len(model.blocks)}; "
+        if len(model.blocks) != start:
+            raise ValueError(f"grow() continues after {start} blocks, this model has {len(model.blocks)}; "
                              "use retrain() to train the blocks of a trained model again")
-        cache = self.data
-        t = 0.0
-        with self._bar("grow", config.max_blocks * config.iterations) as bar:
+        cache = self._cache_after(start)
+        t = model.time_grid[-1] if model.blocks else 0.0
+        with self._bar("grow", config.max_blocks * config.iterations, start * config.iterations) as bar:
             while len(model.blocks) < config.max_blocks:
                 k = len(model.blocks)
                 h = step_size(k, config.h0, config.rho, config.h_max)
@@ -388,39 +414,87 @@ class JKOTrainer:
                 model.blocks.append(block)
                 cache = self._fit_block("grow", k, block, cache, config.iterations, bar)
                 t += h
-                if len(model.blocks) >= config.min_blocks and self.history.records[-1].ratio < config.tol:
+                stopped = len(model.blocks) >= config.min_blocks and self.history.records[-1].ratio < config.tol
+                finished = stopped or len(model.blocks) >= config.max_blocks
+                self._save("grow", k + 1, finished)
+                if stopped:
                     break
 
-    def retrain(self, stage: str) -> None:
-        """Retrain every block in order, each warm-started from itself, on freshly pushed data."""
+    def retrain(self, stage: str, start: int = 0) -> None:
+        """Retrain every block in order from block ``start``, each warm-started from itself, on freshly pushed data."""
         iterations = self.config.retrain_iterations or self.config.iterations
-        cache = self.data
-        with self._bar(stage, len(self.model.blocks) * iterations) as bar:
-            for k, block in enumerate(self.model.blocks):
-                cache = self._fit_block(stage, k, block, cache, iterations, bar)
+        num_blocks = len(self.model.blocks)
+        cache = self._cache_after(start)
+        with self._bar(stage, num_blocks * iterations, start * iterations) as bar:
+            for k in range(start, num_blocks):
+                cache = self._fit_block(stage, k, self.model.blocks[k], cache, iterations, bar)
+                self._save(stage, k + 1, k + 1 == num_blocks)
 
-    def fit(self) -> JKOHistory:
-        """First pass, then the configured re-spacing and refinement rounds, each retrained."""
-        config = self.config
-        devices = [torch.device(config.device)] if torch.device(config.device).type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(config.seed)
-            self.grow()
-            for round_ in range(1, config.reparametrize_rounds + 1):
-                reparametrize(self.model, self.history.movements(), config.eta)
-                self.retrain(f"reparametrize {round_}")
-            for round_ in range(1, config.refine_rounds + 1):
+    def _run_stage(self, stage: str, start: int) -> None:
+        if stage == "grow":
+            self.grow(start)
+            return
+        if start == 0:
+            if stage.startswith("reparametrize"):
+                reparametrize(self.model, self.history.movements(), self.config.eta)
+            else:
                 refine(self.model)
-                self.retrain(f"refine {round_}")
+        self.retrain(stage, start)
+
+    # -- checkpoints --------------------------------------------------------
+
+    def _save(self, stage: str, blocks_done: int, stage_finished: bool) -> None:
+        if self.config.checkpoint_path is None:
+            return
+        stages = self.stages()
+        position = (stages[stages.index(stage) + 1], 0) if stage_finished and stage != stages[-1] else \
+            ((stage, blocks_done) if not stage_finished else ("done", 0))
+        self.model.save(
+            self.config.checkpoint_path, trainer=dict(
+                position=list(position), history=[dataclasses.asdict(record) for record in self.history.records],
+                rng=rng_state(), order=self.order.get_state(), permutation=self._permutation,
+                config=dataclasses.asdict(self.config),
+            ),
+        )
+
+    def _resume(self, path: str | os.PathLike) -> tuple[str, int]:
+        """Load the model and trainer state saved at ``path``; returns the stage and block to continue at."""
+        checkpoint = self.model.load_weights(path)
+        state = checkpoint["trainer"]
+        unchecked = dict(checkpoint_path=None, progress=None)
+        if {**state["config"], **unchecked} != {**dataclasses.asdict(self.config), **unchecked}:
+            raise ValueError(f"checkpoint {path} was written with another JKOConfig: {state['config']}")
+        self.history = JKOHistory([BlockRecord(**record) for record in state["history"]])
+        # Last, since rebuilding the blocks drew fresh weights from the streams.
+        set_rng_state(state["rng"])
+        self.order.set_state(state["order"])
+        self._permutation = state["permutation"]
+        stage, start = state["position"]
+        return stage, int(start)
+
+    def fit(self, resume_from: str | os.PathLike | None = None) -> JKOHistory:
+        """First pass, then the configured re-spacing and refinement rounds, each retrained.
+
+        ``resume_from``: a checkpoint written by a run with the same configuration
+        (:attr:`JKOConfig.checkpoint_path`); training continues after its last finished block
+        and ends as the uninterrupted run would have.
+        """
+        with seeded(self.config.seed, self.config.device):
+            stage, start = ("grow", 0) if resume_from is None else self._resume(resume_from)
+            stages = self.stages()
+            for name in stages[stages.index(stage):] if stage != "done" else []:
+                self._run_stage(name, start if name == stage else 0)
         return self.history
 
 
 def fit_jko(
     model: JKOFlow,
+    graph: dgl.DGLGraph,
     x_train: Tensor,
     y_train: Tensor | None = None,
     config: JKOConfig | None = None,
     callback: Callable[[BlockRecord], None] | None = None,
+    resume_from: str | os.PathLike | None = None,
 ) -> JKOHistory:
     """Train ``model`` block by block; see :class:`JKOTrainer` and :class:`JKOConfig`.
 
@@ -428,6 +502,8 @@ def fit_jko(
     ----------
     model : JKOFlow
         Trained in place.
+    graph : DGLGraph
+        The graph of every sample.
     x_train : Tensor
         ``(N, V, d)`` features.
     y_train : Tensor, optional
@@ -435,10 +511,13 @@ def fit_jko(
     config : JKOConfig, optional
     callback : callable, optional
         Called with every :class:`BlockRecord`.
+    resume_from : path, optional
+        A checkpoint written after a finished block (:attr:`JKOConfig.checkpoint_path`);
+        the run continues there with identical results.
 
     Returns
     -------
     JKOHistory
     """
     with frozen_gc():
-        return JKOTrainer(model, x_train, y_train, config, callback).fit()
+        return JKOTrainer(model, graph, x_train, y_train, config, callback).fit(resume_from)

@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
 
 from ..models import JKOFlow
 
@@ -82,4 +81,5 @@ def refine(model: JKOFlow) -> None:
     map up to RK4 error before it is retrained.
     """
     halves = [half for block in model.blocks for half in block.split()]
-    model.blocks = nn.ModuleList(halves)
+    del model.blocks[:len(model.blocks)]
+    model.blocks.extend(halves)

@@ -129,6 +129,14 @@ class InvertibleResBlock(GraphTransform):
             residual, logdet = residual_and_logdet(x_in, True)
         return x_in + residual, logdet
 
+    @torch.no_grad()
+    def shrink(self, factor: float) -> None:
+        """Scale the residual function's last layer by ``factor`` < 1, which divides :math:`\\mathrm{Lip}(g)` by at least that."""
+        last = self.residual.linears[-1]
+        last.weight.mul_(factor)
+        if last.bias is not None:
+            last.bias.mul_(factor)
+
     def transport_cost(self, graph: dgl.DGLGraph, x: Tensor) -> Tensor:
         r"""Squared displacement :math:`\|g(X)\|^2` per sample, shape ``(*,)``."""
         self._check_input(graph, x, "x")

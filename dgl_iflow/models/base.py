@@ -1,0 +1,309 @@
+"""What every model of dgl_iflow shares: a flow from features to a latent, and a latent law."""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from .._backend import dgl
+from ..checkpoints import atomic_save, read_checkpoint
+from ..transforms import GraphFlow
+from ..transforms.base import check_finite
+from .latent import NodeGaussianLatent
+from .layout import single_node_graph, to_nodes_first, to_samples_first
+
+
+class FlowModel(nn.Module):
+    r"""A normalizing flow of node features given node labels, on one graph.
+
+    An invertible :class:`~dgl_iflow.transforms.GraphFlow` :math:`F` maps node features
+    :math:`X \in \mathbb{R}^{V \times d}` to a latent :math:`H = F(X)` of the same shape, and
+
+    .. math::
+        \log p(X \mid Y) = \log q(F(X) \mid Y) + \log|\det J_F(X)|,
+
+    with :math:`q` the node-factorized :class:`NodeGaussianLatent` given the labels, or
+    :math:`N(0, I)` for an unconditional model (``latent`` is ``None``). Generation inverts
+    :math:`F`; prediction is Bayes' rule in the latent. Subclasses build ``flow`` and ``latent``
+    and train them; everything else lives here.
+
+    Every public method takes the graph first and **sample-first** tensors, as the data sets
+    give them: features ``(N, V, d)``, labels ``(N, V)``, per-sample values ``(N,)``. Inputs are
+    checked once per call. The transforms run node-first, ``(V, N, d)`` like ``graph.ndata``
+    (or ``(1, N, V d)`` on one node for a graph-free model); :meth:`to_flow` and
+    :meth:`from_flow` are the only conversion.
+
+    Attributes
+    ----------
+    graph : DGLGraph
+        The graph the model was built for and is saved with. Methods run on the graph they
+        are given, which must have as many nodes.
+    flow : GraphFlow
+        :math:`F`.
+    latent : NodeGaussianLatent or None
+        :math:`q(H \mid Y)`; ``None`` for :math:`N(0, I)` without labels.
+    config : dict
+        The constructor's arguments, saved in checkpoints.
+    """
+
+    #: Written into and required from checkpoints.
+    checkpoint_format: ClassVar[str]
+
+    def __init__(self, graph: dgl.DGLGraph, feats: int, flatten: bool) -> None:
+        super().__init__()
+        self.graph = graph
+        self.num_nodes = graph.num_nodes()
+        self.feats = feats
+        self.flatten = flatten
+        self._single_node_graph = single_node_graph() if flatten else None
+        self.flow = GraphFlow()
+        self.latent: NodeGaussianLatent | None = None
+        self.config: dict[str, Any] = {}
+        # Follows .to() and .double(), so new blocks and drawn latents match the model.
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)
+
+    @property
+    def num_classes(self) -> int | None:
+        return None if self.latent is None else self.latent.num_classes
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    @property
+    def flow_feats(self) -> int:
+        """Channels the transforms see: ``d``, or ``V d`` for a graph-free model."""
+        return self.num_nodes * self.feats if self.flatten else self.feats
+
+    # -- checks and layout ---------------------------------------------------
+
+    def check_graph(self, graph: dgl.DGLGraph) -> None:
+        """Raise ``ValueError`` unless ``graph`` has the model's number of nodes."""
+        if graph.num_nodes() != self.num_nodes:
+            raise ValueError(
+                f"this {type(self).__name__} was built for a graph of {self.num_nodes} nodes, "
+                f"got one of {graph.num_nodes()}"
+            )
+
+    def check_features(self, graph: dgl.DGLGraph, x: Tensor, name: str = "x") -> None:
+        """Raise ``ValueError`` unless ``x`` is a finite, non-empty ``(N, V, d)`` batch on ``graph``."""
+        self.check_graph(graph)
+        if x.dim() != 3 or x.shape[1:] != (self.num_nodes, self.feats):
+            raise ValueError(
+                f"{name} must have shape (N, V, d) = (N, {self.num_nodes}, {self.feats}), got {tuple(x.shape)}"
+            )
+        if len(x) == 0:
+            raise ValueError(f"{name} is an empty batch: shape {tuple(x.shape)}")
+        check_finite(x, name)
+
+    def check_labels(self, x: Tensor, y: Tensor | None) -> None:
+        """Raise ``ValueError`` unless ``y`` holds ``(N, V)`` labels of ``x`` (``None`` without classes)."""
+        if (y is None) != (self.latent is None):
+            raise ValueError(f"labels are needed by a conditional {type(self).__name__} and refused by an "
+                             "unconditional one")
+        if y is not None and y.shape != x.shape[:-1]:
+            raise ValueError(f"labels must have shape (N, V) = {tuple(x.shape[:-1])}, got {tuple(y.shape)}")
+
+    def to_flow(self, graph: dgl.DGLGraph, x: Tensor) -> tuple[dgl.DGLGraph, Tensor]:
+        """The graph and layout the transforms run on: ``(V, N, d)``, or ``(1, N, V d)`` on one node."""
+        if self.flatten:
+            return self._single_node_graph.to(x.device), to_nodes_first(x, flatten=True)
+        return graph, to_nodes_first(x)
+
+    def from_flow(self, z: Tensor) -> Tensor:
+        """Inverse of :meth:`to_flow`'s layout: back to ``(N, V, d)``."""
+        return to_samples_first(z, self.num_nodes, self.flatten)
+
+    # -- densities -----------------------------------------------------------
+
+    def _encode(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+        flow_graph, z = self.to_flow(graph, x)
+        z, total, transport = self.flow.forward_with_transport(flow_graph, z, logdet)
+        return self.from_flow(z), total, transport
+
+    def encode(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Latent :math:`H = F(X)` ``(N, V, d)``, log-det ``(N,)`` (``None`` unless ``logdet``) and transport cost ``(N,)``.
+
+        The transport cost is :math:`\\sum_l \\|X_l - X_{l-1}\\|^2` over the blocks that count it.
+        """
+        self.check_features(graph, x)
+        return self._encode(graph, x, logdet)
+
+    def potential(self, h: Tensor, y: Tensor | None = None) -> Tensor:
+        r""":math:`-\log q(H \mid Y)` per sample, ``(N,)``, for latents ``(N, V, d)``."""
+        if self.latent is not None:
+            return -self.latent.log_prob(h, y)
+        return 0.5 * h.pow(2).sum(dim=(-2, -1)) + 0.5 * h.shape[-2] * h.shape[-1] * math.log(2 * math.pi)
+
+    def latent_mean(self, h: Tensor, y: Tensor | None = None) -> Tensor:
+        """Mean of the latent law of ``h`` (``(N, V, d)``): the class means of ``y``, or zeros."""
+        if self.latent is None:
+            return torch.zeros_like(h)
+        return self.latent.means[y].expand_as(h)
+
+    def log_prob(self, graph: dgl.DGLGraph, x: Tensor, y: Tensor | None = None) -> Tensor:
+        """:math:`\\log p(X \\mid Y)` (or :math:`\\log p(X)` without classes) per sample, ``(N,)``.
+
+        Exact, or an unbiased estimate where the flow estimates its log-determinant.
+        """
+        self.check_features(graph, x)
+        self.check_labels(x, y)
+        h, logdet, _ = self._encode(graph, x, True)
+        return -self.potential(h, y) + logdet
+
+    @torch.no_grad()
+    def predict_proba(self, graph: dgl.DGLGraph, x: Tensor) -> Tensor:
+        """:math:`P(Y_v = k \\mid X)` for every node, ``(N, V, K)``."""
+        latent = self._conditional_latent()
+        h, _, _ = self.encode(graph, x, logdet=False)
+        return latent.posterior(h)
+
+    def _conditional_latent(self) -> NodeGaussianLatent:
+        if self.latent is None:
+            raise ValueError(f"an unconditional {type(self).__name__} has no classes")
+        return self.latent
+
+    # -- generation ----------------------------------------------------------
+
+    @torch.no_grad()
+    def generate(
+        self, graph: dgl.DGLGraph, h: Tensor, tol: float = 1e-5, max_iter: int = 1000, on_failure: str = "raise",
+    ) -> Tensor:
+        """:math:`F^{-1}(H)` for latents ``h`` ``(N, V, d)``; the inverse's failure policy is
+        :class:`~dgl_iflow.transforms.GraphTransform`'s."""
+        self.check_features(graph, h, "h")
+        flow_graph, z = self.to_flow(graph, h)
+        x, _ = self.flow.inverse(flow_graph, z, tol=tol, max_iter=max_iter, on_failure=on_failure)
+        return self.from_flow(x)
+
+    @torch.no_grad()
+    def sample(
+        self, graph: dgl.DGLGraph, y: Tensor | None = None, n: int = 1, generator: torch.Generator | None = None,
+        tol: float = 1e-5, max_iter: int = 1000,
+    ) -> Tensor:
+        """``n`` samples ``(n, V, d)`` of :math:`X \\mid Y = y` for one label vector ``y`` ``(V,)``.
+
+        Unconditional models take ``y=None`` and sample :math:`F^{-1}(Z)`, :math:`Z \\sim N(0, I)`.
+        Raises :class:`~dgl_iflow.transforms.InversionError` if an inverse misses ``tol``.
+        """
+        self.check_graph(graph)
+        if self.latent is None:
+            if y is not None:
+                raise ValueError(f"an unconditional {type(self).__name__} samples without labels: pass y=None")
+            # Drawn nodes first, the order of earlier releases, so seeded samples are unchanged.
+            h = torch.randn(self.num_nodes, n, self.feats, generator=generator, dtype=self.dtype,
+                            device=self.device).transpose(0, 1)
+        else:
+            if y is None or y.shape != (self.num_nodes,):
+                raise ValueError(f"y must be one label vector of shape ({self.num_nodes},), got "
+                                 f"{None if y is None else tuple(y.shape)}")
+            h = self.latent.sample(y.to(self.latent.means.device), n, generator=generator)
+        return self.generate(graph, h, tol=tol, max_iter=max_iter)
+
+    @torch.no_grad()
+    def round_trip_error(self, graph: dgl.DGLGraph, x: Tensor) -> Tensor:
+        """Largest absolute error of :math:`F^{-1}(F(X))` per sample, ``(N,)``."""
+        h, _, _ = self.encode(graph, x, logdet=False)
+        return (self.generate(graph, h, on_failure="warn") - x).abs().amax(dim=(-2, -1))
+
+    @torch.no_grad()
+    def uncertainty_set(
+        self, graph: dgl.DGLGraph, y: Tensor, level: float = 0.9, num_points: int = 200,
+        generator: torch.Generator | None = None, max_iter: int = 1000,
+    ) -> Tensor:
+        r"""Points ``(num_points, V, d)`` on the boundary of the feature-space uncertainty set of :math:`X \mid Y = y`.
+
+        The set is :math:`F^{-1}` of the product over nodes of the latent balls
+        :math:`\|H_v - \mu_{y_v}\| \le r` that hold ``level`` of each node's mass; its
+        boundary points have every node on its sphere (directions evenly spaced for
+        :math:`d = 2`, uniform otherwise), for plotting.
+        """
+        latent = self._conditional_latent()
+        centers, radius = latent.confidence_region(y.to(latent.means.device), level)
+        if self.feats == 2:
+            angle = torch.linspace(0, 2 * math.pi, num_points, dtype=centers.dtype, device=centers.device)
+            direction = torch.stack([angle.cos(), angle.sin()], -1).unsqueeze(1).expand(-1, self.num_nodes, -1)
+        else:
+            # Drawn nodes first, the order of earlier releases, so seeded sets are unchanged.
+            direction = torch.randn(self.num_nodes, num_points, self.feats, generator=generator,
+                                    dtype=centers.dtype, device=centers.device).transpose(0, 1)
+            direction = direction / direction.norm(dim=-1, keepdim=True)
+        return self.generate(graph, centers + radius * direction, max_iter=max_iter)
+
+    @torch.no_grad()
+    def in_uncertainty_set(self, graph: dgl.DGLGraph, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
+        """Whether each node of each sample lies in its uncertainty set, bool ``(N, V)``."""
+        latent = self._conditional_latent()
+        self.check_features(graph, x)
+        self.check_labels(x, y)
+        h, _, _ = self._encode(graph, x, False)
+        return latent.contains(h, y, level)
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def checkpoint_structure(self) -> dict[str, Any]:
+        """What the constructor alone does not rebuild (a JKO flow's blocks); saved in checkpoints."""
+        return {}
+
+    def restore_structure(self, structure: dict[str, Any]) -> None:
+        """Rebuild what :meth:`checkpoint_structure` describes, before the weights are loaded."""
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything :meth:`from_checkpoint` needs: format, configuration, graph, structure and weights."""
+        src, dst = self.graph.edges()
+        return dict(
+            format=self.checkpoint_format, config=self.config,
+            graph=dict(num_nodes=self.num_nodes, src=src.cpu(), dst=dst.cpu()),
+            structure=self.checkpoint_structure(), state_dict=self.state_dict(),
+        )
+
+    def save(self, path: str | os.PathLike, **extra: Any) -> None:
+        """Write :meth:`checkpoint` plus ``extra`` entries to ``path`` atomically."""
+        atomic_save({**self.checkpoint(), **extra}, path)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: dict[str, Any], graph: dgl.DGLGraph | None = None) -> FlowModel:
+        """Rebuild the model saved in ``checkpoint`` (on its own graph unless one is given)."""
+        if checkpoint.get("format") != cls.checkpoint_format:
+            raise ValueError(f"not a {cls.__name__} checkpoint: format {checkpoint.get('format')!r}, "
+                             f"expected {cls.checkpoint_format!r}")
+        saved = checkpoint["graph"]
+        if graph is None:
+            graph = dgl.graph((saved["src"], saved["dst"]), num_nodes=saved["num_nodes"])
+        model = cls(graph, **checkpoint["config"])
+        model.restore_structure(checkpoint.get("structure", {}))
+        model.load_state_dict(checkpoint["state_dict"])
+        return model
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, graph: dgl.DGLGraph | None = None) -> FlowModel:
+        """Read a model written by :meth:`save`, without running code from the file.
+
+        Raises :class:`~dgl_iflow.checkpoints.CheckpointError` for a file that is unreadable,
+        carries anything beyond tensors and plain containers, or needs converting.
+        """
+        return cls.from_checkpoint(read_checkpoint(path), graph)
+
+    def load_weights(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Load the structure and weights saved by :meth:`save` into this model; the configurations must match.
+
+        Returns the whole checkpoint, so callers can read their ``extra`` entries.
+        """
+        checkpoint = read_checkpoint(path)
+        saved = checkpoint.get("config", {})
+        if checkpoint.get("format") != self.checkpoint_format or saved != self.config:
+            differences = {key: (saved.get(key), value) for key, value in self.config.items() if saved.get(key) != value}
+            raise ValueError(
+                f"checkpoint {path} was written by another model or configuration; (saved, this model) "
+                f"differ in {differences}"
+            )
+        self.restore_structure(checkpoint.get("structure", {}))
+        self.load_state_dict(checkpoint["state_dict"])
+        return checkpoint

@@ -1,0 +1,222 @@
+"""One contract, checked on every invertible transform and on both models, in float64.
+
+Transforms: ``forward(graph, x, logdet=True) -> (y, ld)`` with ld = log|det dy/dx| per sample,
+``inverse(graph, y, logdet=True) -> (x, ld)`` with ld = log|det dx/dy|. Models: sample-first
+``(N, V, d)`` in and out, log-likelihood by the change of variables, save and load.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import dgl
+import pytest
+import torch
+
+from dgl_iflow import IGNN, JKOFlow
+from dgl_iflow.layers import ChebConv, L3Conv
+from dgl_iflow.transforms import (
+    FieldSpec, GraphFlow, GraphResidual, GraphTransform, InvertibleResBlock, JKOBlock, NodeAffine,
+)
+
+V, D, B = 4, 2, 3
+
+
+def cycle_graph() -> dgl.DGLGraph:
+    src = torch.arange(V)
+    dst = (src + 1) % V
+    return dgl.graph((torch.cat([src, dst]), torch.cat([dst, src])))
+
+
+def trained_like(transform: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Parameters moved off their initialization (zeros, identities), as after training."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in transform.parameters():
+            parameter.add_(0.1 * torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype))
+    return transform
+
+
+def resblock(graph: dgl.DGLGraph, conv: str, logdet: str = "exact") -> InvertibleResBlock:
+    layer = L3Conv(D, 16, graph) if conv == "l3" else ChebConv(D, 16, k=3)
+    residual = GraphResidual(layer, hidden_feats=(16,), lipschitz_coeff=0.9)
+    return InvertibleResBlock(residual, logdet=logdet)
+
+
+def ode_block(graph: dgl.DGLGraph) -> JKOBlock:
+    field = FieldSpec(feats=D, conv="l3", conv_feats=16, hidden_feats=(16,), graph=graph).build(output_scale=2.0)
+    return trained_like(JKOBlock(field, 0.0, 0.5, steps=40, divergence="exact"))
+
+
+# name -> (builder, tolerance of forward log-det against the brute-force Jacobian).
+# The ODE block's log-det is the integrated divergence, exact for the ODE, O(S^-4) for RK4's map.
+TRANSFORMS: dict[str, tuple[Callable[[dgl.DGLGraph], GraphTransform], float]] = {
+    "resblock-l3": (lambda g: resblock(g, "l3"), 1e-10),
+    "resblock-cheb": (lambda g: resblock(g, "cheb"), 1e-10),
+    "node-affine": (lambda g: trained_like(NodeAffine(V, D)), 1e-12),
+    "ode-block": (ode_block, 1e-6),
+    "flow": (lambda g: GraphFlow([resblock(g, "l3"), trained_like(NodeAffine(V, D)), ode_block(g)]), 1e-6),
+}
+
+
+def jacobian_logdet(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """log|det| of the per-sample Jacobian of ``fn`` on node-first ``(V, B, D)``, by autograd."""
+    logdets = []
+    for sample in range(x.shape[1]):
+        def one(flat: torch.Tensor, sample: int = sample) -> torch.Tensor:
+            batch = x.clone()
+            batch[:, sample] = flat.reshape(V, D)
+            return fn(batch)[:, sample].reshape(-1)
+
+        jacobian = torch.autograd.functional.jacobian(one, x[:, sample].reshape(-1))
+        logdets.append(torch.linalg.slogdet(jacobian).logabsdet)
+    return torch.stack(logdets)
+
+
+@pytest.fixture(params=sorted(TRANSFORMS))
+def case(request):
+    torch.manual_seed(0)
+    graph = cycle_graph()
+    builder, tolerance = TRANSFORMS[request.param]
+    return graph, builder(graph).double().eval(), tolerance
+
+
+def test_is_a_graph_transform(case):
+    _, transform, _ = case
+    assert isinstance(transform, GraphTransform)
+
+
+def test_inverse_inverts_and_negates_the_logdet(case):
+    graph, transform, _ = case
+    x = torch.randn(V, B, D, dtype=torch.float64)
+    y, logdet = transform(graph, x)
+    back, inverse_logdet = transform.inverse(graph, y, logdet=True, tol=1e-12, max_iter=500)
+    assert y.shape == x.shape and logdet.shape == (B,) and inverse_logdet.shape == (B,)
+    assert (y - x).abs().max() > 1e-3  # not the identity, so the checks below mean something
+    # The ODE block's backward RK4 map inverts its forward one up to O(S^-4).
+    torch.testing.assert_close(back, x, rtol=0, atol=1e-7)
+    torch.testing.assert_close(inverse_logdet, -logdet, rtol=0, atol=1e-6)
+    assert transform(graph, x, logdet=False)[1] is None
+    assert transform.inverse(graph, y, tol=1e-12, max_iter=500)[1] is None
+
+
+def test_logdet_matches_brute_force_jacobian(case):
+    graph, transform, tolerance = case
+    x = torch.randn(V, B, D, dtype=torch.float64)
+    _, logdet = transform(graph, x)
+    expected = jacobian_logdet(lambda batch: transform(graph, batch, logdet=False)[0], x)
+    assert expected.abs().min() > 1e-3
+    torch.testing.assert_close(logdet, expected, rtol=0, atol=tolerance)
+
+
+def test_gradients_reach_every_parameter(case):
+    graph, transform, _ = case
+    transform.train()
+    y, logdet = transform(graph, torch.randn(V, B, D, dtype=torch.float64))
+    (y.pow(2).sum() - logdet.sum()).backward()
+    for name, parameter in transform.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().max() > 0, name
+
+
+def test_state_dict_round_trip(case):
+    graph, transform, _ = case
+    restored = trained_like(copy.deepcopy(transform), seed=1)
+    x = torch.randn(V, B, D, dtype=torch.float64)
+    assert not torch.allclose(restored(graph, x)[0], transform(graph, x)[0])
+    restored.load_state_dict(transform.state_dict())
+    for got, want in zip(restored(graph, x), transform(graph, x)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dtype_follows_the_input(case, dtype):
+    graph, transform, _ = case
+    transform = transform.to(dtype)
+    y, logdet = transform(graph, torch.randn(V, B, D, dtype=dtype))
+    back, _ = transform.inverse(graph, y, tol=1e-5)
+    assert y.dtype == logdet.dtype == back.dtype == dtype
+
+
+# -- both models -------------------------------------------------------------------
+
+def trained_jko(graph: dgl.DGLGraph, conv: str) -> JKOFlow:
+    model = JKOFlow(graph, D, 2, conv=conv, hidden_feats=(16, 16), steps=40)
+    for t0, t1 in ((0.0, 0.4), (0.4, 1.0)):
+        model.blocks.append(trained_like(model.new_block(t0, t1)))
+    return model
+
+
+MODELS: dict[str, Callable[[dgl.DGLGraph], torch.nn.Module]] = {
+    "ignn-l3": lambda g: IGNN(g, D, 2, conv="l3", num_blocks=2, hidden_feats=(16, 16), node_affine=True,
+                              lipschitz_coeff=0.9),
+    "ignn-cheb": lambda g: IGNN(g, D, 2, conv="cheb", num_blocks=2, hidden_feats=(16, 16), lipschitz_coeff=0.9),
+    "ignn-mlp": lambda g: IGNN(g, D, 2, conv="mlp", num_blocks=2, hidden_feats=(16, 16), node_affine=True,
+                               lipschitz_coeff=0.9),
+    "jko-l3": lambda g: trained_jko(g, "l3"),
+    "jko-mlp": lambda g: trained_jko(g, "mlp"),
+}
+
+
+@pytest.fixture(params=sorted(MODELS))
+def model_case(request):
+    torch.manual_seed(0)
+    graph = cycle_graph()
+    model = MODELS[request.param](graph).double().eval()
+    if isinstance(model, IGNN):
+        trained_like(model.flow)
+    return graph, model
+
+
+def test_model_log_prob_is_the_change_of_variables(model_case):
+    graph, model = model_case
+    x = torch.randn(B, V, D, dtype=torch.float64)
+    y = torch.randint(0, 2, (B, V))
+    log_px = model.log_prob(graph, x, y)
+    h, _, _ = model.encode(graph, x, logdet=False)
+    logdet = jacobian_logdet(lambda batch: model.encode(graph, batch.transpose(0, 1), logdet=False)[0].transpose(0, 1),
+                             x.transpose(0, 1))
+    tolerance = 1e-6 if isinstance(model, JKOFlow) else 1e-9
+    torch.testing.assert_close(log_px, model.latent.log_prob(h, y) + logdet, rtol=0, atol=tolerance)
+    assert log_px.shape == (B,) and h.shape == x.shape
+
+
+def test_model_samples_are_sample_first_and_encode_back(model_case):
+    graph, model = model_case
+    labels = torch.tensor([0, 1, 1, 0])
+    generator = torch.Generator().manual_seed(3)
+    samples = model.sample(graph, labels, n=5, generator=generator)
+    assert samples.shape == (5, V, D) and samples.dtype == torch.float64
+    h = model.latent.sample(labels, 5, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(model.encode(graph, samples, logdet=False)[0], h, rtol=0, atol=1e-6)
+    assert model.predict_proba(graph, samples).shape == (5, V, 2)
+    assert model.round_trip_error(graph, samples).shape == (5,)
+
+
+def test_model_gradients_reach_every_parameter(model_case):
+    graph, model = model_case
+    model.train()
+    x = torch.randn(B, V, D, dtype=torch.float64)
+    y = torch.randint(0, 2, (B, V))
+    (-model.log_prob(graph, x, y).sum()).backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().max() > 0, name
+
+
+def test_model_save_and_load(model_case, tmp_path):
+    graph, model = model_case
+    path = tmp_path / "model.pt"
+    model.save(path, note="kept")
+    loaded = type(model).load(path)
+    x = torch.randn(B, V, D, dtype=torch.float64)
+    y = torch.randint(0, 2, (B, V))
+    torch.testing.assert_close(loaded.double().log_prob(graph, x, y), model.log_prob(graph, x, y), rtol=0, atol=0)
+    assert model.load_weights(path)["note"] == "kept"
+    other = IGNN if isinstance(model, JKOFlow) else JKOFlow
+    with pytest.raises(ValueError, match="checkpoint"):
+        other.load(path)
+
+
+def test_models_refuse_node_first_input(model_case):
+    graph, model = model_case
+    with pytest.raises(ValueError, match=r"\(N, V, d\)"):
+        model.log_prob(graph, torch.randn(V, B + 2, D, dtype=torch.float64), torch.zeros(V, B + 2, dtype=torch.long))
