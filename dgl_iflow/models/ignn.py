@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .._backend import dgl
 from ..checkpoints import atomic_save, read_checkpoint
 from .latent import NodeGaussianLatent
-from ..layers import ChebConv, L3Conv
+from ..layers import ChebConv, L3Conv, NodewiseConv
 from ..transforms import GraphFlow, GraphResidual, InvertibleResBlock, NodeAffine
 from ..transforms.resblock import check_finite
 from .layout import flatten_nodes, single_node_graph, unflatten_nodes
@@ -148,7 +148,7 @@ class IGNN(nn.Module):
                               graph_mean=graph_mean)
             if conv == "cheb":
                 return ChebConv(flow_feats, hidden_feats[0], k=cheb_k, graph_mean=graph_mean)
-            return ChebConv(flow_feats, hidden_feats[0], k=1)  # k=1 is a node-wise linear map
+            return NodewiseConv(flow_feats, hidden_feats[0])
 
         blocks = []
         for _ in range(num_blocks):
