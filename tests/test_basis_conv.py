@@ -1,10 +1,10 @@
-"""The graph-mean operator of BasisConv against dense references, on single and batched graphs."""
+"""BasisConv's graph-mean operator and operator diagonals, and NodewiseConv, against dense references."""
 import dgl
 import numpy as np
 import pytest
 import torch
 
-from dgl_iflow.layers import ChebConv, L3Conv
+from dgl_iflow.layers import ChebConv, L3Conv, NodewiseConv
 from dgl_iflow.layers.basis_conv import node_mean, node_mean_matrix
 from graphs import path_graph, random_graph
 
@@ -62,3 +62,24 @@ def test_batched_chebconv_with_graph_mean_equals_per_graph_calls():
     together = conv(dgl.batch(graphs), torch.cat(x))
     separately = torch.cat([conv(g, part) for g, part in zip(graphs, x)])
     torch.testing.assert_close(together, separately, rtol=1e-12, atol=1e-12)
+
+
+def test_operator_diagonals_are_those_of_the_dense_operators():
+    graph = dgl.batch([random_graph(5, 2.0, seed=6), path_graph()])
+    convs = [make_conv(kind, graph, graph_mean) for kind in ("cheb", "l3") for graph_mean in (False, True)]
+    for conv in [*convs, NodewiseConv(2, 5).double()]:
+        expected = conv.operator_matrices(graph).diagonal(dim1=1, dim2=2)
+        torch.testing.assert_close(conv.operator_diagonals(graph), expected, rtol=0, atol=0)
+
+
+def test_nodewise_conv_is_a_linear_layer_on_every_node():
+    torch.manual_seed(0)
+    conv = NodewiseConv(3, 4).double()
+    assert conv.weight.shape == (1, 3, 4) and conv.num_bases == 1
+    with torch.no_grad():
+        conv.bias.normal_()
+    graph = random_graph(6, 2.0, seed=7)
+    x = torch.randn(6, 5, 3, dtype=torch.float64)
+    torch.testing.assert_close(conv(graph, x), x @ conv.weight[0] + conv.bias, rtol=1e-14, atol=1e-14)
+    assert torch.equal(conv.operator_matrices(graph), torch.eye(6, dtype=torch.float64)[None])
+    assert NodewiseConv(3, 4, bias=False).bias is None

@@ -9,8 +9,8 @@ import torch
 from scipy.linalg import expm
 from torch import nn
 
-from dgl_iflow.transforms import FieldSpec, GraphVelocityField, JKOBlock, NodewiseConv, autograd_divergence, hutchinson_divergence, make_probes
-from dgl_iflow.layers import ChebConv, L3Conv
+from dgl_iflow.transforms import FieldSpec, GraphVelocityField, JKOBlock, autograd_divergence, hutchinson_divergence, make_probes
+from dgl_iflow.layers import ChebConv, L3Conv, NodewiseConv
 
 
 def _cycle(num_nodes: int = 5) -> dgl.DGLGraph:
@@ -250,6 +250,8 @@ def test_invalid_arguments_raise():
         FieldSpec(feats=2, conv="gat")
     with pytest.raises(ValueError, match="needs the graph"):
         FieldSpec(feats=2, conv="l3")
+    with pytest.raises(ValueError, match="without an activation"):
+        GraphVelocityField(ChebConv(2, 4, k=2, activation=torch.tanh))
     block = JKOBlock(field, 0.0, 1.0, divergence="autograd")
     with pytest.raises(ValueError, match="shape"):
         block(_cycle(3), torch.zeros(2, 4, 2, dtype=torch.float64))

@@ -66,6 +66,19 @@ def test_jacobian_matches_brute_force(kind, activation, hidden, batch):
     torch.testing.assert_close(jac, brute_force_jacobian(residual, g, x), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("kind", ["cheb", "l3+mean"])
+@pytest.mark.parametrize("activation", ["tanh", "softplus"])
+@pytest.mark.parametrize("hidden", [(), (5, 3)])
+def test_jacobian_without_fused_kernel_matches_brute_force(kind, activation, hidden):
+    """Activations without a hand-written kernel go through their value_and_derivative."""
+    g = small_graph()
+    residual = make_residual(kind, g, hidden, activation)
+    x = torch.randn(5, 3, 2, dtype=torch.float64)
+    out, jac = residual.forward_with_jacobian(g, x)
+    torch.testing.assert_close(out, residual(g, x), rtol=0, atol=1e-14)
+    torch.testing.assert_close(jac, brute_force_jacobian(residual, g, x), rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("kind", ["cheb", "l3", "l3+mean"])
 @pytest.mark.parametrize("activation", ["lipswish", "elu"])
 @pytest.mark.parametrize("hidden", [(), (4,), (4, 3)])

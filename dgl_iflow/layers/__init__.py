@@ -1,7 +1,11 @@
 """Graph convolutions and activations: DGL modules on node features of shape ``(V, *, D)``."""
-from .activations import ELU, LipSwish
+from .activations import ACTIVATIONS, ELU, Activation, LipSwish, Softplus, Tanh, make_activation
 from .basis_conv import BasisConv
 from .chebconv import ChebConv, laplacian_lambda_max
 from .l3conv import L3Conv, khop_pairs
+from .nodewise import NodewiseConv
 
-__all__ = ["BasisConv", "ChebConv", "ELU", "L3Conv", "LipSwish", "khop_pairs", "laplacian_lambda_max"]
+__all__ = [
+    "ACTIVATIONS", "Activation", "BasisConv", "ChebConv", "ELU", "L3Conv", "LipSwish", "NodewiseConv", "Softplus",
+    "Tanh", "khop_pairs", "laplacian_lambda_max", "make_activation",
+]

@@ -93,6 +93,13 @@ class BasisConv(nn.Module, ABC):
             return matrices
         return torch.cat([matrices, node_mean_matrix(graph, matrices).unsqueeze(0)])
 
+    def operator_diagonals(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
+        r"""Diagonals :math:`(A_k)_{vv}` of all node operators, shape ``(K, V)``, differentiable.
+
+        From the dense :meth:`operator_matrices`; a subclass with a cheaper way overrides it.
+        """
+        return self.operator_matrices(graph, edge_weight).diagonal(dim1=1, dim2=2)
+
     def forward(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         """Convolve node features.
 

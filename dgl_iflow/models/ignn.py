@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .._backend import dgl
-from ..layers import ChebConv, L3Conv
+from ..layers import ChebConv, L3Conv, NodewiseConv
 from ..transforms import GraphFlow, GraphResidual, InvertibleResBlock, NodeAffine
 from .base import FlowModel
 from .latent import NodeGaussianLatent
@@ -143,7 +143,7 @@ class IGNN(FlowModel):
                               graph_mean=graph_mean)
             if conv == "cheb":
                 return ChebConv(flow_feats, hidden_feats[0], k=cheb_k, graph_mean=graph_mean)
-            return ChebConv(flow_feats, hidden_feats[0], k=1)  # k=1 is a node-wise linear map
+            return NodewiseConv(flow_feats, hidden_feats[0])
 
         blocks = []
         for _ in range(num_blocks):

@@ -8,80 +8,14 @@ import torch
 from torch import Tensor, nn
 
 from .._backend import dgl
-from ..layers import ChebConv, L3Conv
-from ..layers.activations import ACTIVATIONS as LAYER_ACTIVATIONS
+from ..layers import ChebConv, L3Conv, NodewiseConv
 from ..layers.basis_conv import BasisConv
+from .body import ConvMLP
 
 CONVS = ("node", "cheb", "l3")
 
 
-class Tanh(nn.Module):
-    r""":math:`\tanh`, whose derivative :math:`1 - \tanh^2` costs one more operation."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.tanh(x)
-
-    def value_and_derivative(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        value = torch.tanh(x)
-        return value, 1.0 - value * value
-
-
-class Softplus(nn.Module):
-    r""":math:`\log(1 + e^x)`, with derivative :math:`\mathrm{sigmoid}(x)`."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return nn.functional.softplus(x)
-
-    def value_and_derivative(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return nn.functional.softplus(x), torch.sigmoid(x)
-
-
-#: Smooth activations keep RK4 at fourth order; the layers' ``"elu"`` has a kink in its derivative.
-ACTIVATIONS = {"tanh": Tanh, "softplus": Softplus, **LAYER_ACTIVATIONS}
-
-
-def make_activation(name: str) -> nn.Module:
-    """A fresh activation by name: ``"tanh"``, ``"softplus"``, ``"lipswish"`` or ``"elu"``."""
-    try:
-        return ACTIVATIONS[name]()
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
-
-
-def value_and_derivative(activation: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """``activation(x)`` and its elementwise derivative, sharing work where the activation can."""
-    if isinstance(activation, (Tanh, Softplus)):
-        return activation.value_and_derivative(x)
-    return activation(x), activation.derivative(x)
-
-
-class NodewiseConv(BasisConv):
-    r"""Node-wise linear layer :math:`Y = X W + b` written as a one-basis :class:`BasisConv`.
-
-    Its single node operator is :math:`A_1 = I`, so a field built on it is a plain MLP applied
-    to every node, and the exact divergence below covers it with no special case.
-    """
-
-    def __init__(self, in_feats: int, out_feats: int, bias: bool = True) -> None:
-        super().__init__(in_feats, out_feats, num_bases=1, bias=bias)
-        self.reset_parameters()
-
-    def apply_bases(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
-        return feat.unsqueeze(0)
-
-    def basis_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
-        identity = torch.eye(graph.num_nodes(), dtype=self.weight.dtype, device=self.weight.device)
-        return identity.unsqueeze(0)
-
-
-def basis_diagonals(conv: BasisConv, graph: dgl.DGLGraph) -> Tensor:
-    r"""Diagonals :math:`(A_k)_{vv}` of the node operators, shape ``(K, V)``, differentiable."""
-    if isinstance(conv, NodewiseConv):
-        return torch.ones(1, graph.num_nodes(), dtype=conv.weight.dtype, device=conv.weight.device)
-    return conv.operator_matrices(graph).diagonal(dim1=1, dim2=2)
-
-
-class GraphVelocityField(nn.Module):
+class GraphVelocityField(ConvMLP):
     r"""Velocity :math:`f_\theta(X, t)` of node features: a graph convolution, then node-wise layers.
 
     .. math::
@@ -89,10 +23,10 @@ class GraphVelocityField(nn.Module):
         z_l = \sigma(z_{l-1}) W_l^\top + b_l + t\, c_l \quad (l = 1, \dots, L), \qquad
         f_\theta(X, t) = z_L,
 
-    with :math:`\mathrm{conv}(X) = \sum_k A_k X W_k + b_0` a :class:`BasisConv` from :math:`D`
-    to :math:`H_0` channels and node-wise linear layers through ``hidden_feats`` back to
-    :math:`D`. Time enters every layer linearly, so an affine change of the time variable is
-    absorbed exactly into the biases (:meth:`retime`).
+    a :class:`~dgl_iflow.transforms.body.ConvMLP`: :math:`\mathrm{conv}(X) = \sum_k A_k X W_k
+    + b_0` is a :class:`BasisConv` from :math:`D` to :math:`H_0` channels, and node-wise linear
+    layers go through ``hidden_feats`` back to :math:`D`. Time enters every layer linearly, so
+    an affine change of the time variable is absorbed exactly into the biases (:meth:`retime`).
 
     The exact divergence uses that everything after the convolution is node-wise: the diagonal
     block of the Jacobian at node :math:`v` is
@@ -109,7 +43,8 @@ class GraphVelocityField(nn.Module):
     Parameters
     ----------
     conv : BasisConv
-        First layer, from :math:`D` to :math:`H_0` channels, with a bias.
+        First layer, from :math:`D` to :math:`H_0` channels, with a bias and without an
+        activation.
     hidden_feats : sequence of int
         Widths of the node-wise hidden layers after the convolution.
     activation : str
@@ -129,21 +64,13 @@ class GraphVelocityField(nn.Module):
     def __init__(
         self, conv: BasisConv, hidden_feats: Sequence[int] = (64,), activation: str = "tanh", output_scale: float = 1.0
     ) -> None:
-        super().__init__()
-        self.output_scale = float(output_scale)
         if conv.bias is None:
             raise ValueError("the convolution needs a bias: retime() absorbs time shifts into it")
-        self.conv = conv
-        widths = [conv.out_feats, *hidden_feats, conv.in_feats]
-        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
-        self.activations = nn.ModuleList(make_activation(activation) for _ in self.linears)
-        self.time_weights = nn.ParameterList(nn.Parameter(torch.zeros(w)) for w in widths)
+        super().__init__(conv, hidden_feats, activation)
+        self.output_scale = float(output_scale)
+        self.time_weights = nn.ParameterList(nn.Parameter(torch.zeros(w)) for w in self.widths)
         nn.init.zeros_(self.linears[-1].weight)
         nn.init.zeros_(self.linears[-1].bias)
-
-    @property
-    def feats(self) -> int:
-        return self.conv.in_feats
 
     def _biases(self) -> list[Tensor]:
         return [self.conv.bias, *(linear.bias for linear in self.linears)]
@@ -160,8 +87,7 @@ class GraphVelocityField(nn.Module):
 
         Constant along one integration, so blocks compute it once per call.
         """
-        diagonals = basis_diagonals(self.conv, graph)
-        return torch.einsum("kv,kdh->vdh", diagonals, self.conv.weight)
+        return torch.einsum("kv,kdh->vdh", self.conv.operator_diagonals(graph), self.conv.weight)
 
     def forward_with_divergence(
         self, graph: dgl.DGLGraph, x: Tensor, t: float | Tensor, context: Tensor
@@ -184,7 +110,7 @@ class GraphVelocityField(nn.Module):
         # tangent[v, b, i, :] = d z_{v, b, :} / d x_{v, b, i}; rows last makes each layer one matmul.
         tangent = context.unsqueeze(1)
         for activation, linear, time_weight in zip(self.activations, self.linears, self.time_weights[1:]):
-            value, slope = value_and_derivative(activation, z)
+            value, slope = activation.value_and_derivative(z)
             tangent = (tangent * slope.unsqueeze(-2)) @ linear.weight.T
             z = linear(value) + t * time_weight
         divergence = tangent.diagonal(dim1=-2, dim2=-1).sum(dim=(0, -1))

@@ -1,0 +1,52 @@
+"""Node-wise linear layer in the form of a graph convolution."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .._backend import dgl
+from .basis_conv import BasisConv
+
+
+class NodewiseConv(BasisConv):
+    r"""Node-wise linear layer, a :class:`BasisConv` with the single operator :math:`A_1 = I`.
+
+    .. math::
+        Y = X W + b,
+
+    the same map on every node, which ignores the edges. In the common form, a network built
+    on it (an MLP on each node, or on one node holding a whole graph's features) gets its
+    exact Jacobian and divergence with no special case.
+
+    Parameters
+    ----------
+    in_feats : int
+        Input feature size :math:`C_{in}`.
+    out_feats : int
+        Output feature size :math:`C_{out}`.
+    bias : bool
+        Learn an additive bias.
+
+    Examples
+    --------
+    >>> import dgl, torch
+    >>> from dgl_iflow.layers import NodewiseConv
+    >>> g = dgl.graph(([0, 1], [1, 2]))
+    >>> conv = NodewiseConv(2, 4)
+    >>> conv(g, torch.randn(3, 10, 2)).shape
+    torch.Size([3, 10, 4])
+    """
+
+    def __init__(self, in_feats: int, out_feats: int, bias: bool = True) -> None:
+        super().__init__(in_feats, out_feats, num_bases=1, bias=bias)
+        self.reset_parameters()
+
+    def apply_bases(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
+        return feat.unsqueeze(0)
+
+    def basis_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
+        identity = torch.eye(graph.num_nodes(), dtype=self.weight.dtype, device=self.weight.device)
+        return identity.unsqueeze(0)
+
+    def operator_diagonals(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
+        return torch.ones(1, graph.num_nodes(), dtype=self.weight.dtype, device=self.weight.device)
