@@ -9,6 +9,8 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
+LR_SCHEDULES = ("cosine", "constant")
+
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (every device)."""
@@ -50,3 +52,20 @@ def frozen_gc() -> Iterator[None]:
         yield
     finally:
         gc.unfreeze()
+
+
+def check_lr_schedule(name: str) -> None:
+    """Raise ``ValueError`` unless ``name`` is one of :data:`LR_SCHEDULES`."""
+    if name not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {name!r}")
+
+
+def lr_scheduler(
+    optimizer: torch.optim.Optimizer, name: str, steps: int, final_fraction: float
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """``"cosine"``: from the optimizer's rate to ``final_fraction`` of it over ``steps``; ``"constant"``."""
+    check_lr_schedule(name)
+    if name == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    lr = optimizer.param_groups[0]["lr"]
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr * final_fraction)

@@ -17,7 +17,7 @@ from .._backend import dgl
 from ..checkpoints import rng_state, set_rng_state
 from ..models import IGNN
 from ..transforms import InversionError, InversionWarning
-from .common import frozen_gc, seeded
+from .common import check_lr_schedule, frozen_gc, lr_scheduler, seeded
 
 
 @dataclass
@@ -198,8 +198,7 @@ def fit(
     _check_samples(model, graph, x_train, y_train, "training")
     if x_val is not None:
         _check_samples(model, graph, x_val, y_val, "validation")
-    if config.lr_schedule not in ("cosine", "constant"):
-        raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {config.lr_schedule!r}")
+    check_lr_schedule(config.lr_schedule)
     with seeded(config.seed, config.device), frozen_gc():
         return _train(model, graph, x_train, y_train, config, x_val, y_val, resume_from, callback, make_batch_loss)
 
@@ -223,10 +222,7 @@ def _train(
     model.latent.fit_priors(y_train.reshape(-1))
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    if config.lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs, eta_min=config.lr / 100)
-    else:
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    scheduler = lr_scheduler(optimizer, config.lr_schedule, config.epochs, final_fraction=0.01)
     history = TrainHistory()
     start_epoch = 0
     if resume_from is not None:

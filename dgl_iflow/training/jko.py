@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .._backend import dgl
 from ..checkpoints import rng_state, set_rng_state
-from .common import frozen_gc, seeded
+from .common import check_lr_schedule, frozen_gc, lr_scheduler, seeded
 from ..transforms.ode_block import JKOBlock
 from ..models import JKOFlow
 from .jko_schedule import refine, reparametrize, step_size
@@ -265,8 +265,7 @@ class JKOTrainer:
         callback: Callable[[BlockRecord], None] | None = None,
     ) -> None:
         self.config = config or JKOConfig()
-        if self.config.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.config.lr_schedule!r}")
+        check_lr_schedule(self.config.lr_schedule)
         counts = {name: getattr(self.config, name) for name in ("iterations", "batch_size", "max_blocks")}
         if min(counts.values()) < 1 or (self.config.retrain_iterations or 1) < 1:
             raise ValueError(f"iterations, retrain_iterations, batch_size and max_blocks must be >= 1, got {counts}")
@@ -298,8 +297,7 @@ class JKOTrainer:
         """Adam on ``block`` alone; returns the late mean loss and the saved bytes of one step."""
         config = self.config
         optimizer = torch.optim.Adam(block.parameters(), lr=config.lr)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, iterations, eta_min=config.lr / 10) \
-            if config.lr_schedule == "cosine" else None
+        schedule = lr_scheduler(optimizer, config.lr_schedule, iterations, final_fraction=0.1)
         late = max(1, iterations // 10)
         late_losses: list[float] = []
         block.train()
@@ -317,8 +315,7 @@ class JKOTrainer:
             if config.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(block.parameters(), config.grad_clip)
             optimizer.step()
-            if schedule is not None:
-                schedule.step()
+            schedule.step()
             if iteration >= iterations - late:
                 late_losses.append(float(loss))
             bar.update(1)

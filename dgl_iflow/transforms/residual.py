@@ -92,10 +92,11 @@ class GraphResidual(ConvMLP):
                 out_feats, in_feats = linear.weight.shape
                 self.register_buffer(f"_sn_left_{index}", torch.zeros(out_feats))
                 self.register_buffer(f"_sn_right_{index}", torch.zeros(in_feats))
-            # The convolution's vectors live on R^{V x C}: their size follows the graph, so
-            # they are not saved in the state dict and restart on the first call after loading.
+            # The convolution's vectors live on R^{V x C}: their size follows the graph, so they
+            # travel in the extra state, which takes any size, rather than as fixed-size buffers.
             self.register_buffer("_sn_conv_left", torch.zeros(0, conv.out_feats), persistent=False)
             self.register_buffer("_sn_conv_right", torch.zeros(0, conv.in_feats), persistent=False)
+            self._register_load_state_dict_pre_hook(_restart_without_saved_vectors, with_module=True)
 
     # ------------------------------------------------------------------ spectral normalization
     @contextmanager
@@ -129,6 +130,19 @@ class GraphResidual(ConvMLP):
             for i, linear in enumerate(self.linears)
         ]
         return conv_scale, linear_scales
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        """The convolution's singular vectors: a loaded model normalizes exactly as the saved one."""
+        if self.lipschitz_coeff is None:
+            return {}
+        return {"conv_left": self._sn_conv_left, "conv_right": self._sn_conv_right}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        if self.lipschitz_coeff is None:
+            return
+        weight = self.conv.weight
+        self._sn_conv_left = state.get("conv_left", weight.new_zeros(0, self.conv.out_feats)).to(weight.device)
+        self._sn_conv_right = state.get("conv_right", weight.new_zeros(0, self.conv.in_feats)).to(weight.device)
 
     def lipschitz_bound(self, graph: dgl.DGLGraph) -> float:
         r"""Upper bound :math:`\prod_l \|W_l\|_2` on :math:`\mathrm{Lip}(g)` with the current
@@ -177,3 +191,8 @@ class GraphResidual(ConvMLP):
         if self.lipschitz_coeff is None:
             return ""
         return f"lipschitz_coeff={self.lipschitz_coeff}, n_power_iterations={self.n_power_iterations}"
+
+
+def _restart_without_saved_vectors(module: GraphResidual, state_dict: dict, prefix: str, *args) -> None:
+    """State dicts written before the vectors were saved carry none: the power iteration restarts."""
+    state_dict.setdefault(prefix + "_extra_state", {})
