@@ -270,7 +270,7 @@ class FlowModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], graph: dgl.DGLGraph | None = None) -> FlowModel:
-        """Rebuild the model saved in ``checkpoint`` (on its own graph unless one is given)."""
+        """Rebuild the model saved in ``checkpoint`` (on its own graph unless one is given), in the saved dtype."""
         if checkpoint.get("format") != cls.checkpoint_format:
             raise ValueError(f"not a {cls.__name__} checkpoint: format {checkpoint.get('format')!r}, "
                              f"expected {cls.checkpoint_format!r}")
@@ -279,6 +279,10 @@ class FlowModel(nn.Module):
             graph = dgl.graph((saved["src"], saved["dst"]), num_nodes=saved["num_nodes"])
         model = cls(graph, **checkpoint["config"])
         model.restore_structure(checkpoint.get("structure", {}))
+        floating = [value for value in checkpoint["state_dict"].values()
+                    if isinstance(value, Tensor) and value.is_floating_point()]
+        if floating:  # a float64 model loads as float64, not rounded through the default dtype
+            model.to(floating[0].dtype)
         model.load_state_dict(checkpoint["state_dict"])
         return model
 
