@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from .._backend import dgl
-from ..layers import ChebConv, L3Conv, NodewiseConv
+from ..layers import make_conv
 from ..transforms import GraphFlow, GraphResidual, InvertibleResBlock, NodeAffine
 from .base import FlowModel
 from .latent import NodeGaussianLatent
@@ -137,17 +137,12 @@ class IGNN(FlowModel):
             logdet = "exact" if num_nodes * feats <= EXACT_LOGDET_MAX_DIM else "estimator"
         flow_feats = self.flow_feats
 
-        def make_conv() -> nn.Module:
-            if conv == "l3":
-                return L3Conv(flow_feats, hidden_feats[0], graph, orders=orders, node_bias=node_bias,
-                              graph_mean=graph_mean)
-            if conv == "cheb":
-                return ChebConv(flow_feats, hidden_feats[0], k=cheb_k, graph_mean=graph_mean)
-            return NodewiseConv(flow_feats, hidden_feats[0])
-
+        conv_kind = "node" if conv == "mlp" else conv
         blocks = []
         for _ in range(num_blocks):
-            residual = GraphResidual(make_conv(), hidden_feats=hidden_feats[1:], activation=activation,
+            layer = make_conv(conv_kind, flow_feats, hidden_feats[0], graph, cheb_k=cheb_k, orders=orders,
+                              node_bias=node_bias, graph_mean=graph_mean)
+            residual = GraphResidual(layer, hidden_feats=hidden_feats[1:], activation=activation,
                                      lipschitz_coeff=lipschitz_coeff)
             with torch.no_grad():
                 residual.linears[-1].weight.mul_(init_scale)

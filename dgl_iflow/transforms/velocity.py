@@ -8,11 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from .._backend import dgl
-from ..layers import ChebConv, L3Conv, NodewiseConv
+from ..layers import CONVS, make_conv
 from ..layers.basis_conv import BasisConv
 from .body import ConvMLP
-
-CONVS = ("node", "cheb", "l3")
 
 
 class GraphVelocityField(ConvMLP):
@@ -185,10 +183,6 @@ class FieldSpec:
 
     def build(self, output_scale: float = 1.0) -> GraphVelocityField:
         """A fresh field (identity flow map), randomly initialized from the global RNG."""
-        if self.conv == "node":
-            conv: BasisConv = NodewiseConv(self.feats, self.conv_feats)
-        elif self.conv == "cheb":
-            conv = ChebConv(self.feats, self.conv_feats, k=self.k, lambda_max=self.lambda_max)
-        else:
-            conv = L3Conv(self.feats, self.conv_feats, self.graph, orders=self.orders, node_bias=self.node_bias)
+        conv = make_conv(self.conv, self.feats, self.conv_feats, self.graph, cheb_k=self.k, lambda_max=self.lambda_max,
+                         orders=self.orders, node_bias=self.node_bias)
         return GraphVelocityField(conv, self.hidden_feats, self.activation, output_scale)
