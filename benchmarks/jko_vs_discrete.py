@@ -58,7 +58,7 @@ def count_parameters(model: torch.nn.Module) -> int:
 def test_nll(model, data: GraphDataset) -> float:
     """Mean exact NLL of X | Y over the test split, nats per sample."""
     x, y = data.split("test")
-    return float(-model.log_prob(data.graph, x.transpose(0, 1), y.transpose(0, 1)).mean())
+    return float(-model.log_prob(data.graph, x, y).mean())
 
 
 def generation_mmd(model, data: GraphDataset, seed: int) -> tuple[float, str]:
@@ -67,7 +67,7 @@ def generation_mmd(model, data: GraphDataset, seed: int) -> tuple[float, str]:
     generator = torch.Generator().manual_seed(seed)
 
     def generate(labels: torch.Tensor, n: int) -> torch.Tensor:
-        return model.sample(data.graph, labels, n, generator=generator).transpose(0, 1)
+        return model.sample(data.graph, labels, n, generator=generator)
 
     try:
         return float(paper_protocol(x, y, generate)["mmd"]), ""
@@ -126,7 +126,7 @@ def run_ignn(name: str, data: GraphDataset, options: argparse.Namespace, budget:
             trace["reached"] = (epoch * batches_per_epoch, trace["seconds"])
 
     config = TrainConfig(epochs=epochs, batch_size=budget["batch_size"], seed=options.seed, progress=options.progress)
-    fit(model, x_train, y_train, config, callback=score)
+    fit(model, data.graph, x_train, y_train, config, callback=score)
     mmd, note = generation_mmd(model, data, options.seed)
     reached = trace["reached"]
     note = "; ".join(filter(None, [

@@ -166,8 +166,7 @@ def baseline_rows(dataset, args: argparse.Namespace, out: Path) -> tuple[list[di
         row["label_gaussian_coverage"] = float(covered.double().mean())
         rows.append(row)
 
-    labels_first = y_test.transpose(0, 1)
-    zero = torch.zeros(num_nodes, len(y_test), dataset.num_classes, dtype=torch.float64)
+    zero = torch.zeros(len(y_test), num_nodes, dataset.num_classes, dtype=torch.float64)
     zero[..., 0] = 1.0
     predictors = {"all_zero": zero}
     for key, features in (("logistic_own", "own"), ("logistic_all", "all")):
@@ -175,9 +174,9 @@ def baseline_rows(dataset, args: argparse.Namespace, out: Path) -> tuple[list[di
         predictors[key] = model.predict_proba(x_test)
     for key, proba in predictors.items():
         rows.append(dict(dataset=dataset.name, baseline=key, model=PREDICTOR_BASELINES[key],
-                         node_accuracy=metrics.node_accuracy(proba, labels_first),
-                         node_log_loss=metrics.node_log_loss(proba, labels_first)))
-    plots.node_probabilities(predictors["logistic_all"], labels_first, out / f"{dataset.name}_logistic_all_proba.png",
+                         node_accuracy=metrics.node_accuracy(proba, y_test),
+                         node_log_loss=metrics.node_log_loss(proba, y_test)))
+    plots.node_probabilities(predictors["logistic_all"], y_test, out / f"{dataset.name}_logistic_all_proba.png",
                              node_names=dataset.node_names,
                              title=f"{dataset.name}: logistic regression on all features, first 40 test samples")
     generated = samples["label_gaussian"]
@@ -225,7 +224,7 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
                params=sum(p.numel() for p in model.parameters() if p.requires_grad),
                logdet=model.logdet_mode)
     started = time.perf_counter()
-    history = fit(model, x_train, y_train, config)
+    history = fit(model, graph, x_train, y_train, config)
     row["train_s"] = time.perf_counter() - started
     row["s_per_epoch"] = row["train_s"] / args.epochs
     last = history.last()
@@ -233,8 +232,8 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
     row["rescalings"] = int(sum(e.get("rescaled", 0.0) for e in history.epochs))
     model.eval()
 
-    proba = model.predict_proba(graph, x_test.transpose(0, 1))
-    row["node_accuracy"] = metrics.node_accuracy(proba, y_test.transpose(0, 1))
+    proba = model.predict_proba(graph, x_test)
+    row["node_accuracy"] = metrics.node_accuracy(proba, y_test)
     # Majority-class accuracy, to read node_accuracy against.
     row["all_zero_accuracy"] = float((y_test == 0).double().mean())
     row["inversion_error_test"] = _inversion_error(model, graph, x_test)
@@ -247,7 +246,7 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
 
     def generate(labels: torch.Tensor, n: int) -> torch.Tensor:
         generated[0] += n
-        return model.sample(graph, labels, n, generator=generator).transpose(0, 1)
+        return model.sample(graph, labels, n, generator=generator)
 
     recorded, calls = _recording(generate)
     started = time.perf_counter()
@@ -265,7 +264,7 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
     row["samples_per_s"] = generated[0] / sample_s if sample_s > 0 else float("nan")
 
     stem = out / f"{dataset.name}_{conv}"
-    figures = [plots.node_probabilities(proba, y_test.transpose(0, 1), f"{stem}_proba.png",
+    figures = [plots.node_probabilities(proba, y_test, f"{stem}_proba.png",
                                         node_names=dataset.node_names),
                plots.training_curves(history.epochs, f"{stem}_curves.png",
                                      title=f"{dataset.name}, {CONV_NAMES[conv]}: training")]
@@ -280,20 +279,19 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
 def _log_prob(model: IGNN, graph, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> torch.Tensor:
     """``log p(x_i | y_i)`` of every test sample, shape ``(N,)``, in batches to bound memory."""
     with torch.no_grad():
-        return torch.cat([model.log_prob(graph, xb.transpose(0, 1), yb.transpose(0, 1))
+        return torch.cat([model.log_prob(graph, xb, yb)
                           for xb, yb in zip(x.split(batch_size), y.split(batch_size))])
 
 
 def _inversion_error(model: IGNN, graph, x: torch.Tensor) -> float:
     """Largest relative error of F^-1(F(x)) over the test samples (inf if the inverse fails)."""
     with torch.no_grad():
-        nodes_first = x.transpose(0, 1)
-        h, _, _ = model.encode(graph, nodes_first, jac=False)
+        h, _, _ = model.encode(graph, x, logdet=False)
         try:
             rec = model.generate(graph, h, on_failure="raise")
         except InversionError:
             return math.inf
-        return metrics.reconstruction_error(x, rec.transpose(0, 1))["max"]
+        return metrics.reconstruction_error(x, rec)["max"]
 
 
 def _fmt(value: float, digits: int = 3) -> str:

@@ -86,7 +86,7 @@ def worker(args: argparse.Namespace) -> dict:
         lr_schedule="constant", classification_weight=0.1, transport_weight=1.0,
         inversion_check_samples=0, progress=False, seed=args.seed,
     )
-    history = fit(model, x_train, y_train, config, callback=callback)
+    history = fit(model, graph, x_train, y_train, config, callback=callback)
     wall = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
     cpu = [b[1] - a[1] for a, b in zip(marks, marks[1:])]
     rss_training = peak_rss_gb()
@@ -102,15 +102,16 @@ def worker(args: argparse.Namespace) -> dict:
         x_gen = model.generate(graph, h, tol=args.tol, max_iter=args.max_iter)
         generate_s = time.perf_counter() - t0
         iterations = [block.last_inverse_iterations for block in model.flow.blocks]
-        h_back = model.encode(graph, x_gen, jac=False)[0]
-        gen_error = float(((h_back - h).pow(2).sum((0, 2)).sqrt() / h.pow(2).sum((0, 2)).sqrt()).max())
+        h_back = model.encode(graph, x_gen, logdet=False)[0]
+        # Per sample (n, V, d): norms over nodes and features.
+        gen_error = float(((h_back - h).pow(2).sum((1, 2)).sqrt() / h.pow(2).sum((1, 2)).sqrt()).max())
         # Round trip of the test split.
-        x_nodes = x_test.transpose(0, 1).to(torch.get_default_dtype())
+        x_test = x_test.to(torch.get_default_dtype())
         t0 = time.perf_counter()
-        z = model.encode(graph, x_nodes, jac=False)[0]
+        z = model.encode(graph, x_test, logdet=False)[0]
         x_back = model.generate(graph, z, tol=args.tol, max_iter=args.max_iter)
         invert_test_s = time.perf_counter() - t0
-        test_error = float(((x_back - x_nodes).pow(2).sum((0, 2)).sqrt() / x_nodes.pow(2).sum((0, 2)).sqrt()).max())
+        test_error = float(((x_back - x_test).pow(2).sum((1, 2)).sqrt() / x_test.pow(2).sum((1, 2)).sqrt()).max())
     return dict(
         conv=args.conv, logdet=model.logdet_mode, params=params, epochs=args.epochs,
         batches_per_epoch=-(-len(x_train) // args.batch_size),

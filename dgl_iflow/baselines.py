@@ -12,9 +12,9 @@ Generators are fitted on training rows ``x (N, V, d)``, ``y (N, V)`` and offer
   node's own label.
 
 :class:`NodeLogistic` predicts each node's label by multinomial logistic regression, from the
-node's own ``d`` features or from all ``V * d`` features of the graph; its probabilities follow
-the nodes-first layout ``(V, N, K)`` of :meth:`dgl_iflow.IGNN.predict_proba` and of
-:func:`dgl_iflow.metrics.node_accuracy`.
+node's own ``d`` features or from all ``V * d`` features of the graph; its probabilities are
+sample-first ``(N, V, K)``, like those of :meth:`dgl_iflow.IGNN.predict_proba` and as
+:func:`dgl_iflow.metrics.node_accuracy` takes them.
 
 Everything is computed in float64 on the CPU; generated features come back in the dtype of the
 training features.
@@ -383,10 +383,10 @@ class NodeLogistic:
         return nll + 0.5 * self.l2 * self.weight.square().sum()
 
     def predict_proba(self, x: Tensor) -> Tensor:
-        """:math:`P(Y_v = k \\mid X)`, nodes first: ``(V, N, K)`` for ``x (N, V, d)``."""
+        """:math:`P(Y_v = k \\mid X)`, sample-first: ``(N, V, K)`` for ``x (N, V, d)``."""
         if x.dim() != 3 or tuple(x.shape[1:]) != self.shape:
             raise ValueError(f"x must have shape (N, {self.shape[0]}, {self.shape[1]}), "
                              f"got {tuple(x.shape)}")
         with torch.no_grad():
             logits = self._logits(x.detach().cpu().to(torch.float64))
-        return torch.softmax(logits, dim=-1).transpose(0, 1)
+        return torch.softmax(logits, dim=-1)

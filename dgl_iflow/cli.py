@@ -113,7 +113,8 @@ def _train(args: argparse.Namespace) -> None:
         checkpoint_path=str(checkpoint), progress=not args.no_progress,
     )
     out.mkdir(parents=True, exist_ok=True)  # only once the arguments have proved valid
-    history = fit(model, x_train, y_train, config, resume_from=checkpoint if args.resume else None)
+    history = fit(model, dataset.graph, x_train, y_train, config,
+                  resume_from=checkpoint if args.resume else None)
     (out / "history.json").write_text(json.dumps(history.epochs, indent=2))
     print(f"wrote {checkpoint} and {out / 'history.json'}; last epoch: {history.last()}")
 
@@ -127,13 +128,13 @@ def _evaluate(args: argparse.Namespace) -> None:
     dataset = _dataset(args)
     model = IGNN.load(args.checkpoint).eval()
     x_test, y_test = dataset.split("test")
-    graph = model.graph
+    graph = dataset.graph
     torch.manual_seed(args.seed)
-    proba = model.predict_proba(graph, x_test.transpose(0, 1))
+    proba = model.predict_proba(graph, x_test)
     generated: dict[tuple[int, ...], torch.Tensor] = {}  # kept for the figures
     with tqdm(total=args.top, desc="generate per label vector", unit="label vector", disable=args.no_progress) as bar:
         def generate(labels: torch.Tensor, n: int) -> torch.Tensor:
-            samples = generated[tuple(labels.tolist())] = model.sample(graph, labels, n).transpose(0, 1)
+            samples = generated[tuple(labels.tolist())] = model.sample(graph, labels, n)
             bar.update(1)
             return samples
 
@@ -141,8 +142,8 @@ def _evaluate(args: argparse.Namespace) -> None:
     report = dict(
         dataset=args.dataset, checkpoint=str(args.checkpoint),
         mmd=result["mmd"], energy=result["energy"],
-        node_accuracy=metrics.node_accuracy(proba, y_test.transpose(0, 1)),
-        node_log_loss=metrics.node_log_loss(proba, y_test.transpose(0, 1)),
+        node_accuracy=metrics.node_accuracy(proba, y_test),
+        node_log_loss=metrics.node_log_loss(proba, y_test),
     )
     if args.out:
         report["figures"] = _evaluation_figures(dataset, x_test, y_test, generated, proba, Path(args.out))
@@ -160,7 +161,7 @@ def _evaluation_figures(dataset, x_test, y_test, generated, proba, out: Path) ->
     stem = out.with_suffix("")
     paths = [plots.generated_vs_real(real, generated, f"{stem}_samples.png", feature_names=dataset.feature_names,
                                      title=f"{dataset.name}: test rows vs generated"),
-             plots.node_probabilities(proba, y_test.transpose(0, 1), f"{stem}_proba.png",
+             plots.node_probabilities(proba, y_test, f"{stem}_proba.png",
                                       node_names=dataset.node_names)]
     return [str(path) for path in paths]
 
@@ -174,7 +175,7 @@ def _sample(args: argparse.Namespace) -> None:
         raise ValueError(f"--labels needs {model.num_nodes} labels (one per node of the model's graph) in "
                          f"[0, {model.num_classes}); got {args.labels}")
     torch.manual_seed(args.seed)
-    samples = model.sample(model.graph, labels, args.n).transpose(0, 1)
+    samples = model.sample(model.graph, labels, args.n)
     out = Path(args.out)
     if out.suffix == ".png":
         import matplotlib

@@ -1,10 +1,11 @@
 """Two-sample statistics and prediction metrics for conditional graph generation.
 
-Two-sample statistics take samples as rows: an array ``(n, ...)`` is
-flattened to ``(n, p)``.  Node-level prediction metrics follow the latent
-layout: probabilities ``(V, *, K)`` and labels ``(V, *)``.  Inputs may be
-torch tensors or numpy arrays; everything is computed in float64 on the CPU
-and returned as Python floats.
+Everything is sample-first, like the models, latents and data sets: two-sample
+statistics take samples as rows, an array ``(n, ...)`` flattened to ``(n, p)``;
+node-level prediction metrics take probabilities ``(*, V, K)`` and labels
+``(*, V)`` of the same leading shape, e.g. ``(N, V, K)`` and ``(N, V)``.
+Inputs may be torch tensors or numpy arrays; everything is computed in float64
+on the CPU and returned as Python floats.
 """
 
 from __future__ import annotations
@@ -250,7 +251,9 @@ def paper_protocol(
         ``(N, V)`` integer node labels.
     generate : callable
         ``generate(Y, n)`` with ``Y`` a ``(V,)`` int64 tensor returns
-        ``(n, V, d)`` generated features; called under ``torch.no_grad``.
+        ``(n, V, d)`` generated features, e.g.
+        ``lambda Y, n: model.sample(graph, Y, n)`` or a baseline's ``generate``;
+        called under ``torch.no_grad``.
     top : int
         Number of label vectors to evaluate.
     alpha : float
@@ -313,29 +316,28 @@ def paper_protocol(
 
 
 def _proba_labels(proba: ArrayLike, y: ArrayLike) -> tuple[Tensor, Tensor]:
-    """Validate ``(V, *, K)`` probabilities and broadcast ``(V, *)`` labels."""
+    """Validate ``(*, V, K)`` probabilities against ``(*, V)`` labels of the same leading shape."""
     p = _float64(proba)
     labels = torch.as_tensor(y).detach().cpu().long()
-    lead = p.shape[:-1]
-    if p.ndim < 2 or labels.ndim < 1 or labels.shape != lead[: labels.ndim]:
+    if p.ndim < 2 or labels.shape != p.shape[:-1]:
         raise ValueError(
-            f"expected proba (V, *, K) and labels shaped like a prefix of (V, *), "
+            f"expected proba (*, V, K) and labels (*, V) of the same leading shape, "
             f"got {tuple(p.shape)} and {tuple(labels.shape)}"
         )
     if ((labels < 0) | (labels >= p.shape[-1])).any():
         raise ValueError(f"labels must lie in [0, {p.shape[-1]})")
-    return p, labels.reshape(labels.shape + (1,) * (len(lead) - labels.ndim)).expand(lead)
+    return p, labels
 
 
 def node_accuracy(proba: ArrayLike, y: ArrayLike) -> float:
-    """Fraction of nodes (and samples) whose most probable class is the label.
+    """Fraction of (sample, node) pairs whose most probable class is the label.
 
     Parameters
     ----------
     proba : array_like
-        ``(V, *, K)`` class probabilities or any monotone scores.
+        ``(*, V, K)`` class probabilities or any monotone scores, e.g. ``(N, V, K)``.
     y : array_like
-        ``(V, *)`` labels, or a prefix of that shape.
+        ``(*, V)`` labels, the leading shape of ``proba``.
 
     Returns
     -------
@@ -350,16 +352,17 @@ def node_log_loss(proba: ArrayLike, y: ArrayLike, eps: float = 1e-15) -> float:
 
     .. math::
 
-        -\frac{1}{|V|}\sum_v \log \max(p_{v, y_v}, \epsilon)
+        -\frac{1}{N |V|}\sum_{i, v} \log \max(p_{i v y_{iv}}, \epsilon)
 
-    The clip keeps a confidently wrong node finite.
+    averaged over all leading indices ``i`` (samples) and nodes ``v``.  The
+    clip keeps a confidently wrong node finite.
 
     Parameters
     ----------
     proba : array_like
-        ``(V, *, K)`` class probabilities.
+        ``(*, V, K)`` class probabilities, e.g. ``(N, V, K)``.
     y : array_like
-        ``(V, *)`` labels, or a prefix of that shape.
+        ``(*, V)`` labels, the leading shape of ``proba``.
     eps : float
         Smallest probability used.
 
@@ -384,9 +387,9 @@ def uncertainty_coverage(
     latent : NodeGaussianLatent
         The latent distribution; only its ``contains`` method is used.
     h : Tensor
-        ``(V, *, d)`` latents.
+        ``(*, V, d)`` latents, e.g. ``(N, V, d)`` from ``model.encode``.
     y : Tensor
-        ``(V, *)`` labels.
+        ``(*, V)`` labels, the leading shape of ``h``.
     level : float
         Nominal coverage in ``(0, 1)``.
 
@@ -394,6 +397,11 @@ def uncertainty_coverage(
     -------
     float
     """
+    if tuple(torch.as_tensor(y).shape) != tuple(h.shape[:-1]):
+        raise ValueError(
+            f"expected h (*, V, d) and y (*, V) of the same leading shape, "
+            f"got {tuple(h.shape)} and {tuple(torch.as_tensor(y).shape)}"
+        )
     return float(latent.contains(h, y, level).double().mean())
 
 
@@ -407,7 +415,7 @@ def reconstruction_error(x: ArrayLike, x_rec: ArrayLike) -> dict[str, float]:
     Parameters
     ----------
     x : array_like
-        ``(n, ...)`` originals; pass ``x[None]`` for a single graph.
+        ``(n, ...)`` originals, e.g. ``(N, V, d)``; pass ``x[None]`` for a single graph.
     x_rec : array_like
         Reconstructions of the same shape.
 

@@ -128,7 +128,7 @@ def generated_vs_real(real: Mapping[LabelKey, ArrayLike], generated: Mapping[Lab
 def node_probabilities(proba: ArrayLike, labels: ArrayLike, path: str | os.PathLike,
                        node_names: Sequence[str] | None = None, max_samples: int = 40,
                        positive: int = 1, title: str | None = None) -> Path:
-    """Heatmap of predicted ``P(Y_v = positive | X)``, nodes by samples, true labels marked.
+    """Heatmap of predicted ``P(Y_v = positive | X)``, nodes (rows) by samples, true labels marked.
 
     Cells are coloured from 0 (white) to 1 (dark); a dot marks every node whose true label is
     ``positive``, so a dot on a pale cell is a missed event and a dark cell without a dot a
@@ -137,9 +137,9 @@ def node_probabilities(proba: ArrayLike, labels: ArrayLike, path: str | os.PathL
     Parameters
     ----------
     proba : array_like
-        ``(V, n, K)`` class probabilities, nodes first, as ``IGNN.predict_proba`` returns.
+        ``(n, V, K)`` class probabilities, sample-first, as ``IGNN.predict_proba`` returns.
     labels : array_like
-        ``(V, n)`` true labels.
+        ``(n, V)`` true labels, as the data sets give them.
     path : str or PathLike
         PNG file to write.
     node_names : sequence of str, optional
@@ -158,23 +158,24 @@ def node_probabilities(proba: ArrayLike, labels: ArrayLike, path: str | os.PathL
     """
     p, y = _numpy(proba), torch.as_tensor(labels).detach().cpu().long().numpy()
     if p.ndim != 3 or y.shape != p.shape[:2]:
-        raise ValueError(f"expected proba (V, n, K) and labels (V, n), got {p.shape} and "
+        raise ValueError(f"expected proba (n, V, K) and labels (n, V), got {p.shape} and "
                          f"{y.shape}")
     if not 0 <= positive < p.shape[2]:
         raise ValueError(f"positive must lie in [0, {p.shape[2]}), got {positive}")
-    if node_names is not None and len(node_names) != p.shape[0]:
-        raise ValueError(f"{len(node_names)} node names for V = {p.shape[0]} nodes")
+    if node_names is not None and len(node_names) != p.shape[1]:
+        raise ValueError(f"{len(node_names)} node names for V = {p.shape[1]} nodes")
     if max_samples < 1:
         raise ValueError(f"max_samples must be >= 1, got {max_samples}")
-    p, y = p[:, :max_samples], y[:, :max_samples]
-    num_nodes, num_samples = y.shape
+    p, y = p[:max_samples], y[:max_samples]
+    num_samples, num_nodes = y.shape
     names = list(node_names) if node_names is not None else [str(v) for v in range(num_nodes)]
 
     figure = _figure(min(2.0 + 0.28 * num_samples, 16.0), 1.2 + 0.3 * num_nodes)
     axis = figure.subplots()
-    image = axis.imshow(p[:, :, positive], cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto",
+    # The image has one row per node: (n, V) -> (V, n).
+    image = axis.imshow(p[:, :, positive].T, cmap="Blues", vmin=0.0, vmax=1.0, aspect="auto",
                         interpolation="nearest")
-    nodes, samples = np.nonzero(y == positive)
+    samples, nodes = np.nonzero(y == positive)
     axis.scatter(samples, nodes, s=14, color=GENERATED_COLOUR, edgecolors="black",
                  linewidths=0.4)
     axis.set_yticks(range(num_nodes), names, fontsize=8)

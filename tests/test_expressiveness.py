@@ -18,13 +18,14 @@ def three_node():
 def test_cheb_flow_commutes_with_the_reflection_and_l3_flow_does_not(three_node, seed):
     torch.manual_seed(seed)
     graph = three_node.graph
-    x = torch.randn(3, 16, 2, dtype=torch.float64)
+    x = torch.randn(16, 3, 2, dtype=torch.float64)  # (N, V, d)
     gaps = {}
     for conv in ("cheb", "l3"):
         model = IGNN(graph, 2, 2, conv=conv, num_blocks=3, hidden_feats=(16, 16), init_scale=1.0).double()
-        h = model.encode(graph, x, jac=False)[0]
-        h_reflected = model.encode(graph, x[REFLECTION], jac=False)[0]
-        gaps[conv] = float((h_reflected - h[REFLECTION]).abs().max())
+        h = model.encode(graph, x, logdet=False)[0]
+        assert h.shape == x.shape
+        h_reflected = model.encode(graph, x[:, REFLECTION], logdet=False)[0]
+        gaps[conv] = float((h_reflected - h[:, REFLECTION]).abs().max())
     assert gaps["cheb"] < 1e-12
     assert gaps["l3"] > 1e-3
 

@@ -287,29 +287,51 @@ def test_paper_protocol_skips_label_vectors_with_too_few_kept_rows():
 
 
 def test_node_accuracy_and_log_loss():
-    proba = torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]], [[0.3, 0.6, 0.1], [0.5, 0.4, 0.1]]])
+    # Sample-first: proba (N, V, K) = (2, 2, 3), labels (N, V).
+    proba = torch.tensor([[[0.7, 0.2, 0.1], [0.3, 0.6, 0.1]], [[0.1, 0.1, 0.8], [0.5, 0.4, 0.1]]])
     y = torch.tensor([[0, 1], [1, 2]])
     assert metrics.node_accuracy(proba, y) == pytest.approx(0.5)
-    expected = -np.mean(np.log([0.7, 0.1, 0.6, 0.1]))
+    expected = -np.mean(np.log([0.7, 0.6, 0.1, 0.1]))
     assert metrics.node_log_loss(proba, y) == pytest.approx(expected, rel=1e-6)
-    # Labels of shape (V,) broadcast over the sample dimension; broadcasting
-    # them over nodes instead would give 0.25.
-    assert metrics.node_accuracy(proba, torch.tensor([0, 1])) == pytest.approx(0.5)
+    # numpy inputs and any number of leading dimensions give the same values.
+    assert metrics.node_accuracy(proba.numpy()[None], y.numpy()[None]) == pytest.approx(0.5)
+    assert metrics.node_log_loss(proba[None], y[None]) == pytest.approx(expected, rel=1e-6)
+    # One label vector (V,) is expanded over the samples by the caller: labels
+    # [0, 1] per node score 0.5; expanding them over nodes instead would give 0.25.
+    per_node = torch.tensor([0, 1])
+    assert metrics.node_accuracy(proba, per_node.expand(2, 2)) == pytest.approx(0.5)
+    assert metrics.node_accuracy(proba, per_node[:, None].expand(2, 2)) == pytest.approx(0.25)
     zero = torch.tensor([[0.0, 1.0]])
     assert metrics.node_log_loss(zero, torch.tensor([0])) == pytest.approx(-math.log(1e-15))
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
-        metrics.node_accuracy(proba, torch.tensor([0, 3]))
+        metrics.node_accuracy(proba, torch.tensor([[0, 3], [0, 0]]))
     with pytest.raises(ValueError, match=r"got \(2, 2, 3\) and \(3,\)"):
         metrics.node_log_loss(proba, torch.tensor([0, 1, 2]))
+    # Labels must have exactly the leading shape: no silent broadcasting.
+    with pytest.raises(ValueError, match=r"same leading shape, got \(2, 2, 3\) and \(2,\)"):
+        metrics.node_accuracy(proba, per_node)
+    with pytest.raises(ValueError, match=r"same leading shape, got \(2, 2, 3\) and \(1, 2, 2\)"):
+        metrics.node_accuracy(proba, y[None])
 
 
 def test_uncertainty_coverage_matches_level():
     latent = NodeGaussianLatent(3, 2, sigma=0.5, num_nodes=8).double()
     y = torch.arange(8) % 3
     h = latent.sample(y, 3000, generator=torch.Generator().manual_seed(12))
-    coverage = metrics.uncertainty_coverage(latent, h, y, 0.8)
+    assert h.shape == (3000, 8, 2)
+    labels = y.expand(3000, 8)
+    coverage = metrics.uncertainty_coverage(latent, h, labels, 0.8)
     assert abs(coverage - 0.8) < 3 * math.sqrt(0.8 * 0.2 / h[..., 0].numel())
-    assert metrics.uncertainty_coverage(latent, h + 10.0, y, 0.8) == 0.0
+    assert metrics.uncertainty_coverage(latent, h + 10.0, labels, 0.8) == 0.0
+    # Moving node 0's latents away leaves the other 7 nodes' coverage: the node axis is 1.
+    moved = h.clone()
+    moved[:, 0] += 10.0
+    inside = latent.contains(h, labels, 0.8)
+    assert inside.shape == (3000, 8)
+    assert metrics.uncertainty_coverage(latent, moved, labels, 0.8) == pytest.approx(
+        float(inside[:, 1:].double().sum()) / inside.numel(), rel=1e-12)
+    with pytest.raises(ValueError, match=r"same leading shape, got \(3000, 8, 2\) and \(8,\)"):
+        metrics.uncertainty_coverage(latent, h, y, 0.8)
 
 
 def test_reconstruction_error_per_sample():

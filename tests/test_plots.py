@@ -50,27 +50,46 @@ def test_generated_vs_real_rejects_bad_input(tmp_path, samples):
     assert not (tmp_path / "a.png").exists()
 
 
-def test_node_probabilities_writes_a_png(tmp_path):
+def test_node_probabilities_writes_a_png(tmp_path, monkeypatch):
     gen = torch.Generator().manual_seed(1)
-    p1 = torch.rand(5, 60, generator=gen)
+    p1 = torch.rand(60, 5, generator=gen)
     proba = torch.stack([1 - p1, p1], dim=-1)
     labels = (p1 > 0.5).long()
+    figures = []
+
+    def keep(figure, path):
+        figures.append(figure)
+        return save(figure, path)
+
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", keep)
     out = plots.node_probabilities(proba, labels, tmp_path / "proba.png",
                                    node_names=list("abcde"), max_samples=25)
     check_png(out)
+    # Sample-first in, one row per node out: the image is (V, max_samples) = p1[:25].T.
+    axis = figures[0].axes[0]
+    image = axis.get_images()[0].get_array()
+    assert image.shape == (5, 25)
+    assert torch.allclose(torch.as_tensor(image, dtype=torch.float32), p1[:25].T)
+    assert [tick.get_text() for tick in axis.get_yticklabels()] == list("abcde")
+    # The dots mark (sample, node) pairs with label 1.
+    dots = axis.collections[0].get_offsets()
+    samples, nodes = torch.nonzero(labels[:25] == 1, as_tuple=True)
+    assert sorted(map(tuple, dots.tolist())) == sorted(zip(samples.tolist(), nodes.tolist()))
 
 
 def test_node_probabilities_rejects_bad_input(tmp_path):
-    proba = torch.full((5, 8, 2), 0.5)
-    with pytest.raises(ValueError, match=r"proba \(V, n, K\) and labels \(V, n\)"):
-        plots.node_probabilities(proba, torch.zeros(8, 5), tmp_path / "p.png")
-    with pytest.raises(ValueError, match=r"proba \(V, n, K\)"):
-        plots.node_probabilities(proba[..., 1], torch.zeros(5, 8), tmp_path / "p.png")
+    proba = torch.full((8, 5, 2), 0.5)  # (n, V, K): 8 samples, 5 nodes
+    with pytest.raises(ValueError, match=r"proba \(n, V, K\) and labels \(n, V\)"):
+        plots.node_probabilities(proba, torch.zeros(5, 8), tmp_path / "p.png")
+    with pytest.raises(ValueError, match=r"proba \(n, V, K\)"):
+        plots.node_probabilities(proba[..., 1], torch.zeros(8, 5), tmp_path / "p.png")
     with pytest.raises(ValueError, match="3 node names for V = 5"):
-        plots.node_probabilities(proba, torch.zeros(5, 8), tmp_path / "p.png",
+        plots.node_probabilities(proba, torch.zeros(8, 5), tmp_path / "p.png",
                                  node_names=["a", "b", "c"])
     with pytest.raises(ValueError, match="positive must lie in"):
-        plots.node_probabilities(proba, torch.zeros(5, 8), tmp_path / "p.png", positive=2)
+        plots.node_probabilities(proba, torch.zeros(8, 5), tmp_path / "p.png", positive=2)
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_training_curves_writes_a_png_and_rejects_bad_input(tmp_path):

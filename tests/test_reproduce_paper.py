@@ -46,6 +46,12 @@ def test_baseline_rows_table_and_figures(tmp_path):
     assert torch.equal(covered, ~expected.isnan())
     assert math.isclose(row["nll_test_label_gaussian_rows"], float(expected[covered].mean()))
     assert by_key["all_zero"]["node_accuracy"] == float((y_test == 0).double().mean())
+    # The predictors' rows score sample-first (N, V, K) probabilities against y_test (N, V).
+    logistic = baselines.NodeLogistic(x_train, y_train, features="all", num_classes=dataset.num_classes)
+    proba = logistic.predict_proba(x_test)
+    assert proba.shape == (*y_test.shape, dataset.num_classes)
+    assert by_key["logistic_all"]["node_accuracy"] == metrics.node_accuracy(proba, y_test)
+    assert by_key["logistic_all"]["node_log_loss"] == metrics.node_log_loss(proba, y_test)
 
     # The table lists a data set's baselines under its name only.
     table = script.markdown_table([], rows, script.parse_args(["--datasets", "traffic"]))

@@ -119,12 +119,12 @@ def neighbourhood_errors(samples: Tensor, operator: Tensor, labels: Tensor, node
                 mean=float(mean_gap.norm() / true_cov.trace().sqrt()))
 
 
-def generate(model: IGNN, labels: Tensor, n: int, generator: torch.Generator) -> Tensor:
-    """``n`` samples of :math:`X \\mid Y` from ``model``, sample-first ``(n, V, d)``, float64."""
+def generate(model: IGNN, graph: dgl.DGLGraph, labels: Tensor, n: int, generator: torch.Generator) -> Tensor:
+    """``n`` samples of :math:`X \\mid Y` from ``model`` on ``graph``, ``(n, V, d)``, float64."""
     chunks = []
     for start in range(0, n, SAMPLE_CHUNK):
         size = min(SAMPLE_CHUNK, n - start)
-        chunks.append(model.sample(model.graph, labels, size, generator=generator).transpose(0, 1).double())
+        chunks.append(model.sample(graph, labels, size, generator=generator).double())
     return torch.cat(chunks)
 
 
@@ -206,9 +206,9 @@ def run(out_dir: str | Path = "runs/chordal", p: int = 503, epochs: int = 10, nu
         model = IGNN(dataset.graph, dataset.num_features, dataset.num_classes, conv=conv, num_blocks=num_blocks,
                      hidden_feats=hidden_feats, means=LATENT_MEANS, sigma=1.0)
         started = time.perf_counter()
-        fit(model, x_train, y_train, config)
+        fit(model, dataset.graph, x_train, y_train, config)
         seconds = time.perf_counter() - started
-        generated = generate(model.eval(), labels, num_generated, torch.Generator().manual_seed(seed))
+        generated = generate(model.eval(), dataset.graph, labels, num_generated, torch.Generator().manual_seed(seed))
         results[conv] = dict(train_seconds=seconds, logdet=model.logdet_mode,
                              errors={node: neighbourhood_errors(generated, operator, labels, nodes)
                                      for node, nodes in neighbourhoods.items()})

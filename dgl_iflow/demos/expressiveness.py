@@ -60,7 +60,7 @@ def evaluate_label_vectors(model: IGNN, dataset: GraphDataset, num_samples: int)
     for labels in itertools.product((0, 1), repeat=3):
         label_vector = torch.tensor(labels)
         real = x_test[(y_test == label_vector).all(dim=1)].double()
-        generated = model.sample(dataset.graph, label_vector, num_samples).transpose(0, 1).double()
+        generated = model.sample(dataset.graph, label_vector, num_samples).double()
         true_means, generated_means = real.mean(0), generated.mean(0)
         node_mmd = torch.tensor([metrics.mmd(real[:, v], generated[:, v], alphas=(1.0,))[1.0] for v in range(3)])
         results.append(LabelVectorResult(
@@ -85,7 +85,7 @@ def train_three_node_models(
             orders=(0, 1, 2), means=THREE_NODE_LATENT_MEANS, sigma=THREE_NODE_LATENT_SIGMA,
         )
         started = time.perf_counter()
-        fit(model, x_train, y_train, TrainConfig(epochs=epochs, batch_size=200, lr=3e-3, seed=seed, progress=progress))
+        fit(model, dataset.graph, x_train, y_train, TrainConfig(epochs=epochs, batch_size=200, lr=3e-3, seed=seed, progress=progress))
         seconds[conv] = time.perf_counter() - started
         models[conv] = model.eval()
     return dataset, models, seconds
@@ -119,7 +119,7 @@ def plot_fixed_label_vectors(dataset: GraphDataset, models: dict[str, IGNN], pat
             axis = axes[row, column]
             label_vector = torch.tensor(labels)
             real = x_test[(y_test == label_vector).all(dim=1)]
-            generated = model.sample(dataset.graph, label_vector, num_samples).transpose(0, 1)
+            generated = model.sample(dataset.graph, label_vector, num_samples)
             for node, colour in ((0, "tab:blue"), (2, "tab:red")):
                 axis.scatter(*real[:, node].T, s=6, c=colour, alpha=0.35, label=f"true node {node}")
                 axis.scatter(*generated[:, node].T, s=6, c=colour, marker="x", alpha=0.5, label=f"generated node {node}")

@@ -36,7 +36,7 @@ def train(epochs: int = 100, num_blocks: int = 10, seed: int = 0, progress: bool
     started = time.perf_counter()
     # Batch 64: 3x the steps of batch 200 in the same epochs. At 200 the flow was under-trained:
     # held-out coverage of the 90% sets 0.84, 0.73, 0.62 for seeds 0-2 (0.91, 0.89, 0.86 at 64).
-    fit(model, x_train, y_train, TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, seed=seed, progress=progress))
+    fit(model, dataset.graph, x_train, y_train, TrainConfig(epochs=epochs, batch_size=64, lr=3e-3, seed=seed, progress=progress))
     return model.eval(), dataset, time.perf_counter() - started
 
 
@@ -51,14 +51,13 @@ def evaluate(model: IGNN, dataset, level: float = 0.9, seed: int = 0) -> dict:
     x_train, y_train = dataset.split("train")
     x_test, y_test = dataset.split("test")
     graph = dataset.graph
-    nodes_first, labels = x_test.transpose(0, 1), y_test.transpose(0, 1)
-    accuracy = metrics.node_accuracy(model.predict_proba(graph, nodes_first), labels)
-    coverage = float(model.in_uncertainty_set(graph, nodes_first, labels, level).double().mean())
+    accuracy = metrics.node_accuracy(model.predict_proba(graph, x_test), y_test)
+    coverage = float(model.in_uncertainty_set(graph, x_test, y_test, level).double().mean())
     seed_everything(seed)
     mmds, nulls, generated = [], [], {}
     for k in range(model.num_classes):
         real = x_test[y_test[:, 0] == k]
-        generated[k] = model.sample(graph, torch.tensor([k]), len(real), max_iter=1000).transpose(0, 1)
+        generated[k] = model.sample(graph, torch.tensor([k]), len(real), max_iter=1000)
         mmds.append(metrics.mmd(real, generated[k], alphas=(1.0,))[1.0])
         null = metrics.mmd_permutation_test(
             real, x_train[y_train[:, 0] == k][: len(real)], alpha=1.0, num_permutations=1000, seed=seed,
@@ -80,7 +79,7 @@ def plot(model: IGNN, dataset, generated: dict, path: Path, level: float = 0.9) 
         real = x_test[y_test[:, 0] == k, 0]
         axes[0].scatter(*real.T, s=6, c=colour, label=f"test, class {k}")
         axes[1].scatter(*generated[k][:, 0].T, s=6, c=colour, marker="x", label=f"generated, class {k}")
-        boundary = model.uncertainty_set(dataset.graph, torch.tensor([k]), level, num_points=300)[0]
+        boundary = model.uncertainty_set(dataset.graph, torch.tensor([k]), level, num_points=300)[:, 0]
         for axis in axes:
             axis.plot(*boundary.T, c=colour, lw=1.5)
     axes[0].set_title(f"held-out data and {level:.0%} uncertainty sets")
