@@ -88,7 +88,7 @@ def run_jko(name: str, data: GraphDataset, options: argparse.Namespace, budget: 
         lr=options.jko_lr, seed=options.seed,
         progress=options.progress,
     )
-    trainer = JKOTrainer(model, *data.split("train"), config=config)
+    trainer = JKOTrainer(model, data.graph, *data.split("train"), config=config)
     trainer.grow()
     rows = []
     for stage in ("grow", "reparametrize 1"):
