@@ -123,9 +123,14 @@ def test_residual_block_and_flow_on_a_batch_equal_per_graph_calls():
         logdet_sum = logdet_sum + alone.logdet
     # The Jacobian of the batch is block diagonal: its log-det is the sum over graphs.
     torch.testing.assert_close(out.logdet, logdet_sum, rtol=1e-9, atol=1e-9)
-    inverted = split_nodes(flow.inverse(batch, out.z, tol=1e-12, max_iter=500)[0], graphs)
-    for part, feat in zip(inverted, x):
+    z, logdet = flow(batch, torch.cat(x))
+    torch.testing.assert_close(z, out.z, rtol=0, atol=0)
+    torch.testing.assert_close(logdet, out.logdet, rtol=0, atol=0)
+    inverted, inverse_logdet = flow.inverse(batch, out.z, logdet=True, tol=1e-12, max_iter=500)
+    for part, feat in zip(split_nodes(inverted, graphs), x):
         torch.testing.assert_close(part, feat, rtol=1e-8, atol=1e-8)
+    # The inverse's log-det is minus the forward one, on the batch as on each graph.
+    torch.testing.assert_close(inverse_logdet, -out.logdet, rtol=1e-8, atol=1e-8)
 
 
 def test_l3conv_stays_tied_to_its_graph():

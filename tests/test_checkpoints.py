@@ -11,8 +11,11 @@ import torch
 from dgl_iflow import IGNN, TrainConfig, fit
 from dgl_iflow.checkpoints import (CheckpointError, convert_checkpoint, read_checkpoint, rng_state,
                                    set_rng_state)
+from dgl_iflow.models import JKOFlow
 from dgl_iflow.models.ignn import CHECKPOINT_FORMAT
-from graphs import path_graph
+from dgl_iflow.models.jko import CHECKPOINT_FORMAT as JKO_CHECKPOINT_FORMAT
+from dgl_iflow.training import JKOConfig, fit_jko
+from graphs import flat_state, path_graph, toy_data
 
 
 class Payload:
@@ -29,20 +32,49 @@ def small_model() -> IGNN:
     return IGNN(path_graph(), feats=2, num_classes=2, conv="l3", num_blocks=2, hidden_feats=(8, 8))
 
 
-def toy_data(n: int = 60) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    y = torch.randint(0, 2, (n, 3), generator=generator)
-    return torch.randn(n, 3, 2, generator=generator) + 2.0 * y[..., None], y
+def small_jko_model() -> JKOFlow:
+    return JKOFlow(path_graph(), feats=2, num_classes=2, conv="l3", hidden_feats=(8, 8))
 
 
 def test_fit_checkpoint_is_plain_data(tmp_path):
     path = tmp_path / "model.pt"
-    x, y = toy_data()
-    fit(small_model(), x, y, TrainConfig(epochs=1, batch_size=30, checkpoint_path=str(path),
-                                         progress=False, inversion_check_samples=5))
+    x, y = toy_data(60)
+    fit(small_model(), path_graph(), x, y, TrainConfig(epochs=1, batch_size=30, checkpoint_path=str(path),
+                                                       progress=False, inversion_check_samples=5))
     checkpoint = torch.load(path, weights_only=True)  # raises on anything but plain data
-    assert {"optimizer", "scheduler", "history", "rng", "train_config"} <= set(checkpoint)
+    assert {"optimizer", "scheduler", "history", "rng", "train_config", "structure"} <= set(checkpoint)
     assert checkpoint["format"] == CHECKPOINT_FORMAT
+
+
+def test_fit_jko_checkpoint_is_plain_data(tmp_path):
+    path = tmp_path / "model.pt"
+    x, y = toy_data(60)
+    model = small_jko_model()
+    fit_jko(model, path_graph(), x, y, JKOConfig(iterations=2, batch_size=30, max_blocks=2, tol=0.0,
+                                                  checkpoint_path=str(path), progress=False))
+    checkpoint = torch.load(path, weights_only=True)  # raises on anything but plain data
+    assert checkpoint["format"] == JKO_CHECKPOINT_FORMAT
+    assert len(model.blocks) == 2
+    assert checkpoint["structure"] == dict(intervals=list(zip(model.time_grid, model.time_grid[1:])))
+    assert {"position", "history", "rng", "order", "permutation", "config"} <= set(checkpoint["trainer"])
+    restored = JKOFlow.load(path)
+    assert restored.time_grid == model.time_grid
+    torch.testing.assert_close(restored.log_prob(path_graph(), x, y), model.log_prob(path_graph(), x, y),
+                               rtol=0, atol=0)
+
+
+def test_a_checkpoint_of_one_model_is_refused_by_the_other(tmp_path):
+    ignn, jko = tmp_path / "ignn.pt", tmp_path / "jko.pt"
+    small_model().save(ignn)
+    small_jko_model().save(jko)
+    with pytest.raises(ValueError, match=f"not a JKOFlow checkpoint: format '{CHECKPOINT_FORMAT}'"):
+        JKOFlow.load(ignn)
+    with pytest.raises(ValueError, match=f"not a IGNN checkpoint: format '{JKO_CHECKPOINT_FORMAT}'"):
+        IGNN.load(jko)
+    with pytest.raises(ValueError, match="another model or configuration"):
+        small_model().load_weights(jko)
+    with pytest.raises(ValueError, match="another model or configuration"):
+        small_jko_model().load_weights(ignn)
 
 
 def test_random_states_round_trip():
@@ -70,7 +102,8 @@ def test_crafted_payload_is_refused_without_running(tmp_path, writer):
     assert marker.read_text() == "ran"
     marker.unlink()
 
-    for load in (IGNN.load, read_checkpoint, small_model().load_weights):
+    for load in (IGNN.load, JKOFlow.load, read_checkpoint, small_model().load_weights,
+                 small_jko_model().load_weights):
         with pytest.raises(CheckpointError, match=r"refused.*(__builtin__|builtins)\.exec.*could run code"):
             load(path)
     with pytest.raises(CheckpointError, match="refused|not a torch.save archive"):
@@ -96,8 +129,11 @@ def test_old_checkpoint_gets_a_conversion_hint_and_converts(tmp_path):
         IGNN.load(old)
     convert_checkpoint(old, new)
     restored = IGNN.load(new)
-    for name, value in model.state_dict().items():
-        assert torch.equal(restored.state_dict()[name], value)
+    restored_state, state = flat_state(restored.state_dict()), flat_state(model.state_dict())
+    assert restored_state.keys() == state.keys()
+    for name, value in state.items():
+        assert torch.equal(restored_state[name], value) if isinstance(value, torch.Tensor) \
+            else restored_state[name] == value, name
     set_rng_state(read_checkpoint(new)["rng"])
     assert random.getstate() == saved["python"]
     legacy = np.random.get_state()

@@ -14,27 +14,22 @@ import torch
 from dgl_iflow.layers import ChebConv, L3Conv
 from dgl_iflow.transforms import GraphResidual
 from dgl_iflow.models import IGNN
+from graphs import cycle_graph
 
 NUM_NODES = 6
 
 
-def cycle_graph() -> dgl.DGLGraph:
-    src = list(range(NUM_NODES)) * 2 + list(range(NUM_NODES))
-    dst = [(v + 1) % NUM_NODES for v in range(NUM_NODES)] + [(v - 1) % NUM_NODES for v in range(NUM_NODES)] \
-        + list(range(NUM_NODES))
-    return dgl.graph((torch.tensor(src), torch.tensor(dst)), num_nodes=NUM_NODES)
-
-
 def make_model(conv: str, logdet: str = "exact") -> IGNN:
     torch.manual_seed(0)
-    return IGNN(cycle_graph(), feats=2, num_classes=2, conv=conv, num_blocks=3, hidden_feats=(16, 16),
-                logdet=logdet, init_scale=0.5)
+    return IGNN(cycle_graph(NUM_NODES, self_loops=True), feats=2, num_classes=2, conv=conv, num_blocks=3,
+                hidden_feats=(16, 16), logdet=logdet, init_scale=0.5)
 
 
 def batch(dtype=torch.float32, device="cpu", n=8):
+    """``n`` samples, sample-first as the models take them: features ``(n, V, 2)``, labels ``(n, V)``."""
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(NUM_NODES, n, 2, generator=generator, dtype=torch.float64)
-    y = (torch.rand(NUM_NODES, n, generator=generator) > 0.5).long()
+    x = torch.randn(n, NUM_NODES, 2, generator=generator, dtype=torch.float64)
+    y = (torch.rand(n, NUM_NODES, generator=generator) > 0.5).long()
     return x.to(device, dtype), y.to(device)
 
 
@@ -91,6 +86,8 @@ def test_float64_move_gives_float64_outputs_that_agree_with_float32(conv):
     z64, logdet64, transport64 = model64.encode(model64.graph, x.double())
     assert z64.dtype == logdet64.dtype == transport64.dtype == torch.float64
     assert z32.dtype == logdet32.dtype == torch.float32
+    assert model64.dtype == torch.float64 and model32.dtype == torch.float32
+    assert z64.shape == x.shape and logdet64.shape == transport64.shape == (len(x),)
     torch.testing.assert_close(z64.float(), z32, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(logdet64.float(), logdet32, rtol=1e-4, atol=1e-4)
     # Training step and generation in float64 too.
@@ -139,15 +136,15 @@ def test_hot_path_needs_only_the_graph_structure(conv, logdet):
     model.zero_grad()
     model.loss(graph, x, y)["loss"].backward()
     with torch.no_grad():
-        z = model.encode(graph, x, jac=False)[0]
+        z = model.encode(graph, x, logdet=False)[0]
         model.generate(graph, z)
     assert set(graph.calls) <= {"num_nodes", "num_edges"}, graph.calls
 
 
 def test_residual_jacobian_follows_dtype():
-    graph = cycle_graph()
+    graph = cycle_graph(NUM_NODES, self_loops=True)
     residual = GraphResidual(ChebConv(2, 8, k=3), hidden_feats=(8,)).double()
-    x = torch.randn(NUM_NODES, 4, 2, dtype=torch.float64)
+    x = torch.randn(NUM_NODES, 4, 2, dtype=torch.float64)  # node-first, as the transforms take it
     out, jacobian = residual.forward_with_jacobian(graph, x)
     assert out.dtype == jacobian.dtype == torch.float64
     assert jacobian.shape == (4, 2 * NUM_NODES, 2 * NUM_NODES)
@@ -165,6 +162,9 @@ def test_cuda_matches_cpu(conv, logdet):
     torch.manual_seed(3)
     gpu_terms = on_gpu.loss(on_gpu.graph, x.cuda(), y.cuda())
     assert gpu_terms["loss"].device.type == "cuda"
+    assert on_gpu.device.type == "cuda" and model.device.type == "cpu"
+    samples = on_gpu.sample(on_gpu.graph, y[0].cuda(), 3)
+    assert samples.device.type == "cuda" and samples.dtype == torch.float64 and samples.shape == (3, NUM_NODES, 2)
     for operator in cached_operators(on_gpu):
         assert operator.device.type == "cuda"
     if logdet == "exact":
@@ -176,7 +176,7 @@ def test_cuda_matches_cpu(conv, logdet):
             if p_cpu.grad is not None:
                 torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, rtol=1e-7, atol=1e-9)
     with torch.no_grad():
-        z = on_gpu.encode(on_gpu.graph, x.cuda(), jac=False)[0]
+        z = on_gpu.encode(on_gpu.graph, x.cuda(), logdet=False)[0]
         back = on_gpu.generate(on_gpu.graph, z, tol=1e-12, max_iter=500)
     torch.testing.assert_close(back.cpu(), x, rtol=0, atol=1e-9)
     # float32 on the GPU as well

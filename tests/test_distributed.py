@@ -5,7 +5,6 @@ import socket
 import tempfile
 from pathlib import Path
 
-import dgl
 import pytest
 import torch
 import torch.distributed as dist
@@ -14,15 +13,14 @@ import torch.multiprocessing as mp
 from dgl_iflow.training import distributed
 from dgl_iflow.models import IGNN
 from dgl_iflow.training import TrainConfig, fit
+from graphs import cycle_graph, flat_state
 
 NUM_NODES = 5
 NUM_SAMPLES = 22  # batches of 8, 8 and 6: the last one splits 3 + 3, the others 4 + 4
 
 
 def problem():
-    src = list(range(NUM_NODES)) + [(v + 1) % NUM_NODES for v in range(NUM_NODES)] + list(range(NUM_NODES))
-    dst = [(v + 1) % NUM_NODES for v in range(NUM_NODES)] + list(range(NUM_NODES)) + list(range(NUM_NODES))
-    graph = dgl.graph((torch.tensor(src), torch.tensor(dst)), num_nodes=NUM_NODES)
+    graph = cycle_graph(NUM_NODES, self_loops=True)
     generator = torch.Generator().manual_seed(0)
     y = (torch.rand(NUM_SAMPLES, NUM_NODES, generator=generator) > 0.5).long()
     x = torch.randn(NUM_SAMPLES, NUM_NODES, 2, generator=generator) + 1.5 * y.unsqueeze(-1)
@@ -57,12 +55,15 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
         graph, x, y = problem()
         for conv, batch_size in CASES:
             model = make_model(graph, conv)
-            history = distributed.fit(model, x, y, config(batch_size))
+            history = distributed.fit(model, graph, x, y, config(batch_size))
             torch.save({"state": model.state_dict(), "history": history.epochs},
                        Path(out_dir) / f"{conv}{batch_size}-rank{rank}.pt")
         model = make_model(graph, "cheb", logdet="estimator")
-        distributed.fit(model, x, y, config(ESTIMATOR_CASE[1]))
-        torch.save({"state": model.state_dict(), "rng": torch.get_rng_state()},
+        # The run's shared stream, seen inside it: fit gives the caller back its own afterwards.
+        shared = []
+        distributed.fit(model, graph, x, y, config(ESTIMATOR_CASE[1]),
+                        callback=lambda epoch, record: shared.append(torch.get_rng_state()))
+        torch.save({"state": model.state_dict(), "rng": shared},
                    Path(out_dir) / f"{ESTIMATOR_CASE[0]}{ESTIMATOR_CASE[1]}-rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -88,18 +89,20 @@ def test_two_processes_train_like_one(two_process_results, conv, batch_size):
     try:
         graph, x, y = problem()
         reference = make_model(graph, conv)
-        history = fit(reference, x, y, config(batch_size))
+        history = fit(reference, graph, x, y, config(batch_size))
     finally:
         torch.set_default_dtype(previous)
-    expected = reference.state_dict()
+    expected = flat_state(reference.state_dict())
     for result in results:  # both processes hold the single-process parameters
-        assert result["state"].keys() == expected.keys()
+        state = flat_state(result["state"])
+        assert state.keys() == expected.keys()
         for key, value in expected.items():
             # LipSwish keeps its slope in float32 whatever the default dtype: its rounding (one
             # float32 ulp of the averaged gradient) reaches the float64 parameters at ~1e-10.
             tolerance = dict(rtol=1e-5, atol=1e-6) if value.dtype == torch.float32 else dict(rtol=1e-7, atol=1e-8)
-            torch.testing.assert_close(result["state"][key], value, msg=key, **tolerance)
-    moved = sum(float((value - make_model(graph, conv).double().state_dict()[key]).abs().max())
+            torch.testing.assert_close(state[key], value, msg=key, **tolerance)
+    initial = flat_state(make_model(graph, conv).double().state_dict())
+    moved = sum(float((value - initial[key]).abs().max())
                 for key, value in expected.items() if value.is_floating_point())
     assert moved > 1e-3  # training did change the parameters
     # The logged terms are the global batch means.
@@ -112,9 +115,13 @@ def test_estimator_keeps_processes_in_step(two_process_results):
     """Probes are drawn per process from a forked stream: the shared one (batch order,
     inversion checks) stays equal across processes, and so do the parameters."""
     first, second = two_process_results[ESTIMATOR_CASE]
-    assert torch.equal(first["rng"], second["rng"])
-    for key, value in first["state"].items():
-        assert torch.equal(value, second["state"][key]), key
+    assert len(first["rng"]) == len(second["rng"]) == config().epochs
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(first["rng"], second["rng"]))
+    assert not torch.equal(first["rng"][0], first["rng"][1])  # the stream did advance between epochs
+    first_state, second_state = flat_state(first["state"]), flat_state(second["state"])
+    assert first_state.keys() == second_state.keys()
+    for key, value in first_state.items():
+        assert torch.equal(value, second_state[key]), key
 
 
 def test_fit_outside_a_process_group_fails_clearly(monkeypatch):
@@ -122,4 +129,4 @@ def test_fit_outside_a_process_group_fails_clearly(monkeypatch):
         monkeypatch.delenv(variable, raising=False)
     graph, x, y = problem()
     with pytest.raises((ValueError, RuntimeError, KeyError)):
-        distributed.fit(make_model(graph, "cheb"), x, y, config())
+        distributed.fit(make_model(graph, "cheb"), graph, x, y, config())

@@ -1,32 +1,27 @@
 """Tests of block-wise JKO training, the time grid and the JKOFlow model interface."""
 
+import contextlib
 import inspect
 import json
 import os
+import random
 import subprocess
 import sys
 import textwrap
 
-import dgl
+import numpy as np
 import pytest
 import torch
 
-from dgl_iflow.models import JKOFlow
-from dgl_iflow.training import JKOConfig, SavedTensorMeter, fit_jko, refine, reparametrize, reparametrized_steps, step_size
-from dgl_iflow.models import IGNN
-
-
-def _single_node() -> dgl.DGLGraph:
-    return dgl.graph(([0], [0]), num_nodes=1)
-
-
-def _path(num_nodes: int = 4) -> dgl.DGLGraph:
-    src = torch.arange(num_nodes - 1)
-    return dgl.graph((torch.cat([src, src + 1]), torch.cat([src + 1, src])), num_nodes=num_nodes)
+from dgl_iflow.models import IGNN, JKOFlow
+from dgl_iflow.training import (JKOConfig, JKOTrainer, SavedTensorMeter, fit_jko, refine, reparametrize,
+                                reparametrized_steps, step_size)
+from graphs import line_graph, single_node_graph
 
 
 def _shifted_gaussian(n: int = 600, seed: int = 0) -> torch.Tensor:
-    """A 2-D toy far from N(0, I): the JKO flow has to carry it a long way, so blocks move a lot."""
+    """A 2-D toy far from N(0, I), ``(n, 1, 2)`` on one node: the JKO flow has to carry it a long
+    way, so blocks move a lot."""
     generator = torch.Generator().manual_seed(seed)
     return (torch.tensor([4.0, 0.0]) + 0.5 * torch.randn(n, 2, generator=generator)).unsqueeze(1)
 
@@ -46,12 +41,12 @@ def _quick(**overrides) -> JKOConfig:
 def trained():
     """Five blocks grown on the shifted Gaussian, then one round of re-spacing and retraining."""
     x = _shifted_gaussian()
-    model = JKOFlow(_single_node(), 2, conv="node", hidden_feats=(16, 16), steps=2)
+    model = JKOFlow(single_node_graph(), 2, conv="node", hidden_feats=(16, 16), steps=2)
     # Short steps: re-spacing assumes a block moves about h times its speed, which fails for
     # blocks that reach the target early (they barely move, whatever their h).
     config = JKOConfig(h0=0.25, iterations=30, batch_size=128, max_blocks=5, tol=0.0, reparametrize_rounds=1,
                        eta=1.0, progress=False)
-    history = fit_jko(model, x, None, config)
+    history = fit_jko(model, single_node_graph(), x, None, config)
     return model, history, x
 
 
@@ -79,24 +74,27 @@ def test_reparametrized_steps_equalize_movement_at_constant_speed():
 
 
 def test_reparametrize_keeps_the_model_and_refine_doubles_blocks():
-    model = JKOFlow(_path(4), 2, conv="cheb", hidden_feats=(8, 8), steps=6).double()
+    graph = line_graph(4)
+    model = JKOFlow(graph, 2, conv="cheb", hidden_feats=(8, 8), steps=6).double()
     for t0, t1 in [(0.0, 0.3), (0.3, 0.8), (0.8, 1.5)]:
         model.blocks.append(model.new_block(t0, t1))
+    assert model.blocks is model.flow.blocks and len(model.flow.blocks) == 3
     _randomize(model)
-    x = torch.randn(4, 5, 2, dtype=torch.float64)
+    x = torch.randn(5, 4, 2, dtype=torch.float64)
     with torch.no_grad():
-        z, logdet, _ = model.encode(model.graph, x)
+        z, logdet, _ = model.encode(graph, x)
+        assert z.shape == (5, 4, 2) and logdet.shape == (5,)
         steps = reparametrize(model, movements=[1.0, 2.0, 4.0], eta=1.0)
         assert model.step_sizes == pytest.approx(steps)
         assert steps == pytest.approx([0.3 * 7 / 3, 0.5 * 7 / 6, 0.7 * 7 / 12])
-        moved, moved_logdet, _ = model.encode(model.graph, x)
+        moved, moved_logdet, _ = model.encode(graph, x)
         torch.testing.assert_close(moved, z, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(moved_logdet, logdet, rtol=1e-12, atol=1e-12)
         grid = model.time_grid
         refine(model)
         assert len(model.blocks) == 6
         assert model.time_grid[::2] == pytest.approx(grid)
-        refined, refined_logdet, _ = model.encode(model.graph, x)
+        refined, refined_logdet, _ = model.encode(graph, x)
     torch.testing.assert_close(refined, z, rtol=0, atol=1e-4)  # same fields, finer RK4
     torch.testing.assert_close(refined_logdet, logdet, rtol=0, atol=1e-4)
 
@@ -109,8 +107,9 @@ def test_training_moves_the_data_to_the_target_and_history_matches_log_prob(trai
     assert history.stages() == ["grow", "reparametrize 1"]
     assert [r.block for r in history.stage("grow")] == list(range(5))
     with torch.no_grad():
-        log_prob = model.log_prob(model.graph, x.transpose(0, 1))
-        identity_nll = float(model.potential(x.transpose(0, 1)).mean())  # the model before training
+        log_prob = model.log_prob(single_node_graph(), x)
+        identity_nll = float(model.potential(x).mean())  # the model before training
+    assert log_prob.shape == (len(x),)
     # The cached pushes give the same likelihood as running the whole model.
     assert history.train_nll() == pytest.approx(float(-log_prob.mean()), abs=1e-3)
     assert history.train_nll() < identity_nll - 4.0
@@ -118,7 +117,7 @@ def test_training_moves_the_data_to_the_target_and_history_matches_log_prob(trai
     assert history.train_nll() < 2.5
     assert all(r.round_trip < 1e-3 for r in history.records)
     assert history.minibatches == 10 * 30
-    assert max(model.round_trip_error(model.graph, x.transpose(0, 1)[:, :50])) < 1e-3
+    assert max(model.round_trip_error(single_node_graph(), x[:50])) < 1e-3
 
 
 def test_reparametrization_evens_out_block_movement(trained):
@@ -138,15 +137,15 @@ def test_saved_memory_per_step_does_not_grow_with_the_block_index(trained):
     saved = [r.saved_bytes for r in history.stage("grow")]
     assert saved[0] > 0 and max(saved) <= 1.05 * saved[0], saved
     # Negative control: the same meter on an end-to-end step through k blocks grows with k.
-    batch = x[:128].transpose(0, 1)
+    flow_graph, batch = model.to_flow(single_node_graph(), x[:128])  # the blocks' node-first layout
     end_to_end = []
     for k in (1, 3, 5):
         with SavedTensorMeter() as meter:
             z, logdet = batch, 0.0
             for block in model.blocks[:k]:
-                z, block_logdet = block(model.graph, z)
+                z, block_logdet = block(flow_graph, z)
                 logdet = logdet + block_logdet
-            (model.potential(z) - logdet).mean()
+            (model.potential(model.from_flow(z)) - logdet).mean()
         end_to_end.append(meter.bytes)
     assert end_to_end[2] > 4 * end_to_end[0], end_to_end
 
@@ -171,9 +170,9 @@ RSS_SCRIPT = textwrap.dedent("""
     peaks = []
     config = JKOConfig(iterations=1, batch_size=num_samples, max_blocks=num_blocks, tol=0.0, check_samples=8,
                        progress=False)
-    history = fit_jko(model, x, None, config, callback=lambda record: peaks.append(peak()))
+    history = fit_jko(model, graph, x, None, config, callback=lambda record: peaks.append(peak()))
     # Negative control: one step through every block at once, as end-to-end training would take.
-    z, logdet, _ = model.encode(graph, x.transpose(0, 1))
+    z, logdet, _ = model.encode(graph, x)
     (model.potential(z) - logdet).mean().backward()
     print(json.dumps(dict(peaks=peaks, saved=history.records[0].saved_bytes, end_to_end=peak())))
 """)
@@ -197,10 +196,10 @@ def test_peak_resident_memory_does_not_grow_with_the_block_index():
 
 def test_first_pass_stops_once_blocks_stop_moving():
     x = _shifted_gaussian(200)
-    model = JKOFlow(_single_node(), 2, conv="node", hidden_feats=(8, 8))
-    history = fit_jko(model, x, None, _quick(max_blocks=4, tol=10.0))
+    model = JKOFlow(single_node_graph(), 2, conv="node", hidden_feats=(8, 8))
+    history = fit_jko(model, single_node_graph(), x, None, _quick(max_blocks=4, tol=10.0))
     assert len(model.blocks) == 1 and len(history.records) == 1
-    fit_jko(model := JKOFlow(_single_node(), 2, conv="node", hidden_feats=(8, 8)), x, None,
+    fit_jko(model := JKOFlow(single_node_graph(), 2, conv="node", hidden_feats=(8, 8)), single_node_graph(), x, None,
             _quick(max_blocks=4, min_blocks=3, tol=10.0))
     assert len(model.blocks) == 3
 
@@ -209,8 +208,8 @@ def test_seed_makes_training_reproducible():
     x = _shifted_gaussian(200)
 
     def train(seed: int) -> dict:
-        model = JKOFlow(_single_node(), 2, conv="node", hidden_feats=(8, 8), divergence="hutchinson")
-        fit_jko(model, x, None, _quick(seed=seed))
+        model = JKOFlow(single_node_graph(), 2, conv="node", hidden_feats=(8, 8), divergence="hutchinson")
+        fit_jko(model, single_node_graph(), x, None, _quick(seed=seed))
         return model.state_dict()
 
     torch.manual_seed(123)
@@ -227,14 +226,50 @@ def test_caller_random_state_is_restored():
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
-    fit_jko(JKOFlow(_single_node(), 2, conv="node", hidden_feats=(8, 8)), x, None, _quick(max_blocks=1))
+    fit_jko(JKOFlow(single_node_graph(), 2, conv="node", hidden_feats=(8, 8)), single_node_graph(), x, None,
+            _quick(max_blocks=1))
     torch.testing.assert_close(torch.rand(3), expected)
+
+
+class Interrupted(Exception):
+    pass
+
+
+def _random_states() -> tuple:
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])
+def test_fit_jko_leaves_the_callers_python_numpy_and_torch_states_alone(fails):
+    x = _shifted_gaussian(100)
+    model = JKOFlow(single_node_graph(), 2, conv="node", hidden_feats=(8, 8), divergence="hutchinson")
+    random.seed(21), np.random.seed(22), torch.manual_seed(23)
+    np.random.standard_normal()  # NumPy caches a Gaussian: part of its state too
+    before = _random_states()
+    inside = []
+
+    def record(_record) -> None:
+        inside.append(_random_states())
+        if fails:
+            raise Interrupted
+
+    with pytest.raises(Interrupted) if fails else contextlib.nullcontext():
+        fit_jko(model, single_node_graph(), x, None, _quick(seed=4), callback=record)
+    after = _random_states()
+    assert after[0] == before[0]
+    assert after[1][0] == before[1][0] and np.array_equal(after[1][1], before[1][1]) and after[1][2:] == before[1][2:]
+    assert torch.equal(after[2], before[2])
+    # Negative control: inside the run the streams were the config's seed, not the caller's.
+    random.seed(4), np.random.seed(4)
+    assert inside[0][0] == random.getstate() != before[0]
+    assert np.array_equal(inside[0][1][1], np.random.get_state()[1])
+    assert not torch.equal(inside[0][2], before[2])
 
 
 def test_refine_rounds_double_the_blocks_and_retrain():
     x = _shifted_gaussian(200)
-    model = JKOFlow(_single_node(), 2, conv="node", hidden_feats=(8, 8))
-    history = fit_jko(model, x, None, _quick(refine_rounds=1, retrain_iterations=2))
+    model = JKOFlow(single_node_graph(), 2, conv="node", hidden_feats=(8, 8))
+    history = fit_jko(model, single_node_graph(), x, None, _quick(refine_rounds=1, retrain_iterations=2))
     assert len(model.blocks) == 4
     assert history.stages() == ["grow", "refine 1"]
     assert [r.minibatches for r in history.records] == [3, 3, 2, 2, 2, 2]
@@ -244,19 +279,23 @@ def test_refine_rounds_double_the_blocks_and_retrain():
 
 
 def test_conditional_model_has_the_interface_of_ignn():
-    graph = _path(4)
+    graph = line_graph(4)
     generator = torch.Generator().manual_seed(0)
     y = torch.randint(0, 3, (60, 4), generator=generator)
     x = torch.randn(60, 4, 2, generator=generator) + y.unsqueeze(-1).float()
     model = JKOFlow(graph, 2, 3, conv="l3", hidden_feats=(8, 8))
-    fit_jko(model, x, y, _quick())
-    batch_x, batch_y = x[:7].transpose(0, 1), y[:7].transpose(0, 1)
+    fit_jko(model, graph, x, y, _quick())
+    batch_x, batch_y = x[:7], y[:7]
     assert model.log_prob(graph, batch_x, batch_y).shape == (7,)
     proba = model.predict_proba(graph, batch_x)
-    assert proba.shape == (4, 7, 3)
-    torch.testing.assert_close(proba.sum(-1), torch.ones(4, 7))
-    assert model.sample(graph, torch.tensor([0, 1, 2, 0]), 5).shape == (4, 5, 2)
-    for name in ("log_prob", "sample", "predict_proba", "generate", "encode"):
+    assert proba.shape == (7, 4, 3)
+    torch.testing.assert_close(proba.sum(-1), torch.ones(7, 4))
+    assert model.sample(graph, torch.tensor([0, 1, 2, 0]), 5).shape == (5, 4, 2)
+    assert model.uncertainty_set(graph, torch.tensor([0, 1, 2, 0]), num_points=6).shape == (6, 4, 2)
+    assert model.in_uncertainty_set(graph, batch_x, batch_y).shape == (7, 4)
+    for name in ("log_prob", "sample", "predict_proba", "generate", "encode", "uncertainty_set",
+                 "in_uncertainty_set", "round_trip_error", "save", "load", "load_weights", "checkpoint",
+                 "from_checkpoint", "to_flow", "from_flow"):
         ours = list(inspect.signature(getattr(JKOFlow, name)).parameters)
         theirs = list(inspect.signature(getattr(IGNN, name)).parameters)
         assert ours[:3] == theirs[:3], name
@@ -264,29 +303,102 @@ def test_conditional_model_has_the_interface_of_ignn():
 
 
 def test_unconditional_model_samples_from_a_standard_normal_latent():
-    model = JKOFlow(_path(3), 2, conv="cheb", hidden_feats=(8, 8)).double()
-    assert model.sample(model.graph, n=4).shape == (3, 4, 2)
-    torch.testing.assert_close(model.log_prob(model.graph, torch.zeros(3, 1, 2, dtype=torch.float64)),
+    graph = line_graph(3)
+    model = JKOFlow(graph, 2, conv="cheb", hidden_feats=(8, 8)).double()
+    assert model.dtype == torch.float64 and model.device == torch.device("cpu")
+    samples = model.sample(graph, n=4)
+    assert samples.shape == (4, 3, 2) and samples.dtype == torch.float64
+    torch.testing.assert_close(model.log_prob(graph, torch.zeros(1, 3, 2, dtype=torch.float64)),
                                torch.tensor([-3 * torch.log(torch.tensor(2 * torch.pi)).item()], dtype=torch.float64))
     with pytest.raises(ValueError, match="without labels"):
-        model.sample(model.graph, torch.zeros(3, dtype=torch.long), 2)
+        model.sample(graph, torch.zeros(3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="refused by an unconditional"):
-        model.log_prob(model.graph, torch.zeros(3, 1, 2, dtype=torch.float64), torch.zeros(3, 1, dtype=torch.long))
+        model.log_prob(graph, torch.zeros(1, 3, 2, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="no classes"):
-        model.predict_proba(model.graph, torch.zeros(3, 1, 2, dtype=torch.float64))
-    with pytest.raises(ValueError, match="y_train is needed"):
-        fit_jko(JKOFlow(_path(3), 2, 2, conv="cheb"), torch.zeros(5, 3, 2), None, _quick())
+        model.predict_proba(graph, torch.zeros(1, 3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="labels are needed by a conditional JKOFlow"):
+        fit_jko(JKOFlow(graph, 2, 2, conv="cheb"), graph, torch.zeros(5, 3, 2), None, _quick())
+    with pytest.raises(ValueError, match="refused by an unconditional"):
+        fit_jko(JKOFlow(graph, 2, conv="cheb"), graph, torch.zeros(5, 3, 2), torch.zeros(5, 3, dtype=torch.long),
+                _quick())
+    with pytest.raises(ValueError, match=r"x_train must have shape \(N, V, d\) = \(N, 3, 2\), got \(3, 5, 2\)"):
+        fit_jko(JKOFlow(graph, 2, conv="cheb"), graph, torch.zeros(3, 5, 2), None, _quick())  # node-first
+    with pytest.raises(ValueError, match="graph of 3 nodes"):
+        fit_jko(JKOFlow(graph, 2, conv="cheb"), line_graph(4), torch.zeros(5, 3, 2), None, _quick())
 
 
 def test_mlp_layout_and_checkpoint_round_trip():
-    graph = _path(3)
+    graph = line_graph(3)
     model = JKOFlow(graph, 2, conv="mlp", hidden_feats=(8, 8))
     model.blocks.append(model.new_block(0.0, 0.4))
     model.blocks.append(model.new_block(0.4, 1.0))
     _randomize(model)
-    x = torch.randn(3, 5, 2)
-    torch.testing.assert_close(model.from_flow(model.to_flow(x)), x)
-    assert model.to_flow(x).shape == (1, 5, 6)
+    x = torch.randn(5, 3, 2)
+    flow_graph, z = model.to_flow(graph, x)
+    assert z.shape == (1, 5, 6) and flow_graph.num_nodes() == 1  # every sample one vector on one node
+    torch.testing.assert_close(z[0, 2], x[2].reshape(-1), rtol=0, atol=0)  # node-major
+    torch.testing.assert_close(model.from_flow(z), x, rtol=0, atol=0)
     restored = JKOFlow.from_checkpoint(model.checkpoint())
     assert restored.time_grid == model.time_grid
     torch.testing.assert_close(restored.log_prob(graph, x), model.log_prob(graph, x))
+
+
+def test_graph_layout_conversion_is_node_first():
+    graph = line_graph(4)
+    model = JKOFlow(graph, 2, conv="l3", hidden_feats=(8, 8))
+    x = torch.randn(5, 4, 2)
+    flow_graph, z = model.to_flow(graph, x)
+    assert flow_graph is graph and z.shape == (4, 5, 2)
+    torch.testing.assert_close(z[1, 3], x[3, 1], rtol=0, atol=0)
+    torch.testing.assert_close(model.from_flow(z), x, rtol=0, atol=0)
+    # Without blocks the flow is the identity.
+    h, logdet, transport = model.encode(graph, x)
+    torch.testing.assert_close(h, x, rtol=0, atol=0)
+    assert torch.count_nonzero(logdet) == 0 and torch.count_nonzero(transport) == 0
+
+
+def test_save_load_and_load_weights_rebuild_the_blocks(tmp_path):
+    graph = line_graph(4)
+    generator = torch.Generator().manual_seed(1)
+    y = torch.randint(0, 2, (6, 4), generator=generator)
+    x = torch.randn(6, 4, 2, generator=generator)
+    model = JKOFlow(graph, 2, 2, conv="l3", hidden_feats=(8, 8)).double()
+    for t0, t1 in [(0.0, 0.3), (0.3, 0.9)]:
+        model.blocks.append(model.new_block(t0, t1))
+    assert all(p.dtype == torch.float64 for p in model.parameters())  # new blocks follow the model's dtype
+    _randomize(model)
+    path = tmp_path / "jko.pt"
+    model.save(path, note="extra entries travel along")
+    assert model.checkpoint()["structure"] == dict(intervals=[(0.0, 0.3), (0.3, 0.9)])
+    x = x.double()
+    expected = model.log_prob(graph, x, y)
+    loaded = JKOFlow.load(path)
+    assert loaded.dtype == torch.float64  # as saved, not rounded through the default dtype
+    assert loaded.time_grid == model.time_grid and loaded.config == model.config
+    torch.testing.assert_close(loaded.log_prob(graph, x, y), expected, rtol=0, atol=0)
+    fresh = JKOFlow(graph, 2, 2, conv="l3", hidden_feats=(8, 8)).double()
+    assert len(fresh.blocks) == 0
+    checkpoint = fresh.load_weights(path)
+    assert checkpoint["note"] == "extra entries travel along"
+    assert fresh.time_grid == model.time_grid
+    torch.testing.assert_close(fresh.log_prob(graph, x, y), expected, rtol=0, atol=0)
+    # Loading replaces blocks a model already has.
+    fresh.blocks.append(fresh.new_block(0.9, 2.0))
+    fresh.load_weights(path)
+    assert len(fresh.blocks) == 2
+    with pytest.raises(ValueError, match=r"another model or configuration.*hidden_feats"):
+        JKOFlow(graph, 2, 2, conv="l3", hidden_feats=(4, 4)).load_weights(path)
+
+
+def test_trainer_takes_the_graph_second():
+    graph = line_graph(4)
+    x = torch.randn(40, 4, 2, generator=torch.Generator().manual_seed(2))
+    records = []
+    model = JKOFlow(graph, 2, conv="l3", hidden_feats=(8, 8))
+    trainer = JKOTrainer(model, graph, x, None, _quick(), records.append)
+    history = trainer.fit()
+    assert history is trainer.history and len(records) == len(history.records) == len(model.blocks) == 2
+    reference = JKOFlow(graph, 2, conv="l3", hidden_feats=(8, 8))
+    fit_jko(reference, graph, x, None, _quick())
+    for ours, theirs in zip(model.parameters(), reference.parameters()):
+        assert torch.equal(ours, theirs)

@@ -23,14 +23,14 @@ def latent() -> NodeGaussianLatent:
 def test_log_prob_matches_scipy(latent):
     gen = torch.Generator().manual_seed(1)
     v, n = 5, 6
-    h = torch.randn(v, n, 3, generator=gen, dtype=torch.float64)
-    y = torch.randint(0, 4, (v, n), generator=gen)
+    h = torch.randn(n, v, 3, generator=gen, dtype=torch.float64)
+    y = torch.randint(0, 4, (n, v), generator=gen)
     cov = 0.7**2 * np.eye(3)
     expected = np.zeros(n)
     for s in range(n):
         for node in range(v):
-            mean = latent.means[y[node, s]].numpy()
-            expected[s] += multivariate_normal(mean, cov).logpdf(h[node, s].numpy())
+            mean = latent.means[y[s, node]].numpy()
+            expected[s] += multivariate_normal(mean, cov).logpdf(h[s, node].numpy())
     out = latent.log_prob(h, y)
     assert out.shape == (n,)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12)
@@ -38,13 +38,22 @@ def test_log_prob_matches_scipy(latent):
 
 def test_log_prob_broadcasts_node_labels_and_reduces_to_scalar(latent):
     gen = torch.Generator().manual_seed(2)
-    h = torch.randn(5, 4, 3, generator=gen, dtype=torch.float64)
+    h = torch.randn(4, 5, 3, generator=gen, dtype=torch.float64)  # 4 samples on 5 nodes
     y = torch.randint(0, 4, (5,), generator=gen)
-    full = latent.log_prob(h, y.unsqueeze(1).expand(-1, 4))
+    full = latent.log_prob(h, y.expand(4, -1))
+    assert full.shape == (4,)
+    # Labels (V,) are a suffix of h's leading shape (4, V): shared by every sample.
     torch.testing.assert_close(latent.log_prob(h, y), full)
-    single = latent.log_prob(h[:, 0], y)
+    single = latent.log_prob(h[0], y)
     assert single.shape == ()
     torch.testing.assert_close(single, full[0])
+    # Several sample dimensions: labels (2, V) broadcast over the first.
+    deep = torch.randn(3, 2, 5, 3, generator=gen, dtype=torch.float64)
+    labels = torch.randint(0, 4, (2, 5), generator=gen)
+    torch.testing.assert_close(latent.log_prob(deep, labels), latent.log_prob(deep, labels.expand(3, 2, 5)))
+    # A prefix of the leading shape, the node-first convention of earlier releases, is refused.
+    with pytest.raises(ValueError, match=r"labels of shape \(4,\) do not match h of shape \(4, 5, 3\).*suffix"):
+        latent.log_prob(h, y[:4])
 
 
 def test_node_log_prob_matches_scipy(latent):
@@ -94,9 +103,9 @@ def test_sample_moments_match():
     y = torch.tensor([2, 0, 1, 2])
     n = 20000
     h = latent.sample(y, n, generator=torch.Generator().manual_seed(7))
-    assert h.shape == (4, n, 2)
+    assert h.shape == (n, 4, 2)
     for node in range(4):
-        x = h[node].numpy()
+        x = h[:, node].numpy()
         se_mean = 1.5 / math.sqrt(n)
         np.testing.assert_array_less(
             np.abs(x.mean(0) - latent.means[y[node]].numpy()), 4 * se_mean
@@ -112,11 +121,25 @@ def test_sample_shapes_and_seeding(latent):
     y = torch.tensor([[0, 1], [3, 2], [1, 1]])
     a = latent.sample(y, generator=torch.Generator().manual_seed(8))
     b = latent.sample(y, generator=torch.Generator().manual_seed(8))
-    assert a.shape == (3, 2, 3)
+    assert a.shape == (3, 2, 3)  # labels (*, V) = (3, 2): 3 samples on 2 nodes
     torch.testing.assert_close(a, b)
-    assert latent.sample(y[:, 0], 5).shape == (3, 5, 3)
+    assert latent.sample(y[0], 5).shape == (5, 2, 3)
     with pytest.raises(ValueError, match=r"needs labels of shape \(V,\), got \(3, 2\)"):
         latent.sample(y, 5)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        latent.sample(y[0], 0)
+
+
+def test_seeded_samples_are_drawn_nodes_first_as_before(latent):
+    """The noise is drawn in the node-first order of earlier releases, so seeded samples keep their values."""
+    y = torch.tensor([0, 3, 1, 2, 2])
+    h = latent.sample(y, 7, generator=torch.Generator().manual_seed(11))
+    noise = torch.randn(5, 7, 3, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
+    torch.testing.assert_close(h, latent.means[y] + 0.7 * noise.permute(1, 0, 2), rtol=0, atol=0)
+    labels = torch.randint(0, 4, (2, 6, 5), generator=torch.Generator().manual_seed(12))
+    h = latent.sample(labels, generator=torch.Generator().manual_seed(13))
+    noise = torch.randn(5, 2, 6, 3, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
+    torch.testing.assert_close(h, latent.means[labels] + 0.7 * noise.permute(1, 2, 0, 3), rtol=0, atol=0)
 
 
 def test_confidence_radius_closed_form_in_two_dimensions():
@@ -132,7 +155,8 @@ def test_confidence_radius_monte_carlo_coverage():
     y = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(9))
     h = latent.sample(y, 2000, generator=torch.Generator().manual_seed(10))
     inside = latent.contains(h, y, 0.9)
-    assert inside.shape == (10, 2000) and inside.dtype == torch.bool
+    assert inside.shape == (2000, 10) and inside.dtype == torch.bool
+    assert torch.equal(latent.contains(h, y.expand(2000, -1), 0.9), inside)
     se = math.sqrt(0.9 * 0.1 / inside.numel())
     assert abs(inside.double().mean().item() - 0.9) < 3 * se
     centers, radius = latent.confidence_region(y, 0.9)
@@ -279,7 +303,7 @@ def test_label_errors_name_values_and_range(latent):
 
 
 def test_shape_and_value_errors(latent):
-    with pytest.raises(ValueError, match=r"shape \(V, \*, d\) with d=3, got \(4, 2\)"):
+    with pytest.raises(ValueError, match=r"shape \(\*, V, d\) with d=3, got \(4, 2\)"):
         latent.node_log_prob(torch.zeros(4, 2))
     with pytest.raises(
         ValueError, match=r"labels of shape \(5,\) do not match h of shape \(4, 2, 3\)"

@@ -7,7 +7,7 @@ import torch
 import dgl
 from dgl_iflow import IGNN
 from dgl_iflow.checkpoints import atomic_save
-from graphs import path_graph
+from graphs import brute_force_jacobian, path_graph
 
 
 @pytest.fixture(autouse=True)
@@ -24,8 +24,9 @@ def small_model(conv: str, **kwargs) -> IGNN:
 
 
 def flow_map(model: IGNN, graph):
+    """``x -> F(x)`` on sample-first batches ``(N, V, d)``."""
     def apply(x: torch.Tensor) -> torch.Tensor:
-        return model.encode(graph, x.reshape(3, 1, 2), jac=False)[0].reshape(-1)
+        return model.encode(graph, x, logdet=False)[0]
     return apply
 
 
@@ -38,25 +39,32 @@ def test_log_prob_matches_brute_force_jacobian(conv, options):
             if "log_scale" in name or "shift" in name:
                 param.normal_(0.0, 0.3)
     graph = path_graph()
-    x = torch.randn(3, 4, 2)
-    y = torch.randint(0, 2, (3, 4))
+    x = torch.randn(4, 3, 2)
+    y = torch.randint(0, 2, (4, 3))
     log_prob = model.log_prob(graph, x, y)
+    assert log_prob.shape == (4,)
+    jacobians = brute_force_jacobian(flow_map(model, graph), x, samples_first=True)
+    assert jacobians.shape == (4, 6, 6)
+    brute_logdet = torch.linalg.slogdet(jacobians).logabsdet
+    h, logdet, _ = model.encode(graph, x)
+    expected = model.latent.log_prob(h, y) + brute_logdet
+    torch.testing.assert_close(logdet, brute_logdet, rtol=0, atol=1e-8)
     for b in range(4):
-        jacobian = torch.autograd.functional.jacobian(flow_map(model, graph), x[:, b].reshape(-1))
-        h = model.encode(graph, x[:, b:b + 1], jac=False)[0]
-        expected = model.latent.log_prob(h, y[:, b:b + 1])[0] + torch.linalg.slogdet(jacobian).logabsdet
-        assert torch.allclose(log_prob[b], expected, atol=1e-8)
+        assert torch.allclose(log_prob[b], expected[b], atol=1e-8)
+        # One sample alone gives what it gives in the batch.
+        assert torch.allclose(model.log_prob(graph, x[b:b + 1], y[b:b + 1])[0], expected[b], atol=1e-8)
 
 
 def test_latent_log_prob_is_node_factorized_gaussian():
     model = small_model("l3")
     graph = path_graph()
-    x = torch.randn(3, 5, 2)
-    y = torch.randint(0, 2, (3, 5))
-    h = model.encode(graph, x, jac=False)[0]
+    x = torch.randn(5, 3, 2)
+    y = torch.randint(0, 2, (5, 3))
+    h, logdet, transport = model.encode(graph, x, logdet=False)
+    assert h.shape == (5, 3, 2) and logdet is None and transport.shape == (5,)
     means = model.latent.means[y]
     sigma = model.latent.sigma
-    expected = (-0.5 * ((h - means) / sigma).pow(2) - torch.log(torch.tensor(sigma * (2 * torch.pi) ** 0.5))).sum(dim=(0, 2))
+    expected = (-0.5 * ((h - means) / sigma).pow(2) - torch.log(torch.tensor(sigma * (2 * torch.pi) ** 0.5))).sum(dim=(1, 2))
     assert torch.allclose(model.latent.log_prob(h, y), expected, atol=1e-10)
 
 
@@ -64,12 +72,12 @@ def test_latent_log_prob_is_node_factorized_gaussian():
 def test_predict_proba_is_bayes_rule_in_the_latent(conv):
     model = small_model(conv)
     graph = path_graph()
-    x = torch.randn(3, 6, 2)
-    h = model.encode(graph, x, jac=False)[0]
+    x = torch.randn(6, 3, 2)
+    h = model.encode(graph, x, logdet=False)[0]
     log_lik = -0.5 * (h.unsqueeze(-2) - model.latent.means).pow(2).sum(-1) / model.latent.sigma ** 2
     expected = torch.softmax(log_lik + model.latent.log_priors, dim=-1)
     proba = model.predict_proba(graph, x)
-    assert proba.shape == (3, 6, 2)
+    assert proba.shape == (6, 3, 2)
     assert torch.allclose(proba, expected, atol=1e-10)
 
 
@@ -79,10 +87,11 @@ def test_sample_inverts_the_flow(conv):
     graph = path_graph()
     torch.manual_seed(1)
     x = model.sample(graph, torch.tensor([0, 1, 0]), 50)
-    assert x.shape == (3, 50, 2)
+    assert x.shape == (50, 3, 2)
     torch.manual_seed(1)
     h = model.latent.sample(torch.tensor([0, 1, 0]), 50)
-    assert torch.allclose(model.encode(graph, x, jac=False)[0], h, atol=1e-6)
+    assert h.shape == (50, 3, 2)
+    assert torch.allclose(model.encode(graph, x, logdet=False)[0], h, atol=1e-6)
 
 
 def test_uncertainty_set_boundary_maps_to_latent_sphere():
@@ -90,11 +99,14 @@ def test_uncertainty_set_boundary_maps_to_latent_sphere():
     graph = path_graph()
     y = torch.tensor([0, 1, 1])
     boundary = model.uncertainty_set(graph, y, level=0.9, num_points=40)
-    h = model.encode(graph, boundary, jac=False)[0]
+    assert boundary.shape == (40, 3, 2)
+    h = model.encode(graph, boundary, logdet=False)[0]
     radius = model.latent.confidence_radius(0.9)
-    distance = (h - model.latent.means[y].unsqueeze(1)).norm(dim=-1)
+    distance = (h - model.latent.means[y]).norm(dim=-1)
+    assert distance.shape == (40, 3)
     assert torch.allclose(distance, torch.full_like(distance, radius), atol=1e-5)
-    inside = model.in_uncertainty_set(graph, model.sample(graph, y, 2000), y.unsqueeze(1).expand(-1, 2000), 0.9)
+    inside = model.in_uncertainty_set(graph, model.sample(graph, y, 2000), y.expand(2000, -1), 0.9)
+    assert inside.shape == (2000, 3) and inside.dtype == torch.bool
     assert abs(inside.double().mean().item() - 0.9) < 0.03
 
 
@@ -102,7 +114,7 @@ def test_mlp_baseline_mixes_all_nodes():
     """The graph-free flow sees all V*d features at once: node 0's latent depends on node 2."""
     model = small_model("mlp")
     graph = path_graph()
-    jacobian = torch.autograd.functional.jacobian(flow_map(model, graph), torch.randn(6))
+    jacobian = brute_force_jacobian(flow_map(model, graph), torch.randn(1, 3, 2), samples_first=True)[0]
     assert jacobian[0:2, 4:6].abs().max() > 1e-4
 
 
@@ -111,10 +123,14 @@ def test_save_load_restores_an_identical_model(tmp_path):
     path = tmp_path / "model.pt"
     model.save(path)
     restored = IGNN.load(path)
-    x = torch.randn(3, 5, 2)
-    y = torch.randint(0, 2, (3, 5))
+    # Every tensor in the dtype it was saved in (LipSwish keeps its slope in float32 in a float64 model).
+    assert {name: value.dtype for name, value in restored.state_dict().items() if isinstance(value, torch.Tensor)} \
+        == {name: value.dtype for name, value in model.state_dict().items() if isinstance(value, torch.Tensor)}
+    x = torch.randn(5, 3, 2)
+    y = torch.randint(0, 2, (5, 3))
     assert torch.equal(model.log_prob(path_graph(), x, y), restored.log_prob(restored.graph, x, y))
     assert restored.config == model.config
+    assert model.checkpoint()["structure"] == {}  # an IGNN's constructor rebuilds all of it
 
 
 def test_failed_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
@@ -137,7 +153,7 @@ def test_checkpoint_from_another_configuration_is_refused(tmp_path):
     path = tmp_path / "model.pt"
     small_model("l3").save(path)
     other = small_model("cheb")
-    with pytest.raises(ValueError, match="another configuration.*conv"):
+    with pytest.raises(ValueError, match="another model or configuration.*conv"):
         other.load_weights(path)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="could not be read"):
@@ -147,22 +163,26 @@ def test_checkpoint_from_another_configuration_is_refused(tmp_path):
 def test_bad_input_gets_clear_errors():
     model = small_model("l3")
     graph = path_graph()
-    x = torch.randn(3, 4, 2)
-    y = torch.zeros(3, 4, dtype=torch.long)
+    x = torch.randn(4, 3, 2)
+    y = torch.zeros(4, 3, dtype=torch.long)
     with pytest.raises(ValueError, match=r"\[0, 2\)"):
-        model.log_prob(graph, x, torch.full((3, 4), 2))
-    with pytest.raises(ValueError, match=r"labels must have shape \(V, B\) = \(3, 4\)"):
-        model.log_prob(graph, x, y[:, :3])
-    with pytest.raises(ValueError, match=r"\(V, B, d\) = \(3, B, 2\)"):
+        model.log_prob(graph, x, torch.full((4, 3), 2))
+    with pytest.raises(ValueError, match=r"labels must have shape \(N, V\) = \(4, 3\)"):
+        model.log_prob(graph, x, y[:3])
+    with pytest.raises(ValueError, match=r"\(N, V, d\) = \(N, 3, 2\), got \(4, 4, 2\)"):
         model.log_prob(graph, torch.randn(4, 4, 2), y)
-    with pytest.raises(ValueError, match=r"\(V, B, d\) = \(3, B, 2\)"):
-        model.log_prob(graph, torch.randn(3, 4, 5), y)
+    with pytest.raises(ValueError, match=r"\(N, V, d\) = \(N, 3, 2\), got \(4, 3, 5\)"):
+        model.log_prob(graph, torch.randn(4, 3, 5), y)
+    with pytest.raises(ValueError, match=r"\(N, V, d\) = \(N, 3, 2\), got \(3, 4, 2\)"):
+        model.encode(graph, torch.randn(3, 4, 2))  # the transforms' node-first layout
+    with pytest.raises(ValueError, match=r"h must have shape \(N, V, d\)"):
+        model.generate(graph, torch.randn(3, 4, 2))
     with pytest.raises(ValueError, match="NaN or infinite"):
-        model.log_prob(graph, torch.full((3, 4, 2), float("nan")), y)
+        model.log_prob(graph, torch.full((4, 3, 2), float("nan")), y)
     with pytest.raises(ValueError, match="empty batch"):
-        model.log_prob(graph, torch.randn(3, 0, 2), torch.zeros(3, 0, dtype=torch.long))
+        model.log_prob(graph, torch.randn(0, 3, 2), torch.zeros(0, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="graph of 3 nodes"):
-        model.predict_proba(dgl.graph(([0], [1])), torch.randn(2, 4, 2))
+        model.predict_proba(dgl.graph(([0], [1])), torch.randn(4, 2, 2))
     with pytest.raises(ValueError, match=r"one label vector of shape \(3,\)"):
         model.sample(graph, torch.zeros(3, 2, dtype=torch.long), 5)
     with pytest.raises(ValueError, match="conv must be one of"):

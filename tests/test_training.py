@@ -1,19 +1,17 @@
 """The training loop: determinism, resuming, the inversion check, bad input."""
 from __future__ import annotations
 
+import contextlib
+import copy
+import random
+
+import numpy as np
 import pytest
 import torch
 
 from dgl_iflow import IGNN, TrainConfig, fit
 from dgl_iflow.training import inversion_error, repair_invertibility
-from graphs import path_graph
-
-
-def toy_data(n: int = 120, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n, 3), generator=generator)
-    x = torch.stack([torch.zeros_like(y, dtype=torch.float32), 2.0 * y - 1.0], -1)
-    return x + 0.3 * torch.randn(x.shape, generator=generator), y
+from graphs import line_graph, path_graph, toy_data
 
 
 def make_model() -> IGNN:
@@ -35,10 +33,11 @@ def quick_config(**overrides) -> TrainConfig:
 def test_training_lowers_the_loss_and_predicts():
     x, y = toy_data()
     model = make_model()
-    history = fit(model, x, y, quick_config(epochs=15))
+    history = fit(model, path_graph(), x, y, quick_config(epochs=15))
     assert history.epochs[-1]["loss"] < history.epochs[0]["loss"] - 0.3
-    proba = model.predict_proba(model.graph, x.transpose(0, 1))
-    accuracy = (proba.argmax(-1) == y.transpose(0, 1)).float().mean()
+    proba = model.predict_proba(path_graph(), x)
+    assert proba.shape == (120, 3, 2)
+    accuracy = (proba.argmax(-1) == y).float().mean()
     assert accuracy > 0.9
     assert history.last()["inversion_error"] < 1e-4
 
@@ -46,9 +45,75 @@ def test_training_lowers_the_loss_and_predicts():
 def test_same_seed_same_model():
     x, y = toy_data()
     first, second = make_model(), make_model()
-    fit(first, x, y, quick_config())
-    fit(second, x, y, quick_config())
+    fit(first, path_graph(), x, y, quick_config())
+    fit(second, path_graph(), x, y, quick_config())
     assert torch.equal(parameters(first), parameters(second))
+
+
+def test_the_seed_alone_decides_the_run():
+    """Whatever the caller's random state, one seed gives identical parameters, another seed others."""
+    x, y = toy_data()
+    initial = make_model()
+    models = [copy.deepcopy(initial) for _ in range(3)]
+    for model, caller_seed, seed in zip(models, (1, 2, 1), (3, 3, 4)):
+        torch.manual_seed(caller_seed), np.random.seed(caller_seed), random.seed(caller_seed)
+        fit(model, path_graph(), x, y, quick_config(seed=seed))
+    assert torch.equal(parameters(models[0]), parameters(models[1]))
+    assert not torch.equal(parameters(models[0]), parameters(models[2]))
+    assert not torch.equal(parameters(models[0]), parameters(initial))
+
+
+def random_states() -> tuple:
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+def assert_same_random_states(before: tuple, after: tuple) -> None:
+    assert before[0] == after[0]
+    assert before[1][0] == after[1][0] and np.array_equal(before[1][1], after[1][1])
+    assert before[1][2:] == after[1][2:]
+    assert torch.equal(before[2], after[2])
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])
+def test_fit_leaves_the_callers_random_states_alone(fails):
+    x, y = toy_data()
+    random.seed(11), np.random.seed(12), torch.manual_seed(13)
+    np.random.standard_normal()  # NumPy caches a Gaussian: part of its state too
+    before = random_states()
+    inside = []
+
+    def record(epoch: int, _record: dict) -> None:
+        inside.append(random_states())
+        if fails:
+            raise Interrupted
+
+    with pytest.raises(Interrupted) if fails else contextlib.nullcontext():
+        fit(make_model_without_seeding(), path_graph(), x, y, quick_config(epochs=2), callback=record)
+    assert_same_random_states(before, random_states())
+    # Negative control: inside the run the streams were the config's seed, not the caller's.
+    random.seed(3), np.random.seed(3)
+    assert inside[0][0] == random.getstate() != before[0]
+    assert np.array_equal(inside[0][1][1], np.random.get_state()[1])
+    assert not torch.equal(inside[0][2], before[2])
+
+
+def test_seed_everything_seeds_python_numpy_and_torch():
+    from dgl_iflow.training.common import seed_everything
+
+    draws = []
+    for _ in range(2):
+        seed_everything(7)
+        draws.append((random.random(), np.random.standard_normal(2), torch.randn(2)))
+    assert draws[0][0] == draws[1][0] and np.array_equal(draws[0][1], draws[1][1])
+    assert torch.equal(draws[0][2], draws[1][2])
+    seed_everything(8)
+    assert random.random() != draws[0][0]
+
+
+def make_model_without_seeding() -> IGNN:
+    """A model whose initial weights come from a private generator, leaving the global streams as they are."""
+    with torch.random.fork_rng(devices=[]):
+        return make_model()
 
 
 class Interrupted(Exception):
@@ -58,7 +123,7 @@ class Interrupted(Exception):
 def test_resume_continues_exactly(tmp_path):
     x, y = toy_data()
     uninterrupted = make_model()
-    fit(uninterrupted, x, y, quick_config())
+    fit(uninterrupted, path_graph(), x, y, quick_config())
     checkpoint = tmp_path / "run.pt"
 
     def stop_after_two(epoch: int, record: dict) -> None:
@@ -66,9 +131,9 @@ def test_resume_continues_exactly(tmp_path):
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        fit(make_model(), x, y, quick_config(checkpoint_path=str(checkpoint)), callback=stop_after_two)
+        fit(make_model(), path_graph(), x, y, quick_config(checkpoint_path=str(checkpoint)), callback=stop_after_two)
     resumed = make_model()
-    history = fit(resumed, x, y, quick_config(checkpoint_path=str(checkpoint)), resume_from=checkpoint)
+    history = fit(resumed, path_graph(), x, y, quick_config(checkpoint_path=str(checkpoint)), resume_from=checkpoint)
     assert [record["epoch"] for record in history.epochs] == [1, 2, 3, 4]
     assert torch.allclose(parameters(resumed), parameters(uninterrupted), atol=1e-6)
 
@@ -87,12 +152,12 @@ def test_failed_inversion_check_shrinks_the_failing_blocks_during_training():
     x, y = toy_data()
     model = make_model()
     blow_up(model, [0, 1])
-    assert inversion_error(model, model.graph, x[:20]) > 1e-4
+    assert inversion_error(model, path_graph(), x[:20]) > 1e-4
     before = last_layer_norms(model)
-    history = fit(model, x, y, quick_config(epochs=1, lr=1e-6))
+    history = fit(model, path_graph(), x, y, quick_config(epochs=1, lr=1e-6))
     assert history.last()["shrinks"] >= 1
     assert any(after < 0.95 * previous for after, previous in zip(last_layer_norms(model), before))
-    assert inversion_error(model, model.graph, x) < 1e-4
+    assert inversion_error(model, path_graph(), x) < 1e-4
 
 
 def test_repair_shrinks_only_the_blocks_that_fail():
@@ -100,36 +165,44 @@ def test_repair_shrinks_only_the_blocks_that_fail():
     model = IGNN(path_graph(), 2, 2, conv="l3", num_blocks=3, hidden_feats=(16, 16), sigma=0.3)
     blow_up(model, [1])
     before = last_layer_norms(model)
-    shrinks = repair_invertibility(model, model.graph, lambda: model.latent.sample(y.transpose(0, 1)), factor=0.8)
+    shrinks = repair_invertibility(model, path_graph(), lambda: model.latent.sample(y), factor=0.8)
     after = last_layer_norms(model)
     assert shrinks >= 1
     assert after[0] == before[0] and after[2] == before[2]
     assert abs(after[1] / before[1] - 0.8 ** shrinks) < 1e-4
-    samples = model.sample(model.graph, torch.tensor([0, 1, 0]), 500)
+    samples = model.sample(path_graph(), torch.tensor([0, 1, 0]), 500)
+    assert samples.shape == (500, 3, 2)
     assert torch.isfinite(samples).all()
 
 
 def test_bad_training_input():
     x, y = toy_data()
     model = make_model()
-    with pytest.raises(ValueError, match=r"\(N, V, d\) = \(N, 3, 2\)"):
-        fit(model, x.transpose(0, 1), y, quick_config())
+    graph = path_graph()
+    with pytest.raises(ValueError, match=r"\(N, V, d\) = \(N, 3, 2\), got \(3, 120, 2\)"):
+        fit(model, graph, torch.randn(3, 120, 2), y, quick_config())  # node-first features
+    with pytest.raises(ValueError, match=r"labels must have shape \(N, V\) = \(120, 3\), got \(3, 120\)"):
+        fit(model, graph, x, torch.zeros(3, 120, dtype=torch.long), quick_config())  # node-first labels
     with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\); found \[5\]"):
-        fit(model, x, torch.full_like(y, 5), quick_config())
-    with pytest.raises(ValueError, match="no samples"):
-        fit(model, x[:0], y[:0], quick_config())
+        fit(model, graph, x, torch.full_like(y, 5), quick_config())
+    with pytest.raises(ValueError, match="training features is an empty batch"):
+        fit(model, graph, x[:0], y[:0], quick_config())
     bad = x.clone()
     bad[0, 0, 0] = float("inf")
     with pytest.raises(ValueError, match="NaN or infinite"):
-        fit(model, bad, y, quick_config())
+        fit(model, graph, bad, y, quick_config())
     with pytest.raises(ValueError, match="lr_schedule"):
-        fit(model, x, y, quick_config(lr_schedule="linear"))
+        fit(model, graph, x, y, quick_config(lr_schedule="linear"))
+    with pytest.raises(ValueError, match="graph of 3 nodes"):
+        fit(model, line_graph(4), x, y, quick_config())
+    with pytest.raises(ValueError, match=r"validation features must have shape"):
+        fit(model, graph, x, y, quick_config(), x_val=x[:, :2], y_val=y[:, :2])
 
 
 def test_frozen_gc_is_undone_on_exit_and_on_error():
     import gc
 
-    from dgl_iflow.training.fit import frozen_gc
+    from dgl_iflow.training.common import frozen_gc
 
     assert gc.get_freeze_count() == 0
     with frozen_gc():

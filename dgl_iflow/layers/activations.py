@@ -78,7 +78,7 @@ class LipSwish(Activation):
         # Inverse softplus, beta + log(1 - exp(-beta)), in float64: log(expm1(beta)) overflows
         # float32 for beta > 88.
         beta64 = torch.tensor(float(beta), dtype=torch.float64)
-        self.raw_beta = nn.Parameter((beta64 + torch.log(-torch.expm1(-beta64))).float())
+        self.raw_beta = nn.Parameter((beta64 + torch.log(-torch.expm1(-beta64))).to(torch.get_default_dtype()))
 
     @property
     def beta(self) -> Tensor:

@@ -131,7 +131,7 @@ class ChebConv(BasisConv):
             if min(np.atleast_1d(lambda_max), default=0.0) <= 0:
                 raise ValueError(f"lambda_max must be positive, got {lambda_max}")
         self._lambda_max = lambda_max
-        self._activation = activation
+        self.activation = activation
         self._laplacian_memo = GraphMemo()
         self.reset_parameters()
 
@@ -188,7 +188,7 @@ class ChebConv(BasisConv):
 
     def forward(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         out = super().forward(graph, feat, edge_weight)
-        return out if self._activation is None else self._activation(out)
+        return out if self.activation is None else self.activation(out)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, k={self._num_bases}, lambda_max={self._lambda_max}"

@@ -256,10 +256,10 @@ class FlowModel(nn.Module):
         """Rebuild what :meth:`checkpoint_structure` describes, before the weights are loaded."""
 
     def checkpoint(self) -> dict[str, Any]:
-        """Everything :meth:`from_checkpoint` needs: format, configuration, graph, structure and weights."""
+        """Everything :meth:`from_checkpoint` needs: format, configuration, dtype, graph, structure and weights."""
         src, dst = self.graph.edges()
         return dict(
-            format=self.checkpoint_format, config=self.config,
+            format=self.checkpoint_format, config=self.config, dtype=str(self.dtype).removeprefix("torch."),
             graph=dict(num_nodes=self.num_nodes, src=src.cpu(), dst=dst.cpu()),
             structure=self.checkpoint_structure(), state_dict=self.state_dict(),
         )
@@ -279,10 +279,8 @@ class FlowModel(nn.Module):
             graph = dgl.graph((saved["src"], saved["dst"]), num_nodes=saved["num_nodes"])
         model = cls(graph, **checkpoint["config"])
         model.restore_structure(checkpoint.get("structure", {}))
-        floating = [value for value in checkpoint["state_dict"].values()
-                    if isinstance(value, Tensor) and value.is_floating_point()]
-        if floating:  # a float64 model loads as float64, not rounded through the default dtype
-            model.to(floating[0].dtype)
+        # A float64 model loads as float64, not rounded through the default dtype.
+        model.to(getattr(torch, checkpoint.get("dtype", "float32")))
         model.load_state_dict(checkpoint["state_dict"])
         return model
 

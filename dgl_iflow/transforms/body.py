@@ -38,7 +38,7 @@ class ConvMLP(nn.Module):
 
     def __init__(self, conv: BasisConv, hidden_feats: Sequence[int], activation: str) -> None:
         super().__init__()
-        if getattr(conv, "_activation", None) is not None:
+        if getattr(conv, "activation", None) is not None:
             raise ValueError(
                 "the network applies its own activations and differentiates the convolution "
                 "through its bases: pass a convolution without an activation"
