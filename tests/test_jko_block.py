@@ -9,14 +9,11 @@ import torch
 from scipy.linalg import expm
 from torch import nn
 
-from dgl_iflow.transforms import FieldSpec, GraphVelocityField, JKOBlock, autograd_divergence, hutchinson_divergence, make_probes
 from dgl_iflow.layers import ChebConv, L3Conv, NodewiseConv
-
-
-def _cycle(num_nodes: int = 5) -> dgl.DGLGraph:
-    src = torch.arange(num_nodes)
-    dst = (src + 1) % num_nodes
-    return dgl.graph((torch.cat([src, dst]), torch.cat([dst, src])), num_nodes=num_nodes)
+from dgl_iflow.transforms import (
+    FieldSpec, GraphVelocityField, JKOBlock, autograd_divergence, hutchinson_divergence, make_probes,
+)
+from graphs import brute_force_jacobian, cycle_graph
 
 
 def _random_field(conv, seed: int = 0, scale: float = 0.4, activation: str = "tanh") -> GraphVelocityField:
@@ -35,16 +32,6 @@ def _convs(graph: dgl.DGLGraph, feats: int) -> dict[str, nn.Module]:
         "cheb": ChebConv(feats, 6, k=3),
         "l3": L3Conv(feats, 6, graph, orders=(0, 1, 2)),
     }
-
-
-def _brute_force_trace(field, graph, x, t) -> torch.Tensor:
-    """Trace of the full (V D) x (V D) Jacobian of every sample, from torch.autograd.functional."""
-    traces = []
-    for b in range(x.shape[1]):
-        jacobian = torch.autograd.functional.jacobian(lambda z: field(graph, z.unsqueeze(1), t).squeeze(1), x[:, b])
-        size = x.shape[0] * x.shape[2]
-        traces.append(jacobian.reshape(size, size).trace())
-    return torch.stack(traces)
 
 
 class LinearField(nn.Module):
@@ -68,7 +55,7 @@ def linear_block():
     matrix = 0.8 * torch.randn(6, 6, generator=generator, dtype=torch.float64)
     field = LinearField(matrix, num_nodes, feats)
     x = torch.randn(num_nodes, 4, feats, generator=generator, dtype=torch.float64)
-    return field, x, _cycle(num_nodes)
+    return field, x, cycle_graph(num_nodes)
 
 
 def test_linear_field_flow_map_is_expm_at_fourth_order(linear_block):
@@ -91,13 +78,13 @@ def test_linear_field_flow_map_is_expm_at_fourth_order(linear_block):
 
 @pytest.mark.parametrize("conv_name", ["node", "cheb", "l3"])
 def test_exact_divergence_matches_brute_force_trace(conv_name):
-    graph = _cycle(5)
+    graph = cycle_graph(5)
     field = _random_field(_convs(graph, 3)[conv_name].double())
     x = torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     t = 0.7
     out, divergence = field.forward_with_divergence(graph, x, t, field.divergence_context(graph))
     torch.testing.assert_close(out, field(graph, x, t))
-    brute = _brute_force_trace(field, graph, x, t)
+    brute = brute_force_jacobian(lambda z: field(graph, z, t), x).diagonal(dim1=-2, dim2=-1).sum(-1)
     torch.testing.assert_close(divergence, brute, rtol=1e-10, atol=1e-10)
     _, by_autograd = autograd_divergence(lambda z: field(graph, z, t), x, create_graph=False)
     torch.testing.assert_close(by_autograd, brute, rtol=1e-10, atol=1e-10)
@@ -105,15 +92,15 @@ def test_exact_divergence_matches_brute_force_trace(conv_name):
 
 @pytest.mark.parametrize("activation", ["softplus", "lipswish", "elu"])
 def test_exact_divergence_for_every_activation(activation):
-    graph = _cycle(4)
+    graph = cycle_graph(4)
     field = _random_field(ChebConv(2, 6, k=2).double(), activation=activation)
     x = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     _, divergence = field.forward_with_divergence(graph, x, 0.2, field.divergence_context(graph))
-    torch.testing.assert_close(divergence, _brute_force_trace(field, graph, x, 0.2), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(divergence, brute_force_jacobian(lambda z: field(graph, z, 0.2), x).diagonal(dim1=-2, dim2=-1).sum(-1), rtol=1e-10, atol=1e-10)
 
 
 def test_exact_divergence_is_differentiable_like_brute_force():
-    graph = _cycle(4)
+    graph = cycle_graph(4)
     field = _random_field(L3Conv(2, 6, graph).double())
     x = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     _, divergence = field.forward_with_divergence(graph, x, 0.4, field.divergence_context(graph))
@@ -128,7 +115,7 @@ def test_exact_divergence_is_differentiable_like_brute_force():
 
 
 def test_hutchinson_estimate_is_unbiased_within_three_standard_errors():
-    graph = _cycle(5)
+    graph = cycle_graph(5)
     field = _random_field(ChebConv(3, 6, k=3).double(), scale=0.6)
     x = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     _, exact = field.forward_with_divergence(graph, x, 0.1, field.divergence_context(graph))
@@ -144,7 +131,7 @@ def test_hutchinson_estimate_is_unbiased_within_three_standard_errors():
 
 
 def test_block_hutchinson_log_det_is_unbiased_for_the_exact_one():
-    graph = _cycle(4)
+    graph = cycle_graph(4)
     block = JKOBlock(_random_field(NodewiseConv(2, 6).double()), 0.0, 0.6, steps=2, divergence="exact")
     x = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     with torch.no_grad():
@@ -158,7 +145,7 @@ def test_block_hutchinson_log_det_is_unbiased_for_the_exact_one():
 
 @pytest.mark.parametrize("conv_name", ["node", "cheb", "l3"])
 def test_round_trip_is_below_1e5_in_float64(conv_name):
-    graph = _cycle(5)
+    graph = cycle_graph(5)
     block = JKOBlock(_random_field(_convs(graph, 2)[conv_name].double()), 0.2, 1.0, steps=8)
     x = torch.randn(5, 6, 2, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
     with torch.no_grad():
@@ -170,7 +157,7 @@ def test_round_trip_is_below_1e5_in_float64(conv_name):
 
 
 def test_log_det_matches_brute_force_jacobian_of_the_block_map_at_rk4_accuracy():
-    graph = _cycle(4)
+    graph = cycle_graph(4)
     field = _random_field(L3Conv(2, 6, graph).double(), scale=0.5)
     x = torch.randn(4, 1, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     gaps = []
@@ -186,7 +173,7 @@ def test_log_det_matches_brute_force_jacobian_of_the_block_map_at_rk4_accuracy()
 
 
 def test_inverse_log_det_is_minus_the_forward_one():
-    graph = _cycle(3)
+    graph = cycle_graph(3)
     block = JKOBlock(_random_field(ChebConv(2, 6, k=2).double()), 0.0, 0.5, steps=6)
     x = torch.randn(3, 5, 2, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
     z, forward = block(graph, x)
@@ -196,7 +183,7 @@ def test_inverse_log_det_is_minus_the_forward_one():
 
 
 def test_sample_dimensions_are_kept():
-    graph = _cycle(3)
+    graph = cycle_graph(3)
     block = JKOBlock(_random_field(NodewiseConv(2, 6).double()), 0.0, 0.5)
     x = torch.randn(3, 4, 5, 2, dtype=torch.float64)
     z, logdet = block(graph, x)
@@ -207,7 +194,7 @@ def test_sample_dimensions_are_kept():
 
 
 def test_retime_keeps_the_flow_map_and_split_composes_to_it():
-    graph = _cycle(4)
+    graph = cycle_graph(4)
     block = JKOBlock(_random_field(ChebConv(2, 6, k=3).double()), 0.5, 1.3, steps=8)
     x = torch.randn(4, 5, 2, generator=torch.Generator().manual_seed(11), dtype=torch.float64)
     with torch.no_grad():
@@ -254,4 +241,4 @@ def test_invalid_arguments_raise():
         GraphVelocityField(ChebConv(2, 4, k=2, activation=torch.tanh))
     block = JKOBlock(field, 0.0, 1.0, divergence="autograd")
     with pytest.raises(ValueError, match="shape"):
-        block(_cycle(3), torch.zeros(2, 4, 2, dtype=torch.float64))
+        block(cycle_graph(3), torch.zeros(2, 4, 2, dtype=torch.float64))

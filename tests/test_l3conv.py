@@ -10,7 +10,7 @@ import torch
 
 from dgl_iflow.layers import ChebConv, L3Conv, khop_pairs
 from dgl_iflow.layers.graph_operator import DENSE_MAX_NODES_LEARNABLE
-from graphs import random_graph
+from graphs import path_graph, random_graph
 
 
 def reach_mask(graph, order: int) -> np.ndarray:
@@ -168,13 +168,8 @@ def test_invalid_orders():
             L3Conv(2, 3, g, orders=orders)
 
 
-def _path_with_self_loops():
-    # 0 - 1 - 2, both directions, plus self-loops
-    return dgl.graph(([0, 1, 1, 2, 0, 1, 2], [1, 0, 2, 1, 0, 1, 2]))
-
-
 def test_chebconv_commutes_with_reflection_l3conv_does_not():
-    g = _path_with_self_loops()
+    g = path_graph()
     perm = torch.tensor([2, 1, 0])  # the automorphism 0 <-> 2
     torch.manual_seed(0)
     x = torch.randn(3, 6, 2, dtype=torch.float64)
