@@ -11,7 +11,8 @@ from torch import nn
 
 from dgl_iflow.layers import ChebConv, L3Conv, NodewiseConv
 from dgl_iflow.transforms import (
-    FieldSpec, GraphVelocityField, JKOBlock, autograd_divergence, hutchinson_divergence, make_probes,
+    FieldSpec, GraphVelocityField, InversionError, InversionWarning, JKOBlock, autograd_divergence,
+    hutchinson_divergence, make_probes,
 )
 from graphs import brute_force_jacobian, cycle_graph
 
@@ -74,6 +75,41 @@ def test_linear_field_flow_map_is_expm_at_fourth_order(linear_block):
     rates = [errors[i] / errors[i + 1] for i in range(3)]
     assert all(12.0 < rate < 20.0 for rate in rates), (errors, rates)  # S^-4: 16 per doubling
     assert errors[-1] < 1e-5
+
+
+@pytest.mark.parametrize("rtol", [1e-5, 1e-8, 1e-11])
+def test_adaptive_solver_reaches_the_expm_flow_map_to_its_tolerance(linear_block, rtol):
+    field, x, graph = linear_block
+    t0, t1 = 0.3, 1.1
+    exact_map = torch.from_numpy(expm(field.matrix.detach().numpy() * (t1 - t0)))
+    expected = (x.permute(1, 0, 2).reshape(4, -1) @ exact_map.T).reshape(4, 3, 2).permute(1, 0, 2)
+    block = JKOBlock(field, t0, t1, divergence="autograd", solver="dopri5", rtol=rtol, atol=rtol * 1e-2)
+    with torch.no_grad():
+        out, logdet = block(graph, x)
+        back, _ = block.inverse(graph, out, tol=100 * rtol)
+    error = float(((out - expected).norm(dim=(0, -1)) / expected.norm(dim=(0, -1))).max())
+    # Dormand-Prince controls the local error per step; the global error stays within a small
+    # multiple of the tolerance, and falls with it (RK4 with 16 steps: 1e-5 absolute above).
+    assert error < 50 * rtol, error
+    np.testing.assert_allclose(logdet.numpy(), float(field.matrix.trace()) * (t1 - t0), rtol=50 * rtol)
+    torch.testing.assert_close(back, x, rtol=0, atol=200 * rtol)
+    assert block.last_inverse_error <= 100 * rtol
+
+
+def test_inverse_is_checked_against_the_forward_map(linear_block):
+    field, x, graph = linear_block
+    coarse = JKOBlock(field, 0.0, 2.0, steps=1, divergence="autograd")
+    with torch.no_grad():
+        y, _ = coarse(graph, x)
+        with pytest.raises(InversionError, match="misses the forward map"):
+            coarse.inverse(graph, y, tol=1e-4)
+        assert coarse.last_inverse_error > 1e-4
+        with pytest.warns(InversionWarning, match="misses the forward map"):
+            coarse.inverse(graph, y, tol=1e-4, on_failure="warn")
+        # The adaptive solver integrates the same ODE to its tolerance: its inverse passes.
+        JKOBlock(field, 0.0, 2.0, divergence="autograd", solver="dopri5", rtol=1e-9, atol=1e-11).inverse(
+            graph, y, tol=1e-4)
+    assert float(coarse.round_trip_error(graph, x).max()) > 1e-3
 
 
 @pytest.mark.parametrize("conv_name", ["node", "cheb", "l3"])

@@ -95,6 +95,7 @@ class IGNN(FlowModel):
     """
 
     checkpoint_format = CHECKPOINT_FORMAT
+    inverse_tol = 1e-5
 
     def __init__(
         self,

@@ -59,7 +59,14 @@ class JKOFlow(FlowModel):
     activation : str
         ``"tanh"`` (cheapest exact divergence), ``"softplus"``, ``"lipswish"`` or ``"elu"``.
     steps : int
-        RK4 sub-steps :math:`S` of every block.
+        RK4 sub-steps :math:`S` of every block: the solver of training.
+    solver : str
+        The solver of everything else (densities, prediction, generation): ``"dopri5"``
+        (adaptive, to ``rtol`` and ``atol``, as the paper evaluated) or ``"rk4"``. Generation
+        checks every block's backward integration against its forward map to a relative
+        :attr:`inverse_tol` by default (see :class:`JKOBlock`).
+    rtol, atol : float
+        Tolerances of ``"dopri5"``.
     divergence : str
         ``"exact"``, ``"autograd"``, ``"hutchinson"`` or ``"auto"`` (exact when the flow
         feature size is at most 64, Hutchinson otherwise); see :class:`JKOBlock`.
@@ -70,6 +77,7 @@ class JKOFlow(FlowModel):
     """
 
     checkpoint_format = CHECKPOINT_FORMAT
+    inverse_tol = 1e-4
 
     def __init__(
         self,
@@ -86,6 +94,9 @@ class JKOFlow(FlowModel):
         steps: int = 3,
         divergence: str = "auto",
         n_probes: int = 1,
+        solver: str = "dopri5",
+        rtol: float = 1e-8,
+        atol: float = 1e-10,
         sigma: float = 1.0,
         means: Tensor | Sequence[Sequence[float]] | None = None,
     ) -> None:
@@ -97,13 +108,14 @@ class JKOFlow(FlowModel):
         self.config = dict(
             feats=feats, num_classes=num_classes, conv=conv, hidden_feats=list(hidden_feats),
             orders=list(orders), cheb_k=cheb_k, node_bias=node_bias, activation=activation, steps=steps,
-            divergence=divergence, n_probes=n_probes, sigma=sigma,
+            divergence=divergence, n_probes=n_probes, solver=solver, rtol=rtol, atol=atol, sigma=sigma,
             means=None if means is None else torch.as_tensor(means).tolist(),
         )
         flow_feats = self.flow_feats
         if divergence == "auto":
             divergence = "exact" if flow_feats <= EXACT_DIVERGENCE_MAX_FEATS else "hutchinson"
         self.divergence = divergence
+        self.solver = solver
         self.field_spec = FieldSpec(
             feats=flow_feats, conv="node" if conv == "mlp" else conv, conv_feats=hidden_feats[0],
             hidden_feats=tuple(hidden_feats[1:]),
@@ -138,9 +150,17 @@ class JKOFlow(FlowModel):
 
         The field's output is scaled by :math:`1 / (t_1 - t_0)`, see ``GraphVelocityField``.
         """
-        block = JKOBlock(self.field_spec.build(output_scale=1.0 / (t1 - t0)), t0, t1, steps=self.config["steps"],
-                         divergence=self.divergence, n_probes=self.config["n_probes"])
+        config = self.config
+        block = JKOBlock(self.field_spec.build(output_scale=1.0 / (t1 - t0)), t0, t1, steps=config["steps"],
+                         divergence=self.divergence, n_probes=config["n_probes"], solver=self.solver,
+                         rtol=config["rtol"], atol=config["atol"])
         return block.to(self.device, self.dtype)
+
+    def set_solver(self, solver: str) -> None:
+        """Switch every block, and blocks added later, to ``"rk4"`` or ``"dopri5"`` (see :class:`JKOBlock`)."""
+        for block in self.blocks:
+            block.set_solver(solver)
+        self.solver = solver
 
     def set_divergence(self, mode: str) -> None:
         """Switch every block, and blocks added later, to ``"exact"``, ``"autograd"`` or ``"hutchinson"``."""

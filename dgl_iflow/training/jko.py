@@ -277,6 +277,7 @@ class JKOTrainer:
         self.graph, self.data = model.to_flow(graph, x_train.to(self.config.device, model.dtype))
         self.labels = None if y_train is None else y_train.to(self.config.device)
         self.order = torch.Generator().manual_seed(self.config.seed)
+        self._solver = model.solver
         self._permutation = torch.empty(0, dtype=torch.long)
 
     # -- one block --------------------------------------------------------
@@ -373,6 +374,16 @@ class JKOTrainer:
         return tqdm(total=total, initial=done, desc=f"JKO {stage}", unit="batch", disable=not self.config.progress,
                     leave=False)
 
+    @contextlib.contextmanager
+    def _training_solver(self):
+        """Training, and pushing data to train on, integrate by fixed-step RK4; the model's own
+        solver (adaptive by default) is back afterwards, for evaluation and generation."""
+        self.model.set_solver("rk4")
+        try:
+            yield
+        finally:
+            self.model.set_solver(self._solver)
+
     def _cache_after(self, num_blocks: int) -> Tensor:
         """The training data pushed through the first ``num_blocks`` blocks (a resumed run's cache).
 
@@ -392,11 +403,16 @@ class JKOTrainer:
         ``start`` is the number of blocks already grown (a resumed run); a fresh pass needs a
         model without blocks.
         """
-        config = self.config
         model = self.model
         if len(model.blocks) != start:
             raise ValueError(f"grow() continues after {start} blocks, this model has {len(model.blocks)}; "
                              "use retrain() to train the blocks of a trained model again")
+        with self._training_solver():
+            self._grow(start)
+
+    def _grow(self, start: int) -> None:
+        config = self.config
+        model = self.model
         cache = self._cache_after(start)
         t = model.time_grid[-1] if model.blocks else 0.0
         with self._bar("grow", config.max_blocks * config.iterations, start * config.iterations) as bar:
@@ -421,11 +437,12 @@ class JKOTrainer:
         """Retrain every block in order from block ``start``, each warm-started from itself, on freshly pushed data."""
         iterations = self.config.retrain_iterations or self.config.iterations
         num_blocks = len(self.model.blocks)
-        cache = self._cache_after(start)
-        with self._bar(stage, num_blocks * iterations, start * iterations) as bar:
-            for k in range(start, num_blocks):
-                cache = self._fit_block(stage, k, self.model.blocks[k], cache, iterations, bar)
-                self._save(stage, k + 1, k + 1 == num_blocks)
+        with self._training_solver():
+            cache = self._cache_after(start)
+            with self._bar(stage, num_blocks * iterations, start * iterations) as bar:
+                for k in range(start, num_blocks):
+                    cache = self._fit_block(stage, k, self.model.blocks[k], cache, iterations, bar)
+                    self._save(stage, k + 1, k + 1 == num_blocks)
 
     def _run_stage(self, stage: str, start: int) -> None:
         if stage == "grow":
@@ -446,6 +463,7 @@ class JKOTrainer:
         stages = self.stages()
         position = (stages[stages.index(stage) + 1], 0) if stage_finished and stage != stages[-1] else \
             ((stage, blocks_done) if not stage_finished else ("done", 0))
+        self.model.set_solver(self._solver)  # the checkpoint holds the model as the user built it
         self.model.save(
             self.config.checkpoint_path, trainer=dict(
                 position=list(position), history=[dataclasses.asdict(record) for record in self.history.records],
@@ -453,6 +471,7 @@ class JKOTrainer:
                 config=dataclasses.asdict(self.config),
             ),
         )
+        self.model.set_solver("rk4")
 
     def _resume(self, path: str | os.PathLike) -> tuple[str, int]:
         """Load the model and trainer state saved at ``path``; returns the stage and block to continue at."""
