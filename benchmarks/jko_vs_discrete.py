@@ -25,11 +25,10 @@ from dataclasses import dataclass, field
 import torch
 
 from dgl_iflow.data import DataFileError, GraphDataset, load_dataset
-from dgl_iflow.models import JKOFlow
-from dgl_iflow.training import JKOConfig, JKOTrainer, reparametrize
 from dgl_iflow.metrics import paper_protocol
-from dgl_iflow.models import IGNN
-from dgl_iflow.training import TrainConfig, fit
+from dgl_iflow.models import IGNN, JKOFlow
+from dgl_iflow.plots import jko_movements
+from dgl_iflow.training import JKOConfig, JKOTrainer, TrainConfig, fit, reparametrize
 
 TOYS = ("checkerboard", "eight_gaussians", "three_moons")
 
@@ -103,6 +102,12 @@ def run_jko(name: str, data: GraphDataset, options: argparse.Namespace, budget: 
             extra=dict(train_nll=history.train_nll(), step_sizes=model.step_sizes,
                        movements=history.movements(), round_trip=max(r.round_trip for r in history.stage())),
         ))
+    x_test, y_test = data.split("test")
+    with torch.no_grad():
+        generated = model.generate(data.graph, model.latent.sample(y_test[:1000].to(model.device)))
+    figure = jko_movements(history, f"{options.figures}/{name}_movements.png", generated=generated,
+                           real=x_test[:1000], title=f"JKO-iFlow on {name}")
+    print(f"wrote {figure}")
     return rows
 
 
@@ -177,6 +182,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--json", default=None, help="also write every row, with curves, here")
+    parser.add_argument("--figures", default="runs/jko_vs_discrete",
+                        help="folder of the per-block movement figures (PNG)")
     options = parser.parse_args()
     torch.set_num_threads(options.threads)
 

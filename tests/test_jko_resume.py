@@ -30,13 +30,14 @@ def comparable(history):
             for record in history.records]
 
 
-@pytest.mark.parametrize("divergence", ["exact", "hutchinson"])
+@pytest.mark.parametrize("divergence, validation", [("exact", False), ("hutchinson", False), ("exact", True)])
 @pytest.mark.parametrize("kill_after", [2, 4, 7])
-def test_resumed_run_is_identical(tmp_path, kill_after, divergence):
+def test_resumed_run_is_identical(tmp_path, kill_after, divergence, validation):
     graph, x, y = problem()
+    held_out = dict(x_val=x[:16], y_val=y[:16]) if validation else {}
     torch.manual_seed(1)
     whole = JKOFlow(graph, 2, 2, conv="l3", hidden_feats=(8, 8), divergence=divergence)
-    expected = fit_jko(whole, graph, x, y, config(tmp_path / "whole.pt"))
+    expected = fit_jko(whole, graph, x, y, config(tmp_path / "whole.pt"), **held_out)
 
     finished = []
 
@@ -48,13 +49,14 @@ def test_resumed_run_is_identical(tmp_path, kill_after, divergence):
     torch.manual_seed(1)
     killed = JKOFlow(graph, 2, 2, conv="l3", hidden_feats=(8, 8), divergence=divergence)
     with pytest.raises(Killed):
-        fit_jko(killed, graph, x, y, config(tmp_path / "run.pt"), callback=kill)
+        fit_jko(killed, graph, x, y, config(tmp_path / "run.pt"), callback=kill, **held_out)
     # The kill came inside the callback, before that block's checkpoint: resume from the one before.
     torch.manual_seed(123)  # a different caller state must not matter
     resumed = JKOFlow(graph, 2, 2, conv="l3", hidden_feats=(8, 8), divergence=divergence)
-    history = fit_jko(resumed, graph, x, y, config(tmp_path / "run.pt"), resume_from=tmp_path / "run.pt")
+    history = fit_jko(resumed, graph, x, y, config(tmp_path / "run.pt"), resume_from=tmp_path / "run.pt", **held_out)
 
     assert comparable(history) == comparable(expected)
+    assert [repr(d) for d in history.decisions] == [repr(d) for d in expected.decisions]  # nan != nan
     assert resumed.time_grid == whole.time_grid
     for (name, got), want in zip(resumed.state_dict().items(), whole.state_dict().values()):
         if isinstance(got, torch.Tensor):

@@ -58,12 +58,13 @@ class JKOConfig:
         Start block :math:`k` as a copy of block :math:`k - 1`'s flow map; else as the identity.
     reparametrize_rounds : int
         Rounds of re-spacing the grid by block movement (:func:`reparametrize`) and retraining,
-        after the first pass.
+        after the first pass; with validation data a round is kept only if it lowers the
+        validation NLL.
     eta : float
         Damping of the re-spacing.
     refine_rounds : int
         Rounds of splitting every block in two (:func:`refine`) and retraining, after the
-        re-spacing rounds.
+        re-spacing rounds; kept like them.
     check_samples : int
         Training samples on which each block's forward/backward round trip is checked.
     push_batch_size : int
@@ -161,18 +162,38 @@ class BlockRecord:
 
 
 @dataclass
+class StageDecision:
+    """Whether a re-spacing or refinement stage was kept, by validation NLL per sample.
+
+    Without validation data every stage is kept and both NLLs are ``nan``.
+    """
+
+    stage: str
+    nll_before: float
+    nll_after: float
+    kept: bool
+
+
+@dataclass
 class JKOHistory:
     """Every :class:`BlockRecord` of a training run, in order."""
 
     records: list[BlockRecord] = field(default_factory=list)
+    #: One :class:`StageDecision` per re-spacing or refinement stage, in order.
+    decisions: list[StageDecision] = field(default_factory=list)
 
     def stages(self) -> list[str]:
         """Stage names in the order they ran."""
         return list(dict.fromkeys(record.stage for record in self.records))
 
+    def kept_stages(self) -> list[str]:
+        """The stages whose result the model keeps: ``"grow"`` and every stage not rolled back."""
+        rejected = {decision.stage for decision in self.decisions if not decision.kept}
+        return [name for name in self.stages() if name not in rejected]
+
     def stage(self, name: str | None = None) -> list[BlockRecord]:
-        """Records of one stage; the last stage by default."""
-        name = self.stages()[-1] if name is None else name
+        """Records of one stage; by default the last kept one, which describes the model."""
+        name = self.kept_stages()[-1] if name is None else name
         return [record for record in self.records if record.stage == name]
 
     def movements(self, name: str | None = None) -> list[float]:
@@ -253,6 +274,10 @@ class JKOTrainer:
     config : JKOConfig, optional
     callback : callable, optional
         Called with every :class:`BlockRecord` as it is made.
+    x_val, y_val : Tensor, optional
+        Held-out ``(M, V, d)`` features and ``(M, V)`` labels. With them every re-spacing and
+        refinement stage is kept only if it lowers the validation NLL (by the model's own
+        solver), and rolled back otherwise (:class:`StageDecision`).
     """
 
     def __init__(
@@ -263,6 +288,8 @@ class JKOTrainer:
         y_train: Tensor | None = None,
         config: JKOConfig | None = None,
         callback: Callable[[BlockRecord], None] | None = None,
+        x_val: Tensor | None = None,
+        y_val: Tensor | None = None,
     ) -> None:
         self.config = config or JKOConfig()
         check_lr_schedule(self.config.lr_schedule)
@@ -276,6 +303,15 @@ class JKOTrainer:
         self.history = JKOHistory()
         self.graph, self.data = model.to_flow(graph, x_train.to(self.config.device, model.dtype))
         self.labels = None if y_train is None else y_train.to(self.config.device)
+        self.model_graph = graph
+        self.validation = None
+        if x_val is not None:
+            model.check_features(graph, x_val, "x_val")
+            model.check_labels(x_val, y_val)
+            self.validation = (x_val.to(self.config.device, model.dtype),
+                               None if y_val is None else y_val.to(self.config.device))
+        #: The model before the running re-spacing or refinement stage, and its validation NLL.
+        self._before_stage: dict | None = None
         self.order = torch.Generator().manual_seed(self.config.seed)
         self._solver = model.solver
         self._permutation = torch.empty(0, dtype=torch.long)
@@ -442,18 +478,47 @@ class JKOTrainer:
             with self._bar(stage, num_blocks * iterations, start * iterations) as bar:
                 for k in range(start, num_blocks):
                     cache = self._fit_block(stage, k, self.model.blocks[k], cache, iterations, bar)
-                    self._save(stage, k + 1, k + 1 == num_blocks)
+                    # The stage ends with its decision (fit), which saves again.
+                    self._save(stage, k + 1, False)
+
+    @torch.no_grad()
+    def validation_nll(self) -> float:
+        """NLL per validation sample by the model's own solver; ``nan`` without validation data."""
+        if self.validation is None:
+            return math.nan
+        x_val, y_val = self.validation
+        total = 0.0
+        for start in range(0, len(x_val), self.config.push_batch_size):
+            part = slice(start, start + self.config.push_batch_size)
+            labels = None if y_val is None else y_val[part]
+            total -= float(self.model.log_prob(self.model_graph, x_val[part], labels).sum())
+        return total / len(x_val)
 
     def _run_stage(self, stage: str, start: int) -> None:
         if stage == "grow":
             self.grow(start)
             return
         if start == 0:
+            self._before_stage = dict(structure=self.model.checkpoint_structure(),
+                                      state_dict=copy.deepcopy(self.model.state_dict()), nll=self.validation_nll())
             if stage.startswith("reparametrize"):
                 reparametrize(self.model, self.history.movements(), self.config.eta)
             else:
                 refine(self.model)
         self.retrain(stage, start)
+        self._decide(stage)
+
+    def _decide(self, stage: str) -> None:
+        """Keep the stage's model if it lowered the validation NLL, else restore the one before."""
+        before = self._before_stage
+        after = self.validation_nll()
+        kept = self.validation is None or after < before["nll"]
+        if not kept:
+            self.model.restore_structure(before["structure"])
+            self.model.load_state_dict(before["state_dict"])
+        self.history.decisions.append(StageDecision(stage, before["nll"], after, kept))
+        self._before_stage = None
+        self._save(stage, len(self.model.blocks), True)
 
     # -- checkpoints --------------------------------------------------------
 
@@ -463,15 +528,17 @@ class JKOTrainer:
         stages = self.stages()
         position = (stages[stages.index(stage) + 1], 0) if stage_finished and stage != stages[-1] else \
             ((stage, blocks_done) if not stage_finished else ("done", 0))
+        solver = self.model.solver
         self.model.set_solver(self._solver)  # the checkpoint holds the model as the user built it
         self.model.save(
             self.config.checkpoint_path, trainer=dict(
                 position=list(position), history=[dataclasses.asdict(record) for record in self.history.records],
-                rng=rng_state(), order=self.order.get_state(), permutation=self._permutation,
-                config=dataclasses.asdict(self.config),
+                decisions=[dataclasses.asdict(decision) for decision in self.history.decisions],
+                before_stage=self._before_stage, rng=rng_state(), order=self.order.get_state(),
+                permutation=self._permutation, config=dataclasses.asdict(self.config),
             ),
         )
-        self.model.set_solver("rk4")
+        self.model.set_solver(solver)
 
     def _resume(self, path: str | os.PathLike) -> tuple[str, int]:
         """Load the model and trainer state saved at ``path``; returns the stage and block to continue at."""
@@ -480,7 +547,9 @@ class JKOTrainer:
         unchecked = dict(checkpoint_path=None, progress=None)
         if {**state["config"], **unchecked} != {**dataclasses.asdict(self.config), **unchecked}:
             raise ValueError(f"checkpoint {path} was written with another JKOConfig: {state['config']}")
-        self.history = JKOHistory([BlockRecord(**record) for record in state["history"]])
+        self.history = JKOHistory([BlockRecord(**record) for record in state["history"]],
+                                  [StageDecision(**decision) for decision in state["decisions"]])
+        self._before_stage = state["before_stage"]
         # Last, since rebuilding the blocks drew fresh weights from the streams.
         set_rng_state(state["rng"])
         self.order.set_state(state["order"])
@@ -511,6 +580,9 @@ def fit_jko(
     config: JKOConfig | None = None,
     callback: Callable[[BlockRecord], None] | None = None,
     resume_from: str | os.PathLike | None = None,
+    *,
+    x_val: Tensor | None = None,
+    y_val: Tensor | None = None,
 ) -> JKOHistory:
     """Train ``model`` block by block; see :class:`JKOTrainer` and :class:`JKOConfig`.
 
@@ -530,10 +602,12 @@ def fit_jko(
     resume_from : path, optional
         A checkpoint written after a finished block (:attr:`JKOConfig.checkpoint_path`);
         the run continues there with identical results.
+    x_val, y_val : Tensor, optional
+        Held-out data that decide whether each re-spacing or refinement stage is kept.
 
     Returns
     -------
     JKOHistory
     """
     with frozen_gc():
-        return JKOTrainer(model, graph, x_train, y_train, config, callback).fit(resume_from)
+        return JKOTrainer(model, graph, x_train, y_train, config, callback, x_val, y_val).fit(resume_from)
