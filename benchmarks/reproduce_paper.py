@@ -229,7 +229,7 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
     row["s_per_epoch"] = row["train_s"] / args.epochs
     last = history.last()
     row["final"] = {k: last[k] for k in ("loss", "nll", "ce", "transport", "inversion_error") if k in last}
-    row["rescalings"] = int(sum(e.get("rescaled", 0.0) for e in history.epochs))
+    row["rescalings"] = int(sum(e.get("shrinks", 0.0) for e in history.epochs))
     model.eval()
 
     proba = model.predict_proba(graph, x_test)

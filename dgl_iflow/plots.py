@@ -274,7 +274,7 @@ def jko_movements(history, path: str | os.PathLike, generated: ArrayLike | None 
     for stage in stages:
         records = history.stage(stage)
         edges = [records[0].t0, *(record.t1 for record in records)]
-        movements = [math.sqrt(record.movement) for record in records]
+        movements = history.movements(stage)
         axes[0].stairs(movements, edges, baseline=None, label=stage + (" (rolled back)" if stage in rejected else ""),
                        linestyle="--" if stage in rejected else "-", linewidth=1.6)
     axes[0].set_xlabel("time t")

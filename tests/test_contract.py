@@ -209,3 +209,24 @@ def test_models_refuse_node_first_input(model_case):
     graph, model = model_case
     with pytest.raises(ValueError, match=r"\(N, V, d\)"):
         model.log_prob(graph, torch.randn(V, B + 2, D, dtype=torch.float64), torch.zeros(V, B + 2, dtype=torch.long))
+
+
+def test_loading_keeps_the_random_stream_the_solver_and_checks_the_graph(model_case, tmp_path):
+    graph, model = model_case
+    if isinstance(model, JKOFlow):
+        model.set_solver("dopri5")
+        model.set_divergence("autograd")
+    path = tmp_path / "model.pt"
+    model.save(path)
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    loaded = type(model).load(path)
+    assert torch.equal(torch.rand(3), expected)
+    if isinstance(model, JKOFlow):
+        assert loaded.solver == "dopri5" and loaded.divergence == "autograd"
+        assert all(block.solver == "dopri5" and block.divergence == "autograd" for block in loaded.blocks)
+        loaded.blocks.append(loaded.new_block(1.0, 1.5))
+        assert loaded.blocks[-1].solver == "dopri5" and loaded.blocks[-1].divergence == "autograd"
+    with pytest.raises(ValueError, match="built for a graph of 4 nodes"):
+        type(model).load(path, graph=cycle_graph(5))

@@ -41,3 +41,24 @@ def test_adaptive_generation_meets_the_tolerance_where_rk4_does_not(eight_gaussi
     dopri5_round_trip = float(model.round_trip_error(graph, x_test).max())
     # Measured: about 2e-4 against 1.3 (data within |x| <= 2.5).
     assert dopri5_round_trip * 100 < rk4_round_trip and dopri5_round_trip < 1e-3, (dopri5_round_trip, rk4_round_trip)
+
+
+def test_stiffness_control_adds_rk4_steps_until_the_round_trip_is_met():
+    data = load_dataset("eight_gaussians", n=600, seed=0)
+    x_train, y_train = data.split("train")
+    torch.manual_seed(0)
+    model = JKOFlow(data.graph, data.num_features, data.num_classes, conv="mlp", hidden_feats=(16, 16))
+    config = JKOConfig(iterations=20, batch_size=100, max_blocks=3, min_blocks=3, lr=2e-2, progress=False,
+                       round_trip_tol=1e-4, max_steps=24)
+    history = fit_jko(model, data.graph, x_train, y_train, config)
+    model.set_solver("rk4")  # the training map, whose steps the control chose
+    graph, cache = model.to_flow(data.graph, x_train[: config.check_samples])
+    for index, (record, block) in enumerate(zip(history.records, model.blocks)):
+        assert record.steps == block.steps and block.steps in (3, 6, 12, 24)
+        assert float(block.round_trip_error(graph, cache, relative=True).max()) <= 1e-4 or block.steps == 24
+        if index == 0 and block.steps > 3:  # the first block started at 3: half its steps did not suffice
+            block.steps //= 2
+            assert float(block.round_trip_error(graph, cache, relative=True).max()) > 1e-4
+            block.steps *= 2
+        cache, _ = block(graph, cache, logdet=False)
+    assert max(record.steps for record in history.records) > 3  # the test exercises the control

@@ -370,7 +370,8 @@ def test_save_load_and_load_weights_rebuild_the_blocks(tmp_path):
     _randomize(model)
     path = tmp_path / "jko.pt"
     model.save(path, note="extra entries travel along")
-    assert model.checkpoint()["structure"] == dict(intervals=[(0.0, 0.3), (0.3, 0.9)])
+    assert model.checkpoint()["structure"] == dict(intervals=[(0.0, 0.3), (0.3, 0.9)], solver=model.solver,
+                                                   divergence=model.divergence)
     x = x.double()
     expected = model.log_prob(graph, x, y)
     loaded = JKOFlow.load(path)
@@ -387,7 +388,7 @@ def test_save_load_and_load_weights_rebuild_the_blocks(tmp_path):
     fresh.blocks.append(fresh.new_block(0.9, 2.0))
     fresh.load_weights(path)
     assert len(fresh.blocks) == 2
-    with pytest.raises(ValueError, match=r"another model or configuration.*hidden_feats"):
+    with pytest.raises(ValueError, match=r"another configuration.*hidden_feats"):
         JKOFlow(graph, 2, 2, conv="l3", hidden_feats=(4, 4)).load_weights(path)
 
 

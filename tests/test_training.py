@@ -42,6 +42,14 @@ def test_training_lowers_the_loss_and_predicts():
     assert history.last()["inversion_error"] < 1e-4
 
 
+def test_a_float64_model_trains_in_float64():
+    x, y = toy_data(40)
+    model = make_model().double()
+    history = fit(model, path_graph(), x, y, quick_config(epochs=2))  # float32 data, converted to the model's
+    assert all(p.dtype == torch.float64 for p in model.parameters())
+    assert all(torch.isfinite(torch.tensor(epoch["loss"])) for epoch in history.epochs)
+
+
 def test_same_seed_same_model():
     x, y = toy_data()
     first, second = make_model(), make_model()

@@ -1,6 +1,7 @@
 """Models: an invertible transform of node features and a latent law given the labels."""
+from .base import FlowModel
 from .ignn import IGNN
 from .jko import JKOFlow
 from .latent import NodeGaussianLatent
 
-__all__ = ["IGNN", "JKOFlow", "NodeGaussianLatent"]
+__all__ = ["FlowModel", "IGNN", "JKOFlow", "NodeGaussianLatent"]

@@ -278,14 +278,21 @@ class FlowModel(nn.Module):
     @classmethod
     def from_checkpoint(cls, checkpoint: dict[str, Any], graph: dgl.DGLGraph | None = None) -> FlowModel:
         """Rebuild the model saved in ``checkpoint`` (on its own graph unless one is given), in the saved dtype."""
+        if not hasattr(cls, "checkpoint_format"):
+            raise TypeError("FlowModel is the base class: load a concrete model, IGNN.load or JKOFlow.load")
         if checkpoint.get("format") != cls.checkpoint_format:
             raise ValueError(f"not a {cls.__name__} checkpoint: format {checkpoint.get('format')!r}, "
                              f"expected {cls.checkpoint_format!r}")
         saved = checkpoint["graph"]
         if graph is None:
             graph = dgl.graph((saved["src"], saved["dst"]), num_nodes=saved["num_nodes"])
-        model = cls(graph, **checkpoint["config"])
-        model.restore_structure(checkpoint.get("structure", {}))
+        elif graph.num_nodes() != saved["num_nodes"]:
+            raise ValueError(f"the checkpoint's model was built for a graph of {saved['num_nodes']} nodes, "
+                             f"got one of {graph.num_nodes()}")
+        # Building draws initial weights that the saved ones replace: the caller's stream stays put.
+        with torch.random.fork_rng():
+            model = cls(graph, **checkpoint["config"])
+            model.restore_structure(checkpoint.get("structure", {}))
         # A float64 model loads as float64, not rounded through the default dtype.
         model.to(getattr(torch, checkpoint.get("dtype", "float32")))
         model.load_state_dict(checkpoint["state_dict"])
@@ -306,13 +313,16 @@ class FlowModel(nn.Module):
         Returns the whole checkpoint, so callers can read their ``extra`` entries.
         """
         checkpoint = read_checkpoint(path)
+        if checkpoint.get("format") != self.checkpoint_format:
+            raise ValueError(f"checkpoint {path} holds format {checkpoint.get('format')!r}, not this model's "
+                             f"{self.checkpoint_format!r}")
         saved = checkpoint.get("config", {})
-        if checkpoint.get("format") != self.checkpoint_format or saved != self.config:
-            differences = {key: (saved.get(key), value) for key, value in self.config.items() if saved.get(key) != value}
-            raise ValueError(
-                f"checkpoint {path} was written by another model or configuration; (saved, this model) "
-                f"differ in {differences}"
-            )
-        self.restore_structure(checkpoint.get("structure", {}))
+        if saved != self.config:
+            differences = {key: (saved.get(key), self.config.get(key)) for key in sorted({*saved, *self.config})
+                           if saved.get(key) != self.config.get(key)}
+            raise ValueError(f"checkpoint {path} was written by another configuration; (saved, this model) "
+                             f"differ in {differences}")
+        with torch.random.fork_rng():  # fresh blocks draw weights that the saved ones replace
+            self.restore_structure(checkpoint.get("structure", {}))
         self.load_state_dict(checkpoint["state_dict"])
         return checkpoint

@@ -55,7 +55,8 @@ class IGNN(FlowModel):
     cheb_k : int
         Chebyshev terms of ChebConv.
     activation : str
-        ``"lipswish"`` or ``"elu"``.
+        ``"lipswish"``, ``"elu"``, ``"tanh"`` or ``"softplus"`` (all 1-Lipschitz; the first two
+        have the fused exact Jacobian).
     logdet : str
         ``"exact"``, ``"estimator"`` or ``"auto"`` (exact when :math:`V d \le 64`).
     sigma : float
@@ -84,7 +85,7 @@ class IGNN(FlowModel):
         Give every convolution the graph-wide mean as one more operator (see
         :class:`~dgl_iflow.layers.BasisConv`): blocks can model correlation across all nodes.
     node_affine : bool
-        End the flow with a :class:`~dgl_iflow.layers.NodeAffine` layer: a per-node scale and
+        End the flow with a :class:`~dgl_iflow.transforms.NodeAffine` layer: a per-node scale and
         shift at the latent end, free of transport cost.
 
     Notes

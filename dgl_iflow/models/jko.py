@@ -171,10 +171,13 @@ class JKOFlow(FlowModel):
     # -- checkpoints ------------------------------------------------------
 
     def checkpoint_structure(self) -> dict[str, Any]:
-        """The blocks' time intervals."""
-        return dict(intervals=[(block.t0, block.t1) for block in self.blocks])
+        """The blocks' time intervals, and the solver and divergence they and later blocks use."""
+        return dict(intervals=[(block.t0, block.t1) for block in self.blocks], solver=self.solver,
+                    divergence=self.divergence)
 
     def restore_structure(self, structure: dict[str, Any]) -> None:
         """Fresh blocks on the saved intervals (replacing any), ready for the saved weights."""
+        self.solver = structure.get("solver", self.solver)
+        self.divergence = structure.get("divergence", self.divergence)
         del self.blocks[:len(self.blocks)]
         self.blocks.extend(self.new_block(t0, t1) for t0, t1 in structure.get("intervals", []))

@@ -211,7 +211,7 @@ def _train(
 ) -> TrainHistory:
     device = torch.device(config.device)
     model.to(device)
-    x_train = x_train.to(device, torch.get_default_dtype())
+    x_train = x_train.to(device, model.dtype)
     y_train = y_train.to(device)
     x_pool = x_train if x_val is None else x_val.to(device, x_train.dtype)
     y_pool = y_train if y_val is None else y_val.to(device)

@@ -67,11 +67,19 @@ class JKOConfig:
         re-spacing rounds; kept like them.
     check_samples : int
         Training samples on which each block's forward/backward round trip is checked.
+    round_trip_tol : float, optional
+        Stiffness control: after a block is trained, its RK4 sub-steps are doubled (up to
+        ``max_steps``) until the relative round trip ``max ||x - T^-1(T(x))|| / ||x||`` on the
+        check samples is at most this; ``None`` keeps the model's ``steps``.
+    max_steps : int
+        Most RK4 sub-steps the stiffness control gives a block.
     push_batch_size : int
         Samples per chunk when pushing the training data through a finished block.
     seed : int
-        Seeds the initial weights, mini-batch order and Hutchinson probes; the caller's
-        random streams are put back as they were afterwards.
+        :meth:`JKOTrainer.fit` (and :func:`fit_jko`) seeds the initial weights, mini-batch order
+        and Hutchinson probes with it and puts the caller's random streams back afterwards;
+        :meth:`JKOTrainer.grow` and :meth:`JKOTrainer.retrain` called on their own draw
+        weights and probes from the caller's streams (the mini-batch order is always seeded).
     checkpoint_path : str, optional
         Written atomically after every finished block: the model and what the trainer needs
         to resume there (``fit_jko(..., resume_from=path)``) with identical results.
@@ -98,6 +106,8 @@ class JKOConfig:
     eta: float = 0.5
     refine_rounds: int = 0
     check_samples: int = 256
+    round_trip_tol: float | None = None
+    max_steps: int = 48
     push_batch_size: int = 4096
     seed: int = 0
     checkpoint_path: str | None = None
@@ -131,6 +141,8 @@ class BlockRecord:
         :math:`\\mathbb{E}\\|x_{k+1} - \\mu_Y\\|^2`, about the latent means (about 0 without labels).
     round_trip : float
         Largest absolute error of backward(forward(x)) over ``check_samples`` samples.
+    steps : int
+        RK4 sub-steps of the block (more than the model's where the stiffness control added some).
     minibatches : int
         Mini-batches the block was trained on.
     seconds : float
@@ -151,6 +163,7 @@ class BlockRecord:
     movement: float
     spread: float
     round_trip: float
+    steps: int
     minibatches: int
     seconds: float
     saved_bytes: int
@@ -304,6 +317,8 @@ class JKOTrainer:
         self.graph, self.data = model.to_flow(graph, x_train.to(self.config.device, model.dtype))
         self.labels = None if y_train is None else y_train.to(self.config.device)
         self.model_graph = graph
+        if y_train is not None:
+            model.latent.fit_priors(y_train.reshape(-1))  # as fit does: predictions use the class frequencies
         self.validation = None
         if x_val is not None:
             model.check_features(graph, x_val, "x_val")
@@ -388,10 +403,15 @@ class JKOTrainer:
     def _fit_block(self, stage: str, index: int, block: JKOBlock, cache: Tensor, iterations: int, bar: tqdm) -> Tensor:
         started = time.perf_counter()
         loss, saved_bytes = self._train_block(block, cache, iterations, bar)
+        check = cache[:, : self.config.check_samples]
+        if self.config.round_trip_tol is not None:
+            while (block.steps < self.config.max_steps
+                   and float(block.round_trip_error(self.graph, check, relative=True).max()) > self.config.round_trip_tol):
+                block.steps = min(2 * block.steps, self.config.max_steps)
         pushed, stats = self._push(block, cache)
-        round_trip = float(block.round_trip_error(self.graph, cache[:, : self.config.check_samples]).max())
+        round_trip = float(block.round_trip_error(self.graph, check).max())
         record = BlockRecord(
-            stage=stage, block=index, t0=block.t0, t1=block.t1, loss=loss, round_trip=round_trip,
+            stage=stage, block=index, t0=block.t0, t1=block.t1, loss=loss, round_trip=round_trip, steps=block.steps,
             minibatches=iterations, seconds=time.perf_counter() - started, saved_bytes=saved_bytes, **stats,
         )
         self.history.records.append(record)
