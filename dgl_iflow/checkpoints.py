@@ -177,8 +177,12 @@ def _plain_rng_state(python: tuple, numpy_state: tuple, torch_state: torch.Tenso
 
 
 def rng_state() -> dict[str, Any]:
-    """Python's, NumPy's and torch's global random states as tensors, numbers and dicts."""
-    return _plain_rng_state(random.getstate(), np.random.get_state(), torch.get_rng_state())
+    """Python's, NumPy's and torch's global random states (CPU, and every CUDA device when there
+    are any) as tensors, numbers and dicts."""
+    state = _plain_rng_state(random.getstate(), np.random.get_state(), torch.get_rng_state())
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -188,6 +192,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((numpy_state["bit_generator"], numpy_state["key"].numpy().astype(np.uint32),
                          numpy_state["pos"], numpy_state["has_gauss"], numpy_state["gauss"]))
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 # -- converting older checkpoints ------------------------------------------------------------

@@ -20,16 +20,17 @@ def seed_everything(seed: int) -> None:
 
 
 @contextmanager
-def seeded(seed: int, device: str | torch.device = "cpu") -> Iterator[None]:
+def seeded(seed: int) -> Iterator[None]:
     """Within the block Python, NumPy and torch are seeded with ``seed``; on exit, even on an
     error, they are back where the caller left them.
 
     The trainers run inside it: a seeded run is reproducible, and training does not move the
     caller's own random streams.
     """
-    device = torch.device(device)
+    # torch.manual_seed seeds every CUDA device, so every one is forked and restored.
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=devices):
         try:
             seed_everything(seed)
             yield

@@ -199,7 +199,7 @@ def fit(
     if x_val is not None:
         _check_samples(model, graph, x_val, y_val, "validation")
     check_lr_schedule(config.lr_schedule)
-    with seeded(config.seed, config.device), frozen_gc():
+    with seeded(config.seed), frozen_gc():
         return _train(model, graph, x_train, y_train, config, x_val, y_val, resume_from, callback, make_batch_loss)
 
 

@@ -584,7 +584,7 @@ class JKOTrainer:
         (:attr:`JKOConfig.checkpoint_path`); training continues after its last finished block
         and ends as the uninterrupted run would have.
         """
-        with seeded(self.config.seed, self.config.device):
+        with seeded(self.config.seed):
             stage, start = ("grow", 0) if resume_from is None else self._resume(resume_from)
             stages = self.stages()
             for name in stages[stages.index(stage):] if stage != "done" else []:
