@@ -125,10 +125,10 @@ def test_dtype_follows_the_input(case, dtype):
 
 # -- both models -------------------------------------------------------------------
 
-def trained_jko(graph: dgl.DGLGraph, conv: str) -> JKOFlow:
+def trained_jko(graph: dgl.DGLGraph, conv: str, num_classes: int | None = 2) -> JKOFlow:
     # RK4: the adaptive solver's step size follows the whole batch, so its samples interact slightly
     # and a per-sample brute-force Jacobian would not apply.
-    model = JKOFlow(graph, D, 2, conv=conv, hidden_feats=(16, 16), steps=40, solver="rk4")
+    model = JKOFlow(graph, D, num_classes, conv=conv, hidden_feats=(16, 16), steps=40, solver="rk4")
     for t0, t1 in ((0.0, 0.4), (0.4, 1.0)):
         model.blocks.append(trained_like(model.new_block(t0, t1)))
     return model
@@ -140,8 +140,10 @@ MODELS: dict[str, Callable[[dgl.DGLGraph], torch.nn.Module]] = {
     "ignn-cheb": lambda g: IGNN(g, D, 2, conv="cheb", num_blocks=2, hidden_feats=(16, 16), lipschitz_coeff=0.9),
     "ignn-mlp": lambda g: IGNN(g, D, 2, conv="mlp", num_blocks=2, hidden_feats=(16, 16), node_affine=True,
                                lipschitz_coeff=0.9),
+    "ignn-node": lambda g: IGNN(g, D, 2, conv="node", num_blocks=2, hidden_feats=(16, 16), lipschitz_coeff=0.9),
     "jko-l3": lambda g: trained_jko(g, "l3"),
     "jko-mlp": lambda g: trained_jko(g, "mlp"),
+    "jko-node": lambda g: trained_jko(g, "node"),
 }
 
 
@@ -230,3 +232,24 @@ def test_loading_keeps_the_random_stream_the_solver_and_checks_the_graph(model_c
         assert loaded.blocks[-1].solver == "dopri5" and loaded.blocks[-1].divergence == "autograd"
     with pytest.raises(ValueError, match="built for a graph of 4 nodes"):
         type(model).load(path, graph=cycle_graph(5))
+
+
+def test_unconditional_jko_flow(tmp_path):
+    torch.manual_seed(0)
+    graph = cycle_graph(V)
+    model = trained_jko(graph, "l3", num_classes=None).double().eval()
+    x = torch.randn(B, V, D, dtype=torch.float64)
+    log_px = model.log_prob(graph, x)
+    h, _, _ = model.encode(graph, x, logdet=False)
+    standard = torch.distributions.Normal(0.0, 1.0).log_prob(h).sum(dim=(-2, -1))
+    logdet = jacobian_logdet(lambda batch: model.encode(graph, batch, logdet=False)[0], x, samples_first=True)
+    torch.testing.assert_close(log_px, standard + logdet, rtol=0, atol=1e-6)
+    samples = model.sample(graph, n=5, generator=torch.Generator().manual_seed(0))
+    assert samples.shape == (5, V, D)
+    with pytest.raises(ValueError, match="labels"):
+        model.log_prob(graph, x, torch.zeros(B, V, dtype=torch.long))
+    with pytest.raises(ValueError, match="no classes"):
+        model.predict_proba(graph, x)
+    model.save(tmp_path / "flow.pt")
+    loaded = JKOFlow.load(tmp_path / "flow.pt").eval()
+    torch.testing.assert_close(loaded.log_prob(graph, x), log_px, rtol=0, atol=0)

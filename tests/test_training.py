@@ -144,6 +144,8 @@ def test_resume_continues_exactly(tmp_path):
     history = fit(resumed, path_graph(), x, y, quick_config(checkpoint_path=str(checkpoint)), resume_from=checkpoint)
     assert [record["epoch"] for record in history.epochs] == [1, 2, 3, 4]
     assert torch.allclose(parameters(resumed), parameters(uninterrupted), atol=1e-6)
+    with pytest.raises(ValueError, match="another TrainConfig"):
+        fit(make_model(), path_graph(), x, y, quick_config(lr=0.5), resume_from=checkpoint)
 
 
 def blow_up(model: IGNN, blocks: list[int], factor: float = 100.0) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -15,6 +16,10 @@ from ..transforms import GraphFlow, InversionWarning
 from ..transforms.base import check_finite
 from .latent import NodeGaussianLatent
 from .layout import single_node_graph, to_nodes_first, to_samples_first
+
+#: The first layer of every block: ``"l3"``, ``"cheb"``, ``"node"`` (no message passing) or
+#: ``"mlp"`` (graph-free: the ``V d`` features of a sample form one vector on one node).
+CONVS = ("l3", "cheb", "node", "mlp")
 
 
 class FlowModel(nn.Module):
@@ -55,18 +60,32 @@ class FlowModel(nn.Module):
     #: Default relative residual every unit's inverse must reach in :meth:`generate`.
     inverse_tol: ClassVar[float]
 
-    def __init__(self, graph: dgl.DGLGraph, feats: int, flatten: bool) -> None:
+    def __init__(self, graph: dgl.DGLGraph, feats: int, conv: str) -> None:
         super().__init__()
+        if conv not in CONVS:
+            raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
         self.graph = graph
         self.num_nodes = graph.num_nodes()
         self.feats = feats
-        self.flatten = flatten
-        self._single_node_graph = single_node_graph() if flatten else None
+        self.flatten = conv == "mlp"
+        #: The convolution of :func:`~dgl_iflow.layers.make_conv` the blocks are built from.
+        self.conv_kind = "node" if self.flatten else conv
+        self._single_node_graph = single_node_graph() if self.flatten else None
         self.flow = GraphFlow()
         self.latent: NodeGaussianLatent | None = None
         self.config: dict[str, Any] = {}
         # Follows .to() and .double(), so new blocks and drawn latents match the model.
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)
+
+    def build_latent(
+        self, num_classes: int | None, sigma: float, means: Tensor | Sequence[Sequence[float]] | None, **options: Any,
+    ) -> NodeGaussianLatent | None:
+        """The class-conditional latent (``None`` without classes) on this model's nodes and features."""
+        if num_classes is None:
+            return None
+        means = None if means is None else torch.as_tensor(means, dtype=torch.get_default_dtype())
+        return NodeGaussianLatent(num_classes, self.feats, sigma=sigma, means=means, num_nodes=self.num_nodes,
+                                  **options)
 
     @property
     def num_classes(self) -> int | None:

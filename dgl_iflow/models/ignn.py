@@ -10,9 +10,6 @@ from .._backend import dgl
 from ..layers import make_conv
 from ..transforms import GraphFlow, GraphResidual, InvertibleResBlock, NodeAffine
 from .base import FlowModel
-from .latent import NodeGaussianLatent
-
-CONVS = ("l3", "cheb", "mlp")
 
 #: Largest number of flow dimensions (V * d) for which ``logdet="auto"`` picks the exact log-det.
 EXACT_LOGDET_MAX_DIM = 64
@@ -25,7 +22,7 @@ class IGNN(FlowModel):
 
     One invertible flow :math:`F` maps node features :math:`X \in \mathbb{R}^{V \times d}` to a
     latent :math:`H = F(X)` of the same shape whose law given the labels is node-factorized:
-    :math:`H_v \mid Y_v = k \sim N(\mu_k, \sigma^2 I_d)` (:class:`NodeGaussianLatent`). Then
+    :math:`H_v \mid Y_v = k \sim N(\mu_k, \sigma^2 I_d)` (:class:`~dgl_iflow.models.latent.NodeGaussianLatent`). Then
 
     .. math::
         \log p(X \mid Y) = \sum_v \log N(F(X)_v; \mu_{Y_v}, \sigma^2 I)
@@ -43,8 +40,10 @@ class IGNN(FlowModel):
     num_classes : int
         Number of node classes :math:`K`.
     conv : str
-        ``"l3"`` (spatial :class:`L3Conv`), ``"cheb"`` (spectral :class:`ChebConv`) or
-        ``"mlp"`` (graph-free baseline: the :math:`V d` features of a sample form one vector).
+        ``"l3"`` (spatial :class:`L3Conv`), ``"cheb"`` (spectral :class:`ChebConv`), ``"node"``
+        (:class:`NodewiseConv`: no message passing) or ``"mlp"`` (graph-free baseline: the
+        :math:`V d` features of a sample form one vector); see
+        :data:`~dgl_iflow.models.base.CONVS`.
     num_blocks : int
         Number of invertible residual blocks :math:`L`.
     hidden_feats : sequence of int
@@ -121,28 +120,25 @@ class IGNN(FlowModel):
         graph_mean: bool = False,
         node_affine: bool = False,
     ) -> None:
-        if conv not in CONVS:
-            raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
         if num_blocks < 1 or not hidden_feats:
             raise ValueError(f"need num_blocks >= 1 and a non-empty hidden_feats, got {num_blocks}, {hidden_feats}")
-        super().__init__(graph, feats, flatten=conv == "mlp")
+        super().__init__(graph, feats, conv)
         num_nodes = graph.num_nodes()
         self.config = dict(
             feats=feats, num_classes=num_classes, conv=conv, num_blocks=num_blocks,
             hidden_feats=list(hidden_feats), orders=list(orders), cheb_k=cheb_k,
             activation=activation, logdet=logdet, sigma=sigma,
-            means=None if means is None else torch.as_tensor(means).tolist(),
-            trainable_means=trainable_means, min_separation=min_separation, init_scale=init_scale, lipschitz_coeff=lipschitz_coeff,
+            means=None if means is None else torch.as_tensor(means).tolist(), trainable_means=trainable_means,
+            min_separation=min_separation, init_scale=init_scale, lipschitz_coeff=lipschitz_coeff,
             node_bias=node_bias, graph_mean=graph_mean, node_affine=node_affine,
         )
         if logdet == "auto":
             logdet = "exact" if num_nodes * feats <= EXACT_LOGDET_MAX_DIM else "estimator"
         flow_feats = self.flow_feats
 
-        conv_kind = "node" if conv == "mlp" else conv
         blocks = []
         for _ in range(num_blocks):
-            layer = make_conv(conv_kind, flow_feats, hidden_feats[0], graph, cheb_k=cheb_k, orders=orders,
+            layer = make_conv(self.conv_kind, flow_feats, hidden_feats[0], graph, cheb_k=cheb_k, orders=orders,
                               node_bias=node_bias, graph_mean=graph_mean)
             residual = GraphResidual(layer, hidden_feats=hidden_feats[1:], activation=activation,
                                      lipschitz_coeff=lipschitz_coeff)
@@ -152,11 +148,8 @@ class IGNN(FlowModel):
         if node_affine:
             blocks.append(NodeAffine(1 if self.flatten else num_nodes, flow_feats))
         self.flow = GraphFlow(blocks)
-        self.latent = NodeGaussianLatent(
-            num_classes, feats, sigma=sigma,
-            means=None if means is None else torch.as_tensor(means, dtype=torch.get_default_dtype()),
-            trainable_means=trainable_means, min_separation=min_separation, num_nodes=num_nodes,
-        )
+        self.latent = self.build_latent(num_classes, sigma, means, trainable_means=trainable_means,
+                                        min_separation=min_separation)
 
     @property
     def logdet_mode(self) -> str:

@@ -11,9 +11,6 @@ from .._backend import dgl
 from ..transforms.ode_block import JKOBlock
 from ..transforms.velocity import FieldSpec
 from .base import FlowModel
-from .latent import NodeGaussianLatent
-
-CONVS = ("l3", "cheb", "mlp", "node")
 
 #: Largest flow feature size (``d``, or ``V d`` for ``conv="mlp"``) for which
 #: ``divergence="auto"`` picks the exact divergence, whose cost is that many forward passes.
@@ -32,7 +29,7 @@ class JKOFlow(FlowModel):
     .. math::
         \log p(X \mid Y) = \log q(F(X) \mid Y) + \sum_k \ell_k(X),
 
-    where :math:`q` is the class-conditional :class:`NodeGaussianLatent` (with ``num_classes``)
+    where :math:`q` is the class-conditional :class:`~dgl_iflow.models.latent.NodeGaussianLatent` (with ``num_classes``)
     or :math:`N(0, I)` (unconditional, ``num_classes=None``). Blocks are added and trained one
     at a time by :func:`~dgl_iflow.fit_jko`; a new model has none and is the identity. The
     interface (densities, prediction, generation, checkpoints) is
@@ -100,11 +97,9 @@ class JKOFlow(FlowModel):
         sigma: float = 1.0,
         means: Tensor | Sequence[Sequence[float]] | None = None,
     ) -> None:
-        if conv not in CONVS:
-            raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
         if not hidden_feats:
             raise ValueError("hidden_feats needs at least the width of the convolution output")
-        super().__init__(graph, feats, flatten=conv == "mlp")
+        super().__init__(graph, feats, conv)
         self.config = dict(
             feats=feats, num_classes=num_classes, conv=conv, hidden_feats=list(hidden_feats),
             orders=list(orders), cheb_k=cheb_k, node_bias=node_bias, activation=activation, steps=steps,
@@ -117,16 +112,12 @@ class JKOFlow(FlowModel):
         self.divergence = divergence
         self.solver = solver
         self.field_spec = FieldSpec(
-            feats=flow_feats, conv="node" if conv == "mlp" else conv, conv_feats=hidden_feats[0],
+            feats=flow_feats, conv=self.conv_kind, conv_feats=hidden_feats[0],
             hidden_feats=tuple(hidden_feats[1:]),
             k=cheb_k, orders=tuple(orders), node_bias=node_bias, activation=activation,
             graph=graph if conv == "l3" else None,
         )
-        self.latent = None if num_classes is None else NodeGaussianLatent(
-            num_classes, feats, sigma=sigma,
-            means=None if means is None else torch.as_tensor(means, dtype=torch.get_default_dtype()),
-            num_nodes=self.num_nodes,
-        )
+        self.latent = self.build_latent(num_classes, sigma, means)
 
     # -- structure --------------------------------------------------------
 

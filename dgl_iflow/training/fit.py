@@ -227,6 +227,10 @@ def _train(
     start_epoch = 0
     if resume_from is not None:
         checkpoint = model.load_weights(resume_from)
+        unchecked = dict(checkpoint_path=None, progress=None, device=None)
+        if {**checkpoint.get("train_config", {}), **unchecked} != {**dataclasses.asdict(config), **unchecked}:
+            raise ValueError(f"checkpoint {resume_from} was written with another TrainConfig: "
+                             f"{checkpoint.get('train_config')}")
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         history = TrainHistory(list(checkpoint["history"]))
