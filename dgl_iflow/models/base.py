@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .._backend import dgl
 from ..checkpoints import atomic_save, read_checkpoint
-from ..transforms import GraphFlow, InversionWarning
+from ..transforms import GraphFlow, InversionError, InversionWarning
 from ..transforms.base import check_finite
 from .latent import NodeGaussianLatent
 from .layout import single_node_graph, to_nodes_first, to_samples_first
@@ -232,12 +232,26 @@ class FlowModel(nn.Module):
         return self.generate(graph, h, tol=tol, max_iter=max_iter)
 
     @torch.no_grad()
-    def round_trip_error(self, graph: dgl.DGLGraph, x: Tensor) -> Tensor:
-        """Largest absolute error of :math:`F^{-1}(F(X))` per sample, ``(N,)``."""
+    def round_trip_error(
+        self, graph: dgl.DGLGraph, x: Tensor, relative: bool = False, max_iter: int = 1000,
+    ) -> Tensor:
+        """Error of :math:`F^{-1}(F(X))` per sample, ``(N,)``: its largest absolute entry, or with
+        ``relative`` :math:`\\|F^{-1}(F(X)) - X\\| / \\|X\\|`; ``inf`` where an inverse diverges.
+
+        Every unit's inverse may use ``max_iter`` iterations; one that misses its tolerance is
+        measured as it stands rather than raising.
+        """
         h, _, _ = self.encode(graph, x, logdet=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", InversionWarning)  # the error is what is asked for
-            return (self.generate(graph, h, on_failure="warn") - x).abs().amax(dim=(-2, -1))
+            try:
+                error = self.generate(graph, h, max_iter=max_iter, on_failure="warn") - x
+            except InversionError:  # an iterate diverged
+                return torch.full(x.shape[:1], math.inf, dtype=x.dtype, device=x.device)
+        if relative:
+            scale = x.pow(2).sum(dim=(-2, -1)).sqrt().clamp_min(torch.finfo(x.dtype).tiny)
+            return (error.pow(2).sum(dim=(-2, -1)).sqrt() / scale).nan_to_num(nan=math.inf)
+        return error.abs().amax(dim=(-2, -1)).nan_to_num(nan=math.inf)
 
     @torch.no_grad()
     def uncertainty_set(

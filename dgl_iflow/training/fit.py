@@ -5,7 +5,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -16,7 +15,7 @@ from tqdm.auto import tqdm
 from .._backend import dgl
 from ..checkpoints import rng_state, set_rng_state
 from ..models import IGNN
-from ..transforms import InversionError, InversionWarning
+from ..transforms import InversionError
 from .common import check_lr_schedule, frozen_gc, lr_scheduler, seeded
 
 
@@ -94,28 +93,6 @@ def _check_samples(model: IGNN, graph: dgl.DGLGraph, x: Tensor, y: Tensor, name:
     bad = (y < 0) | (y >= model.num_classes)
     if bad.any():
         raise ValueError(f"{name} labels must lie in [0, {model.num_classes}); found {sorted(set(y[bad].tolist()))}")
-
-
-def _relative_error(estimate: Tensor, target: Tensor) -> float:
-    error = (estimate - target).pow(2).sum(dim=(-2, -1)).sqrt()
-    scale = target.pow(2).sum(dim=(-2, -1)).sqrt().clamp_min(1e-12)
-    value = float((error / scale).max())
-    return value if math.isfinite(value) else math.inf
-
-
-def inversion_error(model: IGNN, graph: dgl.DGLGraph, x: Tensor, max_iter: int = 200) -> float:
-    r"""Largest relative round-trip error :math:`\|F^{-1}(F(x)) - x\| / \|x\|` over ``x (N, V, d)``.
-
-    ``inf`` when an inverse diverges.
-    """
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", InversionWarning)
-        h = model.encode(graph, x, logdet=False)[0]
-        try:
-            inverted = model.generate(graph, h, max_iter=max_iter, on_failure="warn")
-        except InversionError:
-            return math.inf
-        return _relative_error(inverted, x)
 
 
 @torch.no_grad()
@@ -264,7 +241,7 @@ def _train(
         record = dict(epoch=epoch + 1, seconds=time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"], **totals)
         model.eval()
         if config.inversion_check_samples > 0:
-            record["inversion_error"] = inversion_error(model, graph, x_check)
+            record["inversion_error"] = float(model.round_trip_error(graph, x_check, relative=True, max_iter=200).max())
             repeats = config.final_check_repeats if epoch + 1 == config.epochs else 1
 
             def check_latents() -> Tensor:
