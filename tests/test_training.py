@@ -1,8 +1,10 @@
-"""The training loop: determinism, resuming, the inversion check, bad input."""
+"""The training loop: determinism, resuming, the inversion check, validation and early stopping, bad input."""
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
+import importlib
 import random
 
 import numpy as np
@@ -228,3 +230,130 @@ def test_frozen_gc_is_undone_on_exit_and_on_error():
     with pytest.raises(RuntimeError), frozen_gc():
         raise RuntimeError("boom")
     assert gc.get_freeze_count() == 0
+
+
+def overfitting_run(**overrides) -> tuple:
+    """Eight training samples at a constant rate: the validation NLL falls for a few epochs, then rises.
+
+    The model is float64, so a validation NLL computed apart matches the recorded one to rounding.
+    """
+    x, y = toy_data(8, seed=2)
+    x_val, y_val = toy_data(60, seed=1)
+    config = quick_config(**{**dict(epochs=60, batch_size=8, lr=5e-3, lr_schedule="constant"), **overrides})
+    return make_model().double(), x, y, dict(x_val=x_val.double(), y_val=y_val), config
+
+
+def validation_nll(model: IGNN, x_val: torch.Tensor, y_val: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(-model.eval().log_prob(path_graph(), x_val, y_val).mean())
+
+
+@pytest.fixture
+def repairs(monkeypatch) -> list:
+    """``(latents checked, parameters after the repair)`` of every ``repair_invertibility`` call of ``fit``."""
+    fit_module = importlib.import_module("dgl_iflow.training.fit")  # the package's `fit` is the function
+    calls = []
+
+    def spy(model, graph, latents, *args, **kwargs):
+        sizes = []
+
+        def counted() -> torch.Tensor:
+            drawn = latents()
+            sizes.append(len(drawn))
+            return drawn
+
+        shrinks = repair_invertibility(model, graph, counted, *args, **kwargs)
+        calls.append((sizes[0], parameters(model)))
+        return shrinks
+
+    monkeypatch.setattr(fit_module, "repair_invertibility", spy)
+    return calls
+
+
+def test_without_patience_every_epoch_runs_and_records_its_validation_nll(repairs):
+    model, x, y, validation, config = overfitting_run(epochs=10)
+    apart = []
+    history = fit(model, path_graph(), x, y, config, **validation,
+                  callback=lambda epoch, record: apart.append(validation_nll(model, **validation)))
+    recorded = [record["val_nll"] for record in history.epochs]
+    assert len(recorded) == 10 and not history.stopped_early
+    assert recorded == pytest.approx(apart, abs=1e-12)
+    assert history.best_epoch == 1 + recorded.index(min(recorded)) < 10  # the run overfits: not the last
+    assert validation_nll(model, **validation) == pytest.approx(recorded[-1], abs=1e-12)  # not restored
+    checks = len(validation["x_val"])  # encoded, and as many drawn per repeat
+    assert [size for size, _ in repairs] == [2 * checks] * 9 + [(1 + config.final_check_repeats) * checks]
+    assert history.final_shrinks == history.last()["shrinks"]
+
+
+@pytest.mark.parametrize("epochs", [60, 6], ids=["stops", "runs-out"])
+def test_patience_restores_the_best_epoch_and_checks_it_once(repairs, epochs):
+    model, x, y, validation, config = overfitting_run(epochs=epochs, patience=3)
+    history = fit(model, path_graph(), x, y, config, **validation)
+    recorded = [record["val_nll"] for record in history.epochs]
+    assert history.best_epoch == 1 + recorded.index(min(recorded)) < len(recorded)
+    if epochs == 60:
+        assert history.stopped_early
+        assert len(recorded) == history.best_epoch + config.patience
+    else:  # patience would have waited longer: every epoch ran, and still the best one is returned
+        assert not history.stopped_early and len(recorded) == epochs
+    assert history.final_shrinks == 0
+    assert validation_nll(model, **validation) == pytest.approx(min(recorded), abs=1e-6)
+    # One check per epoch, then the one with the repeats, on the weights returned.
+    checks = len(validation["x_val"])  # encoded, and as many drawn per repeat
+    assert [size for size, _ in repairs] == [2 * checks] * len(recorded) + [(1 + config.final_check_repeats) * checks]
+    assert torch.equal(repairs[-1][1], parameters(model))
+
+
+def test_patience_needs_validation_data():
+    model, x, y, validation, config = overfitting_run(patience=3)
+    with pytest.raises(ValueError, match="patience stops on the validation NLL: pass x_val"):
+        fit(model, path_graph(), x, y, config)
+    with pytest.raises(ValueError, match="patience must be at least 1 epoch, got 0"):
+        fit(model, path_graph(), x, y, dataclasses.replace(config, patience=0), **validation)
+
+
+def test_validation_leaves_the_training_streams_alone():
+    """The log-determinant estimator draws probes: validating must not move what training draws."""
+    x, y = toy_data(40)
+
+    def trained(**validation) -> torch.Tensor:
+        torch.manual_seed(0)
+        model = IGNN(path_graph(), 2, 2, conv="l3", num_blocks=2, hidden_feats=(8, 8), logdet="estimator")
+        history = fit(model, path_graph(), x, y, quick_config(epochs=2), **validation)
+        assert ("val_nll" in history.last()) == bool(validation)
+        return parameters(model)
+
+    # The validation samples are the training ones, so the inversion checks see the same samples.
+    assert torch.equal(trained(), trained(x_val=x, y_val=y))
+
+
+def test_resume_with_patience_continues_exactly(tmp_path):
+    model, x, y, validation, config = overfitting_run(patience=3)
+    uninterrupted = fit(model, path_graph(), x, y, config, **validation)
+    checkpoint = tmp_path / "run.pt"
+    config = dataclasses.replace(config, checkpoint_path=str(checkpoint))
+    # Stopped one epoch past the best: the weights to restore are only in the checkpoint.
+    stop_at = uninterrupted.best_epoch + 1
+    assert stop_at < len(uninterrupted.epochs)
+
+    def interrupt(epoch: int, record: dict) -> None:
+        if epoch == stop_at:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        fit(overfitting_run()[0], path_graph(), x, y, config, **validation, callback=interrupt)
+    resumed_model = overfitting_run()[0]
+    resumed = fit(resumed_model, path_graph(), x, y, config, **validation, resume_from=checkpoint)
+
+    def without_timings(history) -> dict:
+        summary = dataclasses.asdict(history)
+        summary["epochs"] = [{k: v for k, v in record.items() if k != "seconds"} for record in summary["epochs"]]
+        return summary
+
+    assert without_timings(resumed) == without_timings(uninterrupted)
+    assert torch.equal(parameters(resumed_model), parameters(model))
+    # A finished run resumes to itself: no more epochs, no second final check.
+    again_model = overfitting_run()[0]
+    again = fit(again_model, path_graph(), x, y, config, **validation, resume_from=checkpoint)
+    assert without_timings(again) == without_timings(uninterrupted)
+    assert torch.equal(parameters(again_model), parameters(model))

@@ -1,6 +1,7 @@
 """Training loop for :class:`~dgl_iflow.IGNN`: mini-batches over samples of one graph."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import os
@@ -47,8 +48,14 @@ class TrainConfig:
     inversion_rescale : float
         Factor (< 1) applied to the last layer of a block that fails the check.
     final_check_repeats : int
-        After the last epoch the check draws this many times more latents, so that
-        generation after training rarely meets a block that fails.
+        The check of the model :func:`fit` returns (the last epoch's, or with ``patience`` the
+        restored best epoch's) draws this many times more latents, so that generation after
+        training rarely meets a block that fails.
+    patience : int, optional
+        With validation data, training stops once the validation NLL has not been lower than
+        its best for this many consecutive epochs, and the model is restored to the weights of
+        its best epoch (also when ``epochs`` ends training first). ``epochs`` is then the most
+        that run; the cosine schedule still spans ``epochs``.
     seed : int
         Seeds Python, NumPy and torch for the run, whose random streams are then put back as
         the caller left them; two runs with one seed give identical models.
@@ -71,6 +78,7 @@ class TrainConfig:
     inversion_check_iterations: int = 100
     inversion_rescale: float = 0.9
     final_check_repeats: int = 20
+    patience: int | None = None
     seed: int = 0
     checkpoint_path: str | None = None
     progress: bool = True
@@ -79,9 +87,28 @@ class TrainConfig:
 
 @dataclass
 class TrainHistory:
-    """Per-epoch means of the loss terms, inversion errors, rescalings and timings."""
+    """What :func:`fit` measured.
+
+    Attributes
+    ----------
+    epochs : list of dict
+        One record per epoch: ``epoch`` (from 1), ``seconds``, ``lr``, the means of the loss
+        terms, the inversion check's ``inversion_error`` and ``shrinks``, and with validation
+        data ``val_nll``, the NLL per validation sample of the model the epoch ends with.
+    best_epoch : int or None
+        The first epoch of the lowest ``val_nll``; ``None`` without validation data (or while
+        no epoch has a finite one).
+    stopped_early : bool
+        Whether ``patience`` ended training before ``epochs``.
+    final_shrinks : int or None
+        Shrinks made by the check with ``final_check_repeats`` (for a run without ``patience``
+        the last epoch's ``shrinks``); ``None`` while training has not ended, or without checks.
+    """
 
     epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    final_shrinks: int | None = None
 
     def last(self) -> dict[str, float]:
         return self.epochs[-1]
@@ -126,6 +153,22 @@ def repair_invertibility(
     raise InversionError(f"blocks still fail to invert after {max_rounds} shrinks by {factor}", math.inf, max_iter)
 
 
+#: Samples per forward pass of the validation NLL; without a backward pass, far more fit than
+#: in a training batch.
+_VALIDATION_CHUNK = 4096
+
+
+@torch.no_grad()
+def _validation_nll(model: IGNN, graph: dgl.DGLGraph, x: Tensor, y: Tensor, seed: int) -> float:
+    """Mean NLL per sample of ``x`` given ``y``."""
+    # The log-determinant estimator draws probes: the same ones every epoch make epochs
+    # comparable, and the training streams stay where they are.
+    with seeded(seed):
+        total = sum(float(-model.log_prob(graph, x_part, y_part).sum())
+                    for x_part, y_part in zip(x.split(_VALIDATION_CHUNK), y.split(_VALIDATION_CHUNK)))
+    return total / len(x)
+
+
 def fit(
     model: IGNN,
     graph: dgl.DGLGraph,
@@ -154,8 +197,9 @@ def fit(
     config : TrainConfig
         Settings; defaults when absent.
     x_val, y_val : Tensor, optional
-        Held-out ``(M, V, d)`` features and ``(M, V)`` labels for the per-epoch inversion
-        checks (a random subset of them); training samples when absent.
+        Held-out ``(M, V, d)`` features and ``(M, V)`` labels: their NLL after every epoch
+        (``val_nll``, which ``config.patience`` stops on), and a random subset of them for the
+        inversion checks, which take training samples when they are absent.
     resume_from : path, optional
         Checkpoint written by a previous :func:`fit`; training continues after its last epoch
         with the same optimizer, schedule and random state.
@@ -176,6 +220,11 @@ def fit(
     if x_val is not None:
         _check_samples(model, graph, x_val, y_val, "validation")
     check_lr_schedule(config.lr_schedule)
+    if config.patience is not None:
+        if config.patience < 1:
+            raise ValueError(f"patience must be at least 1 epoch, got {config.patience}")
+        if x_val is None:
+            raise ValueError("patience stops on the validation NLL: pass x_val and y_val")
     with seeded(config.seed), frozen_gc():
         return _train(model, graph, x_train, y_train, config, x_val, y_val, resume_from, callback, make_batch_loss)
 
@@ -190,8 +239,10 @@ def _train(
     model.to(device)
     x_train = x_train.to(device, model.dtype)
     y_train = y_train.to(device)
-    x_pool = x_train if x_val is None else x_val.to(device, x_train.dtype)
-    y_pool = y_train if y_val is None else y_val.to(device)
+    if x_val is not None:
+        x_val, y_val = x_val.to(device, x_train.dtype), y_val.to(device)
+    x_pool = x_train if x_val is None else x_val
+    y_pool = y_train if y_val is None else y_val
     # A random subset: data sets are often ordered by label vector, and the latent check
     # must see every label vector that generation will be asked for.
     check_index = torch.randperm(len(x_pool), device=device)[: config.inversion_check_samples]
@@ -201,6 +252,7 @@ def _train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = lr_scheduler(optimizer, config.lr_schedule, config.epochs, final_fraction=0.01)
     history = TrainHistory()
+    best_state = None  # the weights of history.best_epoch, kept when patience may restore them
     start_epoch = 0
     if resume_from is not None:
         checkpoint = model.load_weights(resume_from)
@@ -210,7 +262,8 @@ def _train(
                              f"{checkpoint.get('train_config')}")
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        history = TrainHistory(list(checkpoint["history"]))
+        history = TrainHistory(**checkpoint["history"])
+        best_state = checkpoint["best_state"]
         start_epoch = checkpoint["epoch"]
         set_rng_state(checkpoint["rng"])
 
@@ -221,9 +274,20 @@ def _train(
             transport_weight=config.transport_weight,
         )
 
+    def repair(repeats: int) -> int:
+        def check_latents() -> Tensor:
+            encoded = model.encode(graph, x_check, logdet=False)[0]
+            drawn = model.latent.sample(y_check.repeat(repeats, 1))
+            return torch.cat([encoded, drawn])
+
+        return repair_invertibility(model, graph, check_latents, config.inversion_rescale,
+                                    max_iter=config.inversion_check_iterations)
+
     batch_loss = model_loss if make_batch_loss is None else make_batch_loss(model, graph, x_train, y_train, config)
     num_samples = len(x_train)
-    bar = tqdm(range(start_epoch, config.epochs), desc="train", disable=not config.progress, unit="epoch")
+    checks = config.inversion_check_samples > 0
+    end_epoch = start_epoch if history.stopped_early else config.epochs
+    bar = tqdm(range(start_epoch, end_epoch), desc="train", disable=not config.progress, unit="epoch")
     for epoch in bar:
         model.train()
         started = time.perf_counter()
@@ -240,27 +304,40 @@ def _train(
         scheduler.step()
         record = dict(epoch=epoch + 1, seconds=time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"], **totals)
         model.eval()
-        if config.inversion_check_samples > 0:
+        last = epoch + 1 == config.epochs
+        # With patience the model returned is the best epoch's, checked once restored below.
+        final_here = last and config.patience is None
+        if checks:
             record["inversion_error"] = float(model.round_trip_error(graph, x_check, relative=True, max_iter=200).max())
-            repeats = config.final_check_repeats if epoch + 1 == config.epochs else 1
-
-            def check_latents() -> Tensor:
-                encoded = model.encode(graph, x_check, logdet=False)[0]
-                drawn = model.latent.sample(y_check.repeat(repeats, 1))
-                return torch.cat([encoded, drawn])
-
-            record["shrinks"] = float(repair_invertibility(
-                model, graph, check_latents, config.inversion_rescale,
-                max_iter=config.inversion_check_iterations,
-            ))
+            record["shrinks"] = float(repair(config.final_check_repeats if final_here else 1))
+            if final_here:
+                history.final_shrinks = int(record["shrinks"])
+        if x_val is not None:
+            # Measured after the check: the model this epoch hands on, and saves.
+            record["val_nll"] = _validation_nll(model, graph, x_val, y_val, config.seed)
+            best = math.inf if history.best_epoch is None else history.epochs[history.best_epoch - 1]["val_nll"]
+            if record["val_nll"] < best:
+                history.best_epoch = epoch + 1
+                if config.patience is not None:
+                    best_state = copy.deepcopy(model.state_dict())
         history.epochs.append(record)
-        bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss", "nll", "ce", "transport", "inversion_error") if k in record})
+        if config.patience is not None:
+            history.stopped_early = not last and epoch + 1 - (history.best_epoch or 0) >= config.patience
+            if last or history.stopped_early:
+                if best_state is not None:  # None only if no val_nll was below infinity
+                    model.load_state_dict(best_state)
+                if checks:
+                    history.final_shrinks = repair(config.final_check_repeats)
+        shown = ("loss", "nll", "ce", "transport", "inversion_error", "val_nll")
+        bar.set_postfix({k: f"{record[k]:.3g}" for k in shown if k in record})
         if config.checkpoint_path is not None:
             model.save(
                 config.checkpoint_path, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                history=history.epochs, epoch=epoch + 1, rng=rng_state(),
+                history=dataclasses.asdict(history), best_state=best_state, epoch=epoch + 1, rng=rng_state(),
                 train_config=dataclasses.asdict(config),
             )
         if callback is not None:
             callback(epoch + 1, record)
+        if history.stopped_early:
+            break
     return history
