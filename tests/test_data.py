@@ -26,7 +26,8 @@ from dgl_iflow.data.synthetic import CHORDAL_DELTA
 traffic_module = importlib.import_module("dgl_iflow.data.traffic")
 solar_module = importlib.import_module("dgl_iflow.data.solar")
 
-SYNTHETIC = ["three_moons", "eight_gaussians", "checkerboard", "three_node", "chordal"]
+SYNTHETIC = ["three_moons", "eight_gaussians", "checkerboard", "rose", "tree", "three_node",
+             "chordal"]
 SMALL_KWARGS = {"chordal": {"p": 31, "num_label_vectors": 3, "n_per_label": 20}}
 
 
@@ -61,8 +62,8 @@ def check_common(ds: GraphDataset) -> None:
 
 # ----------------------------------------------------------------------------- registry
 def test_registry_names_and_errors():
-    assert list_datasets() == ["three_moons", "eight_gaussians", "checkerboard", "three_node",
-                               "chordal", "traffic", "solar"]
+    assert list_datasets() == ["three_moons", "eight_gaussians", "checkerboard", "rose", "tree",
+                               "three_node", "chordal", "traffic", "solar"]
     with pytest.raises(ValueError, match="three_moons.*solar"):
         load_dataset("two_moons")
     with pytest.raises(ValueError, match="no files"):
@@ -86,7 +87,7 @@ def test_synthetic_common_and_seeded(name):
 
 # ----------------------------------------------------------------------------- toys
 @pytest.mark.parametrize("name, classes", [("three_moons", 3), ("eight_gaussians", 8),
-                                           ("checkerboard", 2)])
+                                           ("checkerboard", 2), ("rose", 6), ("tree", 5)])
 def test_toys_single_node_with_self_loop(name, classes):
     ds = load_dataset(name, n=400)
     assert ds.x.shape == (400, 1, 2) and ds.num_classes == classes
@@ -122,6 +123,100 @@ def test_eight_gaussians_components_and_checkerboard_colours():
     assert torch.equal(colour, board.y[:, 0])
     assert board.y.float().mean().item() == pytest.approx(0.5, abs=0.03)
     assert board.x.abs().max() <= 2
+
+
+def test_rose_points_lie_on_their_petal():
+    k, radius = 3, 2.0
+    # Noise-free: every point is on r = radius |cos(k theta)|, in the petal its angle names.
+    exact = load_dataset("rose", n=3000, seed=1, noise=0.0)
+    assert exact.num_classes == 2 * k and exact.info["petals"] == 6
+    assert torch.bincount(exact.y[:, 0]).tolist() == [500] * 6
+    p = exact.x[:, 0].double()
+    r, theta = p.norm(dim=1), torch.atan2(p[:, 1], p[:, 0])
+    assert (r - radius * torch.cos(k * theta).abs()).abs().max() < 1e-5
+    petal = torch.round(theta * k / np.pi).long() % (2 * k)
+    away = r > 1e-2  # at the origin the angle is undefined
+    assert torch.equal(petal[away], exact.y[away, 0])
+    assert r.max() <= radius + 1e-6 and r.max() > 0.99 * radius
+
+    # Noisy: within 6 std of the curve (brute force on a dense curve), petal from the angle
+    # away from the centre, where the petals are far apart.
+    noise = 0.05
+    ds = load_dataset("rose", n=2000, seed=2, noise=noise)
+    p = ds.x[:, 0].double()
+    grid = torch.linspace(0, 2 * np.pi, 40001, dtype=torch.float64)
+    curve = radius * torch.cos(k * grid).abs().unsqueeze(1) * torch.stack(
+        [torch.cos(grid), torch.sin(grid)], dim=1)
+    spacing = (curve[1:] - curve[:-1]).norm(dim=1).max().item()
+    assert torch.cdist(p, curve).min(dim=1).values.max() < 6 * noise + spacing
+    r, theta = p.norm(dim=1), torch.atan2(p[:, 1], p[:, 0])
+    outer = r > 0.75 * radius
+    assert outer.sum() > 500
+    petal = torch.round(theta * k / np.pi).long() % (2 * k)
+    assert torch.equal(petal[outer], ds.y[outer, 0])
+    assert (p.norm(dim=1) - radius * torch.cos(k * theta).abs()).std() > 0.5 * noise
+    with pytest.raises(ValueError, match="k must be"):
+        load_dataset("rose", k=0)
+
+
+def reference_tree(depth=7, angle=np.pi / 6, ratio=0.7, trunk=1.2, class_depth=2):
+    """Branches (start, end, class) of the documented tree, built recursively, then centred."""
+    branches = []
+
+    def grow(start, heading, length, level, position):
+        end = start + length * np.array([np.cos(heading), np.sin(heading)])
+        if level < class_depth:
+            label = 0
+        else:
+            label = 1 + position // 2 ** (level - class_depth)
+        branches.append((start, end, label))
+        if level < depth:
+            grow(end, heading + angle, length * ratio, level + 1, 2 * position)
+            grow(end, heading - angle, length * ratio, level + 1, 2 * position + 1)
+
+    grow(np.zeros(2), np.pi / 2, trunk, 0, 0)
+    starts = torch.tensor(np.array([b[0] for b in branches]))
+    ends = torch.tensor(np.array([b[1] for b in branches]))
+    labels = torch.tensor([b[2] for b in branches])
+    corners = torch.cat([starts, ends])
+    shift = -(corners.min(dim=0).values + corners.max(dim=0).values) / 2
+    return starts + shift, ends + shift, labels, shift
+
+
+def distance_to_segments(points, starts, ends):
+    """(N, S) Euclidean distances from every point to every segment, by brute force."""
+    direction = ends - starts
+    t = ((points[:, None] - starts[None]) * direction[None]).sum(-1) / (direction ** 2).sum(-1)
+    nearest = starts[None] + t.clamp(0, 1)[..., None] * direction[None]
+    return (points[:, None] - nearest).norm(dim=-1)
+
+
+def test_tree_points_lie_on_their_branches():
+    starts, ends, branch_label, shift = reference_tree()
+    assert len(starts) == 255 and torch.bincount(branch_label).tolist() == [3, 63, 63, 63, 63]
+    for noise, tol in ((0.0, 1e-5), (0.02, 6 * 0.02)):
+        ds = load_dataset("tree", n=2500, seed=5, noise=noise)
+        assert ds.num_classes == 5 and ds.info["branches"] == 255
+        assert ds.info["shift"] == pytest.approx(shift.tolist())
+        assert torch.bincount(ds.y[:, 0]).tolist() == [500] * 5
+        p = ds.x[:, 0].double()
+        distance = distance_to_segments(p, starts, ends)
+        own = branch_label[None] == ds.y  # (N, S): the branches of each point's class
+        assert distance.masked_fill(~own, np.inf).min(dim=1).values.max() < tol
+        if noise:
+            # Few points are nearer another class than their own (at the forks and tips).
+            nearest_label = branch_label[distance.argmin(dim=1)]
+            assert (nearest_label == ds.y[:, 0]).float().mean() > 0.9
+            assert distance.min(dim=1).values.mean() > 0.3 * noise
+    # Sub-trees are numbered left to right and mirror each other; the stem is vertical.
+    means = torch.stack([p[ds.y[:, 0] == label].mean(dim=0) for label in range(5)])
+    assert means[0, 0].abs() < 0.05 and (means[1:, 0].diff() > 0.3).all()
+    assert means[1, 0] == pytest.approx(-means[4, 0].item(), abs=0.1)
+    assert p.abs().max(dim=0).values.tolist() == pytest.approx([2.0, 1.8], abs=0.1)
+    three = load_dataset("tree", n=300, class_depth=1)
+    assert three.num_classes == 3 and set(three.y.flatten().tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="class_depth"):
+        load_dataset("tree", class_depth=0)
 
 
 # ----------------------------------------------------------------------------- three-node

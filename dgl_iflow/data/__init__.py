@@ -23,19 +23,22 @@ from .base import DataFileError, DataRoot, FileReport, GraphDataset, resolve_roo
 from .download import fetch_files
 from .solar import solar
 from .synthetic import chordal, three_node
-from .toys import checkerboard, eight_gaussians, three_moons
+from .toys import checkerboard, eight_gaussians, rose, three_moons, tree
 from .traffic import traffic
 
 __all__ = [
     "DataFileError", "DataRoot", "FileReport", "GraphDataset", "checkerboard", "chordal",
     "download_dataset", "eight_gaussians", "list_datasets", "load_dataset", "real_datasets",
-    "resolve_root", "solar", "three_moons", "three_node", "traffic", "verify_dataset",
+    "resolve_root", "rose", "solar", "three_moons", "three_node", "traffic", "tree",
+    "verify_dataset",
 ]
 
 _LOADERS: dict[str, Callable[..., GraphDataset]] = {
     "three_moons": three_moons,
     "eight_gaussians": eight_gaussians,
     "checkerboard": checkerboard,
+    "rose": rose,
+    "tree": tree,
     "three_node": three_node,
     "chordal": chordal,
     "traffic": traffic,
