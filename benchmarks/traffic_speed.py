@@ -11,7 +11,16 @@ transport weight 1, exact log-determinant. Each configuration runs in a fresh su
 its peak RSS (``ru_maxrss``) is its own. Printed per configuration: flow parameters, seconds per
 epoch (median over epochs; wall clock and process CPU time), peak RSS, seconds to generate 1000
 samples by the fixed-point inverse with the error it reached (``max ||F(F^-1(h)) - h|| / ||h||``),
-the round trip ``F^-1(F(x))`` of the 1320 test samples, and the reference's numbers with ratios.
+and the round trip ``F^-1(F(x))`` of the 1320 test samples.
+
+Ratios against the paper's reference implementation are printed only from a side-by-side run:
+``--reference FILE`` takes the JSON that ``../shared/refbench/ref_speed.py --json FILE`` wrote
+on this machine (run the two alternately, A B A B, on an idle machine; the refbench README says
+how). Without it the figures are absolute. Both runs' dates and the machine's load when they
+started are printed and kept in ``--json``.
+
+``--fit-checks`` also times every configuration under ``fit``'s default per-epoch inversion
+checks and prints their cost against the bare training loop.
 
 Options: ``--epochs``, ``--threads``, ``--convs``, ``--logdet``, ``--json FILE``, and ``--repo
 PATH`` to benchmark another checkout of the package (for before/after tables). The real data is
@@ -20,6 +29,7 @@ read from ``$DGL_IFLOW_DATA``, else ``../shared/data`` beside the checkout when 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -30,15 +40,49 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: The paper's reference implementation on a 2-core machine (docs/performance.md).
-REFERENCE = {
-    "cheb": dict(params=189_560, epoch_s=35.2, rss_gb=7.1, generate_s=35.0, invert_test_s=201.0),
-    "l3": dict(params=216_560, epoch_s=29.0, rss_gb=5.6, generate_s=31.0, invert_test_s=181.0),
-}
-TARGETS = dict(epoch_s=6.0, rss_gb=1.0, generate_s=3.0, inverse_error=1e-5)
+#: Issue #14: speed-ups over the reference measured side by side, absolute memory and accuracy,
+#: and what fit's per-epoch inversion checks may cost over the bare loop.
+TARGETS = dict(epoch_speedup=5.0, generate_speedup=10.0, rss_gb=1.0, inverse_error=1e-5, checks_overhead=1.2)
 #: Latent means and variance of the reference on traffic: sigma^2 = ||mu0 - mu1|| / 8.
 MEANS = ((2.0, -2.0), (-2.0, 2.0))
 SIGMA = (((4.0 ** 2 + 4.0 ** 2) ** 0.5) / 8.0) ** 0.5
+
+
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """Cores kept busy by anything on the machine over ``seconds`` (Linux ``/proc/stat``)."""
+    def sample() -> tuple[int, int]:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except OSError:
+        return None
+    return (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+
+
+def machine_state() -> dict:
+    """When, and how loaded the machine was, as a run starts."""
+    return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                load_average=os.getloadavg()[0], busy_cores=busy_cores(), cpus=os.cpu_count())
+
+
+def load_reference(path: str) -> dict:
+    """Results of ``ref_speed.py --json`` per conv, with the run's date and load where known.
+
+    The harness does not write its date or load: the file's modification time stands for the
+    date, and the load is marked unknown.
+    """
+    results = json.loads(Path(path).read_text())
+    if not isinstance(results, dict) or not all(isinstance(r, dict) and "epoch_s" in r for r in results.values()):
+        raise SystemExit(f"{path} is not a ref_speed.py --json file (one object with epoch_s per conv)")
+    modified = datetime.datetime.fromtimestamp(Path(path).stat().st_mtime, datetime.timezone.utc)
+    state = results.pop("machine", None) or dict(date=modified.isoformat(timespec="seconds"), load_average=None,
+                                                 busy_cores=None)
+    return dict(machine=state, results=results)
 
 
 def data_root() -> str | None:
@@ -81,10 +125,11 @@ def worker(args: argparse.Namespace) -> dict:
     def callback(epoch: int, record: dict) -> None:
         marks.append((time.perf_counter(), time.process_time()))
 
+    checks = {} if args.checks else dict(inversion_check_samples=0)  # fit's defaults, or the bare loop
     config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=1e-4, weight_decay=5e-4,
         lr_schedule="constant", classification_weight=0.1, transport_weight=1.0,
-        inversion_check_samples=0, progress=False, seed=args.seed,
+        progress=False, seed=args.seed, **checks,
     )
     history = fit(model, graph, x_train, y_train, config, callback=callback)
     wall = [b[0] - a[0] for a, b in zip(marks, marks[1:])]
@@ -113,7 +158,7 @@ def worker(args: argparse.Namespace) -> dict:
         invert_test_s = time.perf_counter() - t0
         test_error = float(((x_back - x_test).pow(2).sum((1, 2)).sqrt() / x_test.pow(2).sum((1, 2)).sqrt()).max())
     return dict(
-        conv=args.conv, logdet=model.logdet_mode, params=params, epochs=args.epochs,
+        conv=args.conv, logdet=model.logdet_mode, checks=args.checks, params=params, epochs=args.epochs,
         batches_per_epoch=-(-len(x_train) // args.batch_size),
         epoch_wall_s=wall, epoch_cpu_s=cpu, epoch_s=statistics.median(wall), epoch_cpu_median_s=statistics.median(cpu),
         loss=[round(e["loss"], 4) for e in history.epochs],
@@ -125,7 +170,7 @@ def worker(args: argparse.Namespace) -> dict:
 
 
 # ----------------------------------------------------------------------------- driver
-def run_configuration(args: argparse.Namespace, conv: str) -> dict:
+def run_configuration(args: argparse.Namespace, conv: str, checks: bool = False) -> dict:
     env = dict(os.environ)
     repo = str(Path(args.repo).resolve()) if args.repo else str(REPO)
     env["PYTHONPATH"] = os.pathsep.join([repo, *filter(None, [env.get("PYTHONPATH")])])
@@ -138,7 +183,7 @@ def run_configuration(args: argparse.Namespace, conv: str) -> dict:
         "--epochs", str(args.epochs), "--threads", str(args.threads), "--blocks", str(args.blocks),
         "--batch-size", str(args.batch_size), "--samples", str(args.samples), "--logdet", args.logdet,
         "--tol", str(args.tol), "--max-iter", str(args.max_iter), "--seed", str(args.seed),
-    ]
+    ] + (["--checks"] if checks else [])
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=repo)
     if done.returncode != 0:
         raise RuntimeError(f"{conv} worker failed:\n{done.stdout}\n{done.stderr}")
@@ -149,14 +194,21 @@ def ratio(reference: float, ours: float) -> str:
     return f"{reference / ours:.1f}x" if ours > 0 else "-"
 
 
-def report(results: dict[str, dict]) -> str:
-    lines = ["| | " + " | ".join(f"{conv} ref | {conv} ours | gain" for conv in results) + " |",
-             "|---|" + "---|---|---|" * len(results)]
+def report(results: dict[str, dict], reference: dict[str, dict] | None) -> str:
+    """Our figures per conv; with a side-by-side ``reference``, its figures and the ratio too."""
+    if reference is None:
+        lines = ["| | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
+    else:
+        lines = ["| | " + " | ".join(f"{conv} reference | {conv} ours | ratio" for conv in results) + " |",
+                 "|---|" + "---|---|---|" * len(results)]
 
     def row(name: str, ref_key: str | None, fmt, key: str, gain: bool = True) -> None:
         cells = []
         for conv, res in results.items():
-            ref = REFERENCE[conv].get(ref_key) if ref_key else None
+            if reference is None:
+                cells.append(fmt(res[key]))
+                continue
+            ref = reference.get(conv, {}).get(ref_key) if ref_key else None
             cells += [fmt(ref) if ref is not None else "-", fmt(res[key]),
                       ratio(ref, res[key]) if gain and ref is not None else "-"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -167,29 +219,43 @@ def report(results: dict[str, dict]) -> str:
     row("peak RSS (GB)", "rss_gb", lambda v: f"{v:.2f}", "rss_gb")
     row("generate 1000 samples (s)", "generate_s", lambda v: f"{v:.2f}", "generate_s")
     row("generation inverse error", None, lambda v: f"{v:.1e}", "inverse_error", gain=False)
-    row("invert the 1320 test samples (s)", "invert_test_s", lambda v: f"{v:.2f}", "invert_test_s")
+    row("invert the 1320 test samples (s)", None, lambda v: f"{v:.2f}", "invert_test_s", gain=False)
     row("test round-trip error", None, lambda v: f"{v:.1e}", "test_roundtrip_error", gain=False)
     row("fixed-point iterations per block (mean)", None, lambda v: f"{v:.1f}", "inverse_iterations_mean", gain=False)
     return "\n".join(lines)
 
 
-def verdicts(results: dict[str, dict]) -> list[str]:
+def verdicts(results: dict[str, dict], reference: dict[str, dict] | None,
+             checked: dict[str, dict] | None) -> list[str]:
     """One line per target: the measured figures and whether they meet it."""
-    def line(name: str, values: list[float], limit: float, unit: str, fmt: str = ".2f") -> str:
-        met = all(value <= limit for value in values)
-        suffix = f" {unit}" if unit else ""
+    def line(name: str, values: list[float], limit: float, suffix: str, fmt: str = ".2f", at_least: bool = False) -> str:
+        met = all(value >= limit if at_least else value <= limit for value in values)
         figures = " / ".join(f"{value:{fmt}}" for value in values)
         why = "" if met else " (what limits it: docs/performance.md)"
-        return f"target {name} <= {limit:{fmt}}{suffix}: {figures}{suffix}, {'met' if met else 'MISSED'}{why}"
+        relation = ">=" if at_least else "<="
+        return f"target {name} {relation} {limit:{fmt}}{suffix}: {figures}{suffix}, {'met' if met else 'MISSED'}{why}"
 
-    convs = " / ".join(results)
-    return [
-        f"targets for {convs}:",
-        line("seconds per epoch", [r["epoch_s"] for r in results.values()], TARGETS["epoch_s"], "s"),
-        line("peak RSS", [r["rss_gb"] for r in results.values()], TARGETS["rss_gb"], "GB"),
-        line("generate 1000 samples", [r["generate_s"] for r in results.values()], TARGETS["generate_s"], "s"),
+    lines = [f"targets for {' / '.join(results)}:"]
+    if reference is None:
+        lines.append("speed-ups: no --reference run given, so no ratio is claimed")
+    else:
+        common = [conv for conv in results if conv in reference]
+        lines += [
+            line("speed-up per epoch over the reference", [reference[c]["epoch_s"] / results[c]["epoch_s"] for c in common],
+                 TARGETS["epoch_speedup"], "x", ".1f", at_least=True),
+            line("speed-up of generating 1000 samples", [reference[c]["generate_s"] / results[c]["generate_s"]
+                                                         for c in common], TARGETS["generate_speedup"], "x", ".1f",
+                 at_least=True),
+        ]
+    lines += [
+        line("peak RSS", [r["rss_gb"] for r in results.values()], TARGETS["rss_gb"], " GB"),
         line("inverse error", [r["inverse_error"] for r in results.values()], TARGETS["inverse_error"], "", ".0e"),
     ]
+    if checked:
+        lines.append(line("fit with its inversion checks over the bare loop, per epoch",
+                          [checked[c]["epoch_s"] / results[c]["epoch_s"] for c in checked],
+                          TARGETS["checks_overhead"], "x"))
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -206,31 +272,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-iter", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--repo", help="checkout whose dgl_iflow to benchmark (default: this one)")
+    parser.add_argument("--reference", help="JSON written by ../shared/refbench/ref_speed.py --json, side by side")
+    parser.add_argument("--fit-checks", action="store_true",
+                        help="also time fit with its default per-epoch inversion checks")
+    parser.add_argument("--checks", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", help="also write the results to this file")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
         return
-    load = os.getloadavg()[0]
+    reference = load_reference(args.reference) if args.reference else None
+    state = machine_state()
     print(f"traffic, {args.blocks} blocks of width 64, batch {args.batch_size}, {args.threads} threads, "
-          f"{args.epochs} epochs, logdet={args.logdet}; load average {load:.1f} on {os.cpu_count()} CPUs")
-    if load > (os.cpu_count() or 1):
-        print("warning: the machine is busy; wall-clock times are inflated (see the CPU-time row)")
-    results = {}
+          f"{args.epochs} epochs, logdet={args.logdet}; {state['date']}, load average {state['load_average']:.1f}, "
+          f"busy cores {state['busy_cores']} of {state['cpus']}")
+    if (state["busy_cores"] or 0) > 0.3:
+        print("warning: the machine is not idle; wall-clock times are inflated (see the CPU-time row)")
+    if reference is not None:
+        ref_state = reference["machine"]
+        print(f"reference from {args.reference}: {ref_state['date']}, load average "
+              f"{ref_state['load_average'] if ref_state['load_average'] is not None else 'not recorded'}")
+    results, checked = {}, {}
     for conv in args.convs:
         results[conv] = run_configuration(args, conv)
         res = results[conv]
         print(f"{conv}: {res['epoch_s']:.2f} s/epoch (epochs {[round(s, 2) for s in res['epoch_wall_s']]}), "
               f"peak RSS {res['rss_gb']:.2f} GB, generate {res['generate_s']:.2f} s "
               f"(error {res['inverse_error']:.1e}), logdet={res['logdet']}", flush=True)
+        if args.fit_checks:
+            checked[conv] = run_configuration(args, conv, checks=True)
+            print(f"{conv} with fit's inversion checks: {checked[conv]['epoch_s']:.2f} s/epoch", flush=True)
     print()
-    print(report(results))
+    print(report(results, None if reference is None else reference["results"]))
     print()
-    for line in verdicts(results):
+    for line in verdicts(results, None if reference is None else reference["results"], checked):
         print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps(dict(machine=state, results=results, with_checks=checked,
+                                                   reference=reference), indent=2))
 
 
 if __name__ == "__main__":

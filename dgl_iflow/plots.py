@@ -19,7 +19,7 @@ import torch
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["generated_vs_real", "node_probabilities", "training_curves"]
+__all__ = ["convergence", "generated_vs_real", "jko_movements", "node_probabilities", "training_curves"]
 
 ArrayLike = torch.Tensor | np.ndarray
 LabelKey = tuple[int, ...]
@@ -290,6 +290,52 @@ def jko_movements(history, path: str | os.PathLike, generated: ArrayLike | None 
         axes[1].set_ylabel("feature 1")
         axes[1].set_title("samples", fontsize=10)
         axes[1].legend(fontsize=8, markerscale=3)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def convergence(runs: Mapping[str, Sequence[Sequence[tuple[float, float, float]]]], path: str | os.PathLike,
+                ylabel: str = "test NLL", title: str | None = None) -> Path:
+    """A quality measure against mini-batches and against training wall time, per model and run.
+
+    Parameters
+    ----------
+    runs : mapping
+        Model name to its runs (one per seed); a run is a sequence of
+        ``(mini-batches, seconds, value)`` points in training order. One colour per model,
+        one line per run.
+    path : str or PathLike
+        PNG file to write.
+    ylabel : str
+        What the value is.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    if not any(len(run) for model_runs in runs.values() for run in model_runs):
+        raise ValueError("runs hold no points: nothing to plot")
+    colours = [REAL_COLOUR, GENERATED_COLOUR, "#2a9d3f", "#8e44ad"]
+    figure = _figure(9.0, 3.6)
+    axes = figure.subplots(1, 2, squeeze=False).ravel()
+    for (name, model_runs), colour in zip(runs.items(), colours * len(runs)):
+        for number, run in enumerate(model_runs):
+            if not run:
+                continue
+            minibatches, seconds, values = (np.asarray(column, dtype=float) for column in zip(*run))
+            label = name if number == 0 else None
+            axes[0].plot(minibatches, values, marker="o", markersize=2.5, color=colour, alpha=0.8, label=label)
+            axes[1].plot(seconds, values, marker="o", markersize=2.5, color=colour, alpha=0.8, label=label)
+    for axis, xlabel in zip(axes, ("mini-batches", "training wall time (s)")):
+        axis.set_xscale("log")
+        axis.set_xlabel(xlabel)
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3, which="both")
+        axis.legend(fontsize=8)
     if title:
         figure.suptitle(title)
     return _save(figure, path)

@@ -103,6 +103,16 @@ def test_training_curves_writes_a_png_and_rejects_bad_input(tmp_path):
         plots.training_curves(history, tmp_path / "c.png", keys=["accuracy"])
 
 
+def test_convergence_writes_a_png_and_rejects_bad_input(tmp_path):
+    from matplotlib.image import imread
+
+    runs = {"a": [[(1, 0.1, 3.0), (10, 0.5, 2.0)], [(2, 0.2, 2.5)]], "b": [[(5, 1.0, 4.0), (50, 9.0, 1.0)]]}
+    path = plots.convergence(runs, tmp_path / "curves" / "nll.png", title="toy")
+    assert imread(path).shape[1] > 800
+    with pytest.raises(ValueError, match="no points"):
+        plots.convergence({"a": [[]]}, tmp_path / "empty.png")
+
+
 def test_importing_the_package_does_not_import_matplotlib():
     code = "import sys, dgl_iflow; print('matplotlib' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,6 +1,7 @@
 """Block-wise training of a :class:`JKOFlow`: one JKO step at a time, earlier blocks frozen."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -16,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .._backend import dgl
 from ..checkpoints import rng_state, set_rng_state
-from .common import check_lr_schedule, frozen_gc, lr_scheduler, seeded
+from .common import EarlyStopping, check_lr_schedule, frozen_gc, lr_scheduler, seeded
 from ..transforms.ode_block import JKOBlock
 from ..models import JKOFlow
 from .jko_schedule import refine, reparametrize, step_size
@@ -65,6 +66,16 @@ class JKOConfig:
     refine_rounds : int
         Rounds of splitting every block in two (:func:`refine`) and retraining, after the
         re-spacing rounds; kept like them.
+    patience : int, optional
+        Early stopping on validation data (``fit_jko(..., x_val=, y_val=)``; required then):
+        every ``eval_every`` mini-batches the block's JKO objective on the validation samples
+        is measured, the block stops once it has not improved for ``patience`` measurements and
+        keeps its best weights, so ``iterations`` (and ``retrain_iterations``) become the most
+        a block trains. The first pass also stops when a new block does not lower the
+        validation NLL (once ``min_blocks`` are trained); that block is dropped
+        (:attr:`JKOHistory.discarded`). ``None`` trains every block for its full budget.
+    eval_every : int
+        Mini-batches between two validation measurements of a block.
     check_samples : int
         Training samples on which each block's forward/backward round trip is checked.
     round_trip_tol : float, optional
@@ -105,6 +116,8 @@ class JKOConfig:
     reparametrize_rounds: int = 0
     eta: float = 0.5
     refine_rounds: int = 0
+    patience: int | None = None
+    eval_every: int = 10
     check_samples: int = 256
     round_trip_tol: float | None = None
     max_steps: int = 48
@@ -128,7 +141,7 @@ class BlockRecord:
     t0, t1 : float
         The block's interval.
     loss : float
-        Mean mini-batch objective over the last tenth of the block's mini-batches.
+        Mean mini-batch objective over its last mini-batches (a tenth of the budget).
     objective : float
         :math:`\\mathbb{E}[\\mathrm{potential}(x_{k+1}) - \\ell_k + \\|x_{k+1} - x_k\\|^2 / (2 h_k)]`.
     potential : float
@@ -146,7 +159,10 @@ class BlockRecord:
     minibatches : int
         Mini-batches the block was trained on.
     seconds : float
-        Wall time of training and pushing.
+        Wall time of training, validation and pushing.
+    val_nll : float
+        NLL per validation sample of the model's first ``block + 1`` blocks, by the training
+        map (``nan`` without validation data).
     saved_bytes : int
         Bytes of the tensors autograd kept for the first training step of this block: the
         memory that would grow with :math:`k` if earlier blocks were not frozen.
@@ -167,6 +183,7 @@ class BlockRecord:
     minibatches: int
     seconds: float
     saved_bytes: int
+    val_nll: float = math.nan
 
     @property
     def ratio(self) -> float:
@@ -194,6 +211,8 @@ class JKOHistory:
     records: list[BlockRecord] = field(default_factory=list)
     #: One :class:`StageDecision` per re-spacing or refinement stage, in order.
     decisions: list[StageDecision] = field(default_factory=list)
+    #: Blocks of the first pass trained and then dropped for not lowering the validation NLL.
+    discarded: list[BlockRecord] = field(default_factory=list)
 
     def stages(self) -> list[str]:
         """Stage names in the order they ran."""
@@ -220,11 +239,26 @@ class JKOHistory:
 
     @property
     def minibatches(self) -> int:
-        return sum(record.minibatches for record in self.records)
+        """Mini-batches of the whole run, dropped blocks and rolled-back stages included."""
+        return sum(record.minibatches for record in self.records + self.discarded)
 
     @property
     def seconds(self) -> float:
-        return sum(record.seconds for record in self.records)
+        """Wall time of the whole run, as :attr:`minibatches` counts."""
+        return sum(record.seconds for record in self.records + self.discarded)
+
+
+@dataclass
+class _Position:
+    """Samples pushed through the first blocks: features in the blocks' layout ``(V, N, d)``,
+    their ``(N, V)`` labels, and the mean log-determinant of those blocks per sample."""
+
+    x: Tensor
+    labels: Tensor | None
+    logdet: float = 0.0
+
+    def labels_at(self, index: Tensor | slice) -> Tensor | None:
+        return None if self.labels is None else self.labels[index]
 
 
 class SavedTensorMeter:
@@ -314,17 +348,27 @@ class JKOTrainer:
         self.model = model.to(self.config.device)
         self.callback = callback
         self.history = JKOHistory()
-        self.graph, self.data = model.to_flow(graph, x_train.to(self.config.device, model.dtype))
-        self.labels = None if y_train is None else y_train.to(self.config.device)
+        self.graph, x_flow = model.to_flow(graph, x_train.to(self.config.device, model.dtype))
+        #: The training data before any block.
+        self.data = _Position(x_flow, None if y_train is None else y_train.to(self.config.device))
         self.model_graph = graph
         if y_train is not None:
             model.latent.fit_priors(y_train.reshape(-1))  # as fit does: predictions use the class frequencies
         self.validation = None
+        self.validation_data: _Position | None = None
         if x_val is not None:
             model.check_features(graph, x_val, "x_val")
             model.check_labels(x_val, y_val)
             self.validation = (x_val.to(self.config.device, model.dtype),
                                None if y_val is None else y_val.to(self.config.device))
+            #: The validation data before any block.
+            self.validation_data = _Position(model.to_flow(graph, self.validation[0])[1], self.validation[1])
+        if self.config.patience is not None:
+            if self.config.patience < 1 or self.config.eval_every < 1:
+                raise ValueError(f"patience and eval_every must be >= 1, got {self.config.patience}, "
+                                 f"{self.config.eval_every}")
+            if self.validation is None:
+                raise ValueError("JKOConfig.patience stops on validation data: pass x_val (and y_val)")
         #: The model before the running re-spacing or refinement stage, and its validation NLL.
         self._before_stage: dict | None = None
         self.order = torch.Generator().manual_seed(self.config.seed)
@@ -337,29 +381,33 @@ class JKOTrainer:
         # Epochs of random permutations: every sample is seen once before any is seen twice.
         size = self.config.batch_size
         if len(self._permutation) < size:
-            fresh = torch.randperm(self.data.shape[1], generator=self.order)
+            fresh = torch.randperm(self.data.x.shape[1], generator=self.order)
             self._permutation = torch.cat([self._permutation, fresh])
         batch, self._permutation = self._permutation[:size], self._permutation[size:]
         return batch.to(self.config.device)
 
-    def _labels(self, index: Tensor | slice) -> Tensor | None:
-        return None if self.labels is None else self.labels[index]
+    def _train_block(
+        self, block: JKOBlock, cache: _Position, iterations: int, bar: tqdm, validation: _Position | None,
+    ) -> tuple[float, int, int]:
+        """Adam on ``block`` alone, stopped early on ``validation`` under ``patience``.
 
-    def _train_block(self, block: JKOBlock, cache: Tensor, iterations: int, bar: tqdm) -> tuple[float, int]:
-        """Adam on ``block`` alone; returns the late mean loss and the saved bytes of one step."""
+        Returns the mean loss of the last mini-batches (a tenth of the budget), the saved bytes
+        of one step and the mini-batches trained.
+        """
         config = self.config
         optimizer = torch.optim.Adam(block.parameters(), lr=config.lr)
         schedule = lr_scheduler(optimizer, config.lr_schedule, iterations, final_fraction=0.1)
-        late = max(1, iterations // 10)
-        late_losses: list[float] = []
+        late_losses: collections.deque[float] = collections.deque(maxlen=max(1, iterations // 10))
+        stopping = None if config.patience is None else EarlyStopping(config.patience)
         block.train()
+        trained = 0
         for iteration in range(iterations):
             index = self._batch_indices()
-            x0 = cache[:, index]
+            x0 = cache.x[:, index]
             # Steps are alike, so the first one is measured: the hooks cost a Python call per tensor.
             with SavedTensorMeter() if iteration == 0 else contextlib.nullcontext() as meter:
                 x1, logdet = block(self.graph, x0)
-                loss = block_objective(self.model, x0, x1, logdet, self._labels(index), block.h).mean()
+                loss = block_objective(self.model, x0, x1, logdet, cache.labels_at(index), block.h).mean()
             if iteration == 0:
                 saved_bytes = meter.bytes
             optimizer.zero_grad(set_to_none=True)
@@ -368,12 +416,31 @@ class JKOTrainer:
                 torch.nn.utils.clip_grad_norm_(block.parameters(), config.grad_clip)
             optimizer.step()
             schedule.step()
-            if iteration >= iterations - late:
-                late_losses.append(float(loss))
+            late_losses.append(float(loss))
+            trained += 1
             bar.update(1)
             bar.set_postfix(block=len(self.history.records), loss=f"{float(loss):.4g}")
+            measure = trained % config.eval_every == 0 or trained == iterations
+            if stopping is not None and measure and stopping.update(self._objective(block, validation), block):
+                bar.total -= iterations - trained
+                break
         block.eval()
-        return sum(late_losses) / len(late_losses), saved_bytes
+        if stopping is not None:
+            stopping.restore(block)
+        return sum(late_losses) / len(late_losses), saved_bytes, trained
+
+    @torch.no_grad()
+    def _objective(self, block: JKOBlock, position: _Position) -> float:
+        """The block's JKO objective per sample at ``position`` (validation samples)."""
+        block.eval()
+        total = 0.0
+        for start in range(0, position.x.shape[1], self.config.push_batch_size):
+            index = slice(start, start + self.config.push_batch_size)
+            x0 = position.x[:, index]
+            x1, logdet = block(self.graph, x0)
+            total += float(block_objective(self.model, x0, x1, logdet, position.labels_at(index), block.h).sum())
+        block.train()
+        return total / position.x.shape[1]
 
     def _spread(self, x1: Tensor, labels: Tensor | None) -> Tensor:
         """Squared distance of pushed samples from their latent mean, per sample."""
@@ -381,15 +448,15 @@ class JKOTrainer:
         return (h - self.model.latent_mean(h, labels)).pow(2).sum(dim=(-2, -1))
 
     @torch.no_grad()
-    def _push(self, block: JKOBlock, cache: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """The cache moved through ``block``, in chunks, and the means of the block's statistics."""
+    def _push(self, block: JKOBlock, cache: _Position) -> tuple[_Position, dict[str, float]]:
+        """The samples moved through ``block``, in chunks, and the means of the block's statistics."""
         pushed, totals = [], dict(objective=0.0, potential=0.0, logdet=0.0, movement=0.0, spread=0.0)
-        num_samples = cache.shape[1]
+        num_samples = cache.x.shape[1]
         for start in range(0, num_samples, self.config.push_batch_size):
             index = slice(start, start + self.config.push_batch_size)
-            x0 = cache[:, index]
+            x0 = cache.x[:, index]
             x1, logdet = block(self.graph, x0)
-            labels = self._labels(index)
+            labels = cache.labels_at(index)
             terms = dict(
                 objective=block_objective(self.model, x0, x1, logdet, labels, block.h),
                 potential=self.model.potential(self.model.from_flow(x1), labels), logdet=logdet,
@@ -398,26 +465,37 @@ class JKOTrainer:
             for key, value in terms.items():
                 totals[key] += float(value.sum()) / num_samples
             pushed.append(x1)
-        return torch.cat(pushed, dim=1), totals
+        return _Position(torch.cat(pushed, dim=1), cache.labels, cache.logdet + totals["logdet"]), totals
 
-    def _fit_block(self, stage: str, index: int, block: JKOBlock, cache: Tensor, iterations: int, bar: tqdm) -> Tensor:
+    def _nll(self, position: _Position) -> float:
+        """NLL per sample of the blocks that pushed the samples to ``position``, by their map."""
+        h = self.model.from_flow(position.x)
+        return float(self.model.potential(h, position.labels).mean()) - position.logdet
+
+    def _fit_block(
+        self, stage: str, index: int, block: JKOBlock, cache: _Position, validation: _Position | None,
+        iterations: int, bar: tqdm,
+    ) -> tuple[_Position, _Position | None]:
+        """Train ``block``, check its round trip, record it; the training and validation samples after it."""
         started = time.perf_counter()
-        loss, saved_bytes = self._train_block(block, cache, iterations, bar)
-        check = cache[:, : self.config.check_samples]
+        loss, saved_bytes, trained = self._train_block(block, cache, iterations, bar, validation)
+        check = cache.x[:, : self.config.check_samples]
         if self.config.round_trip_tol is not None:
             while (block.steps < self.config.max_steps
                    and float(block.round_trip_error(self.graph, check, relative=True).max()) > self.config.round_trip_tol):
                 block.steps = min(2 * block.steps, self.config.max_steps)
         pushed, stats = self._push(block, cache)
+        validation = None if validation is None else self._push(block, validation)[0]
         round_trip = float(block.round_trip_error(self.graph, check).max())
         record = BlockRecord(
             stage=stage, block=index, t0=block.t0, t1=block.t1, loss=loss, round_trip=round_trip, steps=block.steps,
-            minibatches=iterations, seconds=time.perf_counter() - started, saved_bytes=saved_bytes, **stats,
+            minibatches=trained, seconds=time.perf_counter() - started, saved_bytes=saved_bytes,
+            val_nll=math.nan if validation is None else self._nll(validation), **stats,
         )
         self.history.records.append(record)
         if self.callback is not None:
             self.callback(record)
-        return pushed
+        return pushed, validation
 
     # -- passes -----------------------------------------------------------
 
@@ -440,18 +518,20 @@ class JKOTrainer:
         finally:
             self.model.set_solver(self._solver)
 
-    def _cache_after(self, num_blocks: int) -> Tensor:
-        """The training data pushed through the first ``num_blocks`` blocks (a resumed run's cache).
+    def _cache_after(self, num_blocks: int) -> tuple[_Position, _Position | None]:
+        """The training and validation data pushed through the first ``num_blocks`` blocks.
 
         Hutchinson probes drawn on the way come from a forked stream, so the run's own streams
         continue as they were saved.
         """
         cache = self.data
+        validation = self.validation_data
         device = torch.device(self.config.device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             for block in self.model.blocks[:num_blocks]:
-                cache, _ = self._push(block, cache)
-        return cache
+                cache = self._push(block, cache)[0]
+                validation = None if validation is None else self._push(block, validation)[0]
+        return cache, validation
 
     def grow(self, start: int = 0) -> None:
         """First pass: add blocks one by one until the data stop moving or ``max_blocks``.
@@ -469,7 +549,7 @@ class JKOTrainer:
     def _grow(self, start: int) -> None:
         config = self.config
         model = self.model
-        cache = self._cache_after(start)
+        cache, validation = self._cache_after(start)
         t = model.time_grid[-1] if model.blocks else 0.0
         with self._bar("grow", config.max_blocks * config.iterations, start * config.iterations) as bar:
             while len(model.blocks) < config.max_blocks:
@@ -481,9 +561,18 @@ class JKOTrainer:
                 else:
                     block = model.new_block(t, t + h)
                 model.blocks.append(block)
-                cache = self._fit_block("grow", k, block, cache, config.iterations, bar)
+                nll_before = math.nan if validation is None else self._nll(validation)
+                pushed, pushed_validation = self._fit_block("grow", k, block, cache, validation, config.iterations, bar)
+                record = self.history.records[-1]
+                if (config.patience is not None and len(model.blocks) > config.min_blocks
+                        and not record.val_nll < nll_before):
+                    del model.blocks[-1]
+                    self.history.discarded.append(self.history.records.pop())
+                    self._save("grow", k, True)
+                    break
+                cache, validation = pushed, pushed_validation
                 t += h
-                stopped = len(model.blocks) >= config.min_blocks and self.history.records[-1].ratio < config.tol
+                stopped = len(model.blocks) >= config.min_blocks and record.ratio < config.tol
                 finished = stopped or len(model.blocks) >= config.max_blocks
                 self._save("grow", k + 1, finished)
                 if stopped:
@@ -494,10 +583,11 @@ class JKOTrainer:
         iterations = self.config.retrain_iterations or self.config.iterations
         num_blocks = len(self.model.blocks)
         with self._training_solver():
-            cache = self._cache_after(start)
+            cache, validation = self._cache_after(start)
             with self._bar(stage, num_blocks * iterations, start * iterations) as bar:
                 for k in range(start, num_blocks):
-                    cache = self._fit_block(stage, k, self.model.blocks[k], cache, iterations, bar)
+                    cache, validation = self._fit_block(stage, k, self.model.blocks[k], cache, validation,
+                                                        iterations, bar)
                     # The stage ends with its decision (fit), which saves again.
                     self._save(stage, k + 1, False)
 
@@ -554,6 +644,7 @@ class JKOTrainer:
             self.config.checkpoint_path, trainer=dict(
                 position=list(position), history=[dataclasses.asdict(record) for record in self.history.records],
                 decisions=[dataclasses.asdict(decision) for decision in self.history.decisions],
+                discarded=[dataclasses.asdict(record) for record in self.history.discarded],
                 before_stage=self._before_stage, rng=rng_state(), order=self.order.get_state(),
                 permutation=self._permutation, config=dataclasses.asdict(self.config),
             ),
@@ -568,7 +659,8 @@ class JKOTrainer:
         if {**state["config"], **unchecked} != {**dataclasses.asdict(self.config), **unchecked}:
             raise ValueError(f"checkpoint {path} was written with another JKOConfig: {state['config']}")
         self.history = JKOHistory([BlockRecord(**record) for record in state["history"]],
-                                  [StageDecision(**decision) for decision in state["decisions"]])
+                                  [StageDecision(**decision) for decision in state["decisions"]],
+                                  [BlockRecord(**record) for record in state["discarded"]])
         self._before_stage = state["before_stage"]
         # Last, since rebuilding the blocks drew fresh weights from the streams.
         set_rng_state(state["rng"])
