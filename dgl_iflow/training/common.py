@@ -1,10 +1,7 @@
-"""What both trainers share: one random-state policy, the garbage-collector freeze, learning-rate
-schedules and early stopping."""
+"""What both trainers share: one random-state policy and the garbage-collector freeze."""
 from __future__ import annotations
 
-import copy
 import gc
-import math
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,30 +70,3 @@ def lr_scheduler(
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     lr = optimizer.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr * final_fraction)
-
-
-class EarlyStopping:
-    """The best score seen and the module's weights at it; stop after ``patience`` measurements
-    without a strictly lower score.
-
-    A score that is ``nan`` never counts as an improvement.
-    """
-
-    def __init__(self, patience: int) -> None:
-        self.patience = patience
-        self.best = math.inf
-        self.best_state: dict | None = None
-        self.waited = 0
-
-    def update(self, score: float, module: torch.nn.Module) -> bool:
-        """Record ``score`` for ``module`` as it is now; ``True`` once training should stop."""
-        if score < self.best:
-            self.best, self.best_state, self.waited = score, copy.deepcopy(module.state_dict()), 0
-        else:
-            self.waited += 1
-        return self.waited >= self.patience
-
-    def restore(self, module: torch.nn.Module) -> None:
-        """Put the best weights back into ``module`` (nothing if no score was finite)."""
-        if self.best_state is not None:
-            module.load_state_dict(self.best_state)

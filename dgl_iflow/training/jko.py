@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from .._backend import dgl
 from ..checkpoints import rng_state, set_rng_state
-from .common import EarlyStopping, check_lr_schedule, frozen_gc, lr_scheduler, seeded
+from .common import check_lr_schedule, frozen_gc, lr_scheduler, seeded
 from ..transforms.ode_block import JKOBlock
 from ..models import JKOFlow
 from .jko_schedule import refine, reparametrize, step_size
@@ -261,6 +261,34 @@ class _Position:
         return None if self.labels is None else self.labels[index]
 
 
+class _BlockStopping:
+    """Early stopping inside one block: the best validation objective and the block's weights
+    at it; stop after ``patience`` measurements without a strictly lower one (``nan`` never is).
+
+    A block is trained within one call, so unlike ``fit``'s per-epoch stopping nothing of this
+    needs to survive a checkpoint.
+    """
+
+    def __init__(self, patience: int) -> None:
+        self.patience = patience
+        self.best = math.inf
+        self.best_state: dict | None = None
+        self.waited = 0
+
+    def update(self, score: float, block: torch.nn.Module) -> bool:
+        """Record ``score`` for ``block`` as it is now; ``True`` once training should stop."""
+        if score < self.best:
+            self.best, self.best_state, self.waited = score, copy.deepcopy(block.state_dict()), 0
+        else:
+            self.waited += 1
+        return self.waited >= self.patience
+
+    def restore(self, block: torch.nn.Module) -> None:
+        """Put the best weights back into ``block`` (nothing if no score was finite)."""
+        if self.best_state is not None:
+            block.load_state_dict(self.best_state)
+
+
 class SavedTensorMeter:
     """Counts the bytes of distinct storages autograd saves for backward inside the context."""
 
@@ -398,7 +426,7 @@ class JKOTrainer:
         optimizer = torch.optim.Adam(block.parameters(), lr=config.lr)
         schedule = lr_scheduler(optimizer, config.lr_schedule, iterations, final_fraction=0.1)
         late_losses: collections.deque[float] = collections.deque(maxlen=max(1, iterations // 10))
-        stopping = None if config.patience is None else EarlyStopping(config.patience)
+        stopping = None if config.patience is None else _BlockStopping(config.patience)
         block.train()
         trained = 0
         for iteration in range(iterations):
