@@ -100,6 +100,15 @@ def _train(args: argparse.Namespace) -> None:
 
     dataset = _dataset(args)
     x_train, y_train = dataset.split("train")
+    validation = {}
+    if args.patience is not None:
+        if not 0.0 < args.validation_fraction < 1.0:
+            raise ValueError(f"--validation-fraction must lie in (0, 1); got {args.validation_fraction}")
+        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))
+        held_out = order[: max(1, round(args.validation_fraction * len(x_train)))]
+        kept = order[len(held_out):]
+        validation = dict(x_val=x_train[held_out], y_val=y_train[held_out])
+        x_train, y_train = x_train[kept], y_train[kept]
     out = Path(args.out)
     checkpoint = out / "model.pt"
     model = IGNN(
@@ -109,14 +118,15 @@ def _train(args: argparse.Namespace) -> None:
         lipschitz_coeff=args.lipschitz,
     )
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, patience=args.patience,
         checkpoint_path=str(checkpoint), progress=not args.no_progress,
     )
     out.mkdir(parents=True, exist_ok=True)  # only once the arguments have proved valid
     history = fit(model, dataset.graph, x_train, y_train, config,
-                  resume_from=checkpoint if args.resume else None)
+                  resume_from=checkpoint if args.resume else None, **validation)
     (out / "history.json").write_text(json.dumps(history.epochs, indent=2))
-    print(f"wrote {checkpoint} and {out / 'history.json'}; last epoch: {history.last()}")
+    kept = "" if history.best_epoch is None or args.patience is None else f"; kept epoch {history.best_epoch}"
+    print(f"wrote {checkpoint} and {out / 'history.json'}; last epoch: {history.last()}{kept}")
 
 
 def _evaluate(args: argparse.Namespace) -> None:
@@ -261,6 +271,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=200)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--patience", type=int, default=None,
+                       help="hold out --validation-fraction of the training split, stop after this many epochs "
+                            "without a lower validation NLL and keep the best epoch; default: train every epoch")
+    train.add_argument("--validation-fraction", type=float, default=0.2,
+                       help="with --patience: the share of the training split held out (seeded by --seed)")
     train.add_argument("--out", required=True, help="folder for model.pt and history.json")
     train.add_argument("--resume", action="store_true", help="continue from OUT/model.pt")
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")

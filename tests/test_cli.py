@@ -38,6 +38,18 @@ def test_train_sample_evaluate(checkpoint, tmp_path):
     assert all(path.read_bytes()[:4] == b"\x89PNG" for path in figures)
 
 
+def test_train_with_patience_keeps_the_best_validation_epoch(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--dataset", "three_node", "--blocks", "2", "--hidden", "8", "8", "--epochs", "40",
+                 "--lr", "3e-2", "--patience", "2", "--validation-fraction", "0.25", "--out", str(out),
+                 "--no-progress"]) == 0
+    history = json.loads((out / "history.json").read_text())
+    nll = [record["val_nll"] for record in history]
+    best = min(range(len(nll)), key=nll.__getitem__) + 1
+    assert f"kept epoch {best}" in capsys.readouterr().out
+    assert len(history) == 40 or len(history) == best + 2
+
+
 def one_error_line(capsys) -> str:
     captured = capsys.readouterr()
     lines = captured.err.splitlines()
@@ -61,6 +73,8 @@ def test_bad_input_is_one_line_and_status_1(checkpoint, tmp_path, capsys, labels
     (["sample", "--checkpoint", "nowhere.pt", "--labels", "0", "--out", "x.pt"], 1, "no checkpoint at nowhere.pt"),
     (["train", "--dataset", "nope", "--out", "unused"], 1, "unknown data set 'nope'; valid names: three_moons"),
     (["train", "--dataset", "three_node", "--means", "1,a", "--out", "unused"], 1, "--means must be"),
+    (["train", "--dataset", "three_node", "--patience", "2", "--validation-fraction", "1.5", "--out", "unused"], 1,
+     "--validation-fraction must lie in (0, 1); got 1.5"),
     (["datasets", "nope"], 1, "unknown data set(s) nope"),
     (["sample", "--checkpoint", "x.pt", "--labels", "0", "--n", "many", "--out", "x.pt"], 2,
      "argument --n: invalid int value: 'many' (see `dgl-iflow sample --help`)"),
