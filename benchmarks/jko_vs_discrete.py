@@ -9,8 +9,9 @@ returned model is the one of its best validation NLL. Scored on the test split:
   (its model solver); the iGNN's log-det is exact;
 * MMD^2 of generated against real graphs (``dgl_iflow.metrics.paper_protocol``: the three most
   frequent label vectors, alpha = 0.1);
-* the test NLL after every JKO block and every iGNN epoch, measured as above, from which the mini-batches and training wall time to reach (a) the returned model's own test
-  NLL and (b) the other model's are read. Wall time counts everything each trainer does
+* the test NLL after every JKO block and every iGNN epoch, measured as above, from which the
+  mini-batches and training wall time to reach (a) the returned model's own test NLL and (b)
+  the other model's are read. Wall time counts everything each trainer does
   (validation, inversion checks, pushing data through blocks) but not this benchmark's
   scoring.
 
@@ -36,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from dgl_iflow.data import DataFileError, GraphDataset, load_dataset
+from dgl_iflow.data import DataFileError, GraphDataset, holdout, load_dataset
 from dgl_iflow.metrics import paper_protocol
 from dgl_iflow.models import IGNN, JKOFlow
 from dgl_iflow.plots import convergence, jko_movements
@@ -127,11 +128,8 @@ def generation_mmd(model, data: GraphDataset, test: tuple[torch.Tensor, torch.Te
 
 
 def splits(data: GraphDataset, seed: int, validation_fraction: float) -> Splits:
-    x, y = data.split("train")
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
-    held_out = round(validation_fraction * len(x))
-    val, train = order[:held_out], order[held_out:]
-    return Splits((x[train], y[train]), (x[val], y[val]), data.split("test"))
+    train, val = holdout(*data.split("train"), validation_fraction, seed)
+    return Splits(train, val, data.split("test"))
 
 
 def run_jko(name: str, data: GraphDataset, parts: Splits, seed: int, options: argparse.Namespace,
@@ -206,8 +204,8 @@ def run_ignn(name: str, data: GraphDataset, parts: Splits, seed: int, options: a
                                              f"test NLL {selected:.3f} before it"]))
     return Run(name, "iGNN", seed, count_parameters(model), num_blocks, len(history.epochs) * batches_per_epoch,
                seconds, test_nll, mmd, curve, note,
-               extra=dict(best_epoch=history.best_epoch, epochs=len(history.epochs), final_shrinks=history.final_shrinks,
-                          nll_before_final_check=selected))
+               extra=dict(best_epoch=history.best_epoch, epochs=len(history.epochs),
+                          final_shrinks=history.final_shrinks, nll_before_final_check=selected))
 
 
 _TOY_BUDGET = dict(conv="mlp", batch_size=200, max_blocks=8, min_blocks=3)
@@ -317,7 +315,7 @@ def main() -> None:
     parser.add_argument("--ignn-transport-weight", type=float, default=0.0,
                         help="iGNN transport weight; 0 gave it a lower test NLL than its default 1")
     parser.add_argument("--ignn-lipschitz", type=float, default=None,
-                        help="spectral normalization of the iGNN's blocks (e.g. 0.97, the traffic recipe's); default none")
+                        help="spectral normalization of the iGNN's blocks (the traffic recipe: 0.97); default none")
     parser.add_argument("--toy-samples", type=int, default=2000)
     parser.add_argument("--root", default=None, help="data root of traffic and solar; default $DGL_IFLOW_DATA")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these sizes)")

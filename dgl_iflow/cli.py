@@ -95,6 +95,7 @@ def _datasets(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
+    from .data import holdout
     from .models import IGNN
     from .training import TrainConfig, fit
 
@@ -102,13 +103,10 @@ def _train(args: argparse.Namespace) -> None:
     x_train, y_train = dataset.split("train")
     validation = {}
     if args.patience is not None:
-        if not 0.0 < args.validation_fraction < 1.0:
+        if not 0.0 < args.validation_fraction < 1.0:  # named as the user typed it
             raise ValueError(f"--validation-fraction must lie in (0, 1); got {args.validation_fraction}")
-        order = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(args.seed))
-        held_out = order[: max(1, round(args.validation_fraction * len(x_train)))]
-        kept = order[len(held_out):]
-        validation = dict(x_val=x_train[held_out], y_val=y_train[held_out])
-        x_train, y_train = x_train[kept], y_train[kept]
+        (x_train, y_train), (x_val, y_val) = holdout(x_train, y_train, args.validation_fraction, args.seed)
+        validation = dict(x_val=x_val, y_val=y_val)
     out = Path(args.out)
     checkpoint = out / "model.pt"
     model = IGNN(

@@ -705,3 +705,20 @@ def test_traffic_checksums_and_malformed_files(tmp_path):
     labels.iloc[:, :3].to_pickle(folder / traffic_module.LABELS.name)
     with pytest.raises(DataFileError, match="true_anomalies.p.*expected the sensor columns"):
         load_dataset("traffic", root=tmp_path, verify=False)
+
+
+def test_holdout_partitions_the_samples_by_seed():
+    from dgl_iflow.data import holdout
+
+    x = torch.arange(40, dtype=torch.float32).reshape(10, 2, 2)
+    y = torch.arange(20).reshape(10, 2)
+    (x_kept, y_kept), (x_held, y_held) = holdout(x, y, 0.3, seed=4)
+    assert len(x_held) == 3 and len(x_kept) == 7
+    rows = sorted(int(v) for v in torch.cat([y_kept[:, 0], y_held[:, 0]]))
+    assert rows == list(range(0, 20, 2))  # a partition of the samples, features and labels together
+    assert torch.equal(x_held[:, 0, 0], 2 * y_held[:, 0].float())
+    assert torch.equal(holdout(x, y, 0.3, seed=4)[1][1], y_held)
+    assert not torch.equal(holdout(x, y, 0.3, seed=5)[1][1], y_held)
+    assert len(holdout(x, y, 0.01, seed=0)[1][0]) == 1
+    with pytest.raises(ValueError, match=r"\(0, 1\)"):
+        holdout(x, y, 1.0, seed=0)

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from . import solar as _solar_module
 from . import traffic as _traffic_module
-from .base import DataFileError, DataRoot, FileReport, GraphDataset, resolve_root, verify_files
+from .base import DataFileError, DataRoot, FileReport, GraphDataset, holdout, resolve_root, verify_files
 from .download import fetch_files
 from .solar import solar
 from .synthetic import chordal, three_node
@@ -28,7 +28,7 @@ from .traffic import traffic
 
 __all__ = [
     "DataFileError", "DataRoot", "FileReport", "GraphDataset", "checkerboard", "chordal",
-    "download_dataset", "eight_gaussians", "list_datasets", "load_dataset", "real_datasets",
+    "download_dataset", "eight_gaussians", "holdout", "list_datasets", "load_dataset", "real_datasets",
     "resolve_root", "rose", "solar", "three_moons", "three_node", "traffic", "tree",
     "verify_dataset",
 ]

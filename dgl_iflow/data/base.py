@@ -243,6 +243,31 @@ def stratified_split(groups: Tensor, test_fraction: float,
     return torch.nonzero(~is_test).flatten(), torch.nonzero(is_test).flatten()
 
 
+def holdout(x: Tensor, y: Tensor, fraction: float, seed: int) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """A seeded random share of the samples held out, for validation.
+
+    Parameters
+    ----------
+    x, y : Tensor
+        Shapes (N, V, d) and (N, V), sample-first.
+    fraction : float
+        Share of the N samples held out, in (0, 1); at least one sample.
+    seed : int
+        Seed of the permutation, so one seed holds out the same samples.
+
+    Returns
+    -------
+    (x_kept, y_kept), (x_held, y_held) : tuple of tuples of Tensor
+        The rest, and the held-out samples.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"the held-out fraction must lie in (0, 1); got {fraction}")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    count = max(1, round(fraction * len(x)))
+    held, kept = order[:count], order[count:]
+    return (x[kept], y[kept]), (x[held], y[held])
+
+
 class GraphDataset:
     """Samples of node features and node labels on one shared graph.
 

@@ -457,23 +457,15 @@ class JKOTrainer:
             stopping.restore(block)
         return sum(late_losses) / len(late_losses), saved_bytes, trained
 
-    @torch.no_grad()
-    def _objective(self, block: JKOBlock, position: _Position) -> float:
-        """The block's JKO objective per sample at ``position`` (validation samples)."""
-        block.eval()
-        total = 0.0
-        for start in range(0, position.x.shape[1], self.config.push_batch_size):
-            index = slice(start, start + self.config.push_batch_size)
-            x0 = position.x[:, index]
-            x1, logdet = block(self.graph, x0)
-            total += float(block_objective(self.model, x0, x1, logdet, position.labels_at(index), block.h).sum())
-        block.train()
-        return total / position.x.shape[1]
 
     def _spread(self, x1: Tensor, labels: Tensor | None) -> Tensor:
         """Squared distance of pushed samples from their latent mean, per sample."""
         h = self.model.from_flow(x1)
         return (h - self.model.latent_mean(h, labels)).pow(2).sum(dim=(-2, -1))
+
+    def _objective(self, block: JKOBlock, position: _Position) -> float:
+        """The block's JKO objective per sample at ``position`` (the validation samples)."""
+        return self._push(block, position)[1]["objective"]
 
     @torch.no_grad()
     def _push(self, block: JKOBlock, cache: _Position) -> tuple[_Position, dict[str, float]]:
