@@ -1,4 +1,4 @@
-"""The baseline rows of benchmarks/reproduce_paper.py, on a small synthetic data set."""
+"""benchmarks/reproduce_paper.py on a small synthetic data set: baseline rows, the time-to-quality trace."""
 from __future__ import annotations
 
 import importlib.util
@@ -58,3 +58,35 @@ def test_baseline_rows_table_and_figures(tmp_path):
     assert "three_node" not in table and table.count("| traffic |") == len(script.PAPER["traffic"])
     for name in ("three_node_label_gaussian_samples.png", "three_node_logistic_all_proba.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_trace_scores_the_run_without_changing_it(tmp_path):
+    script = load_script()
+    dataset = load_dataset("three_node", n_per_label=60, seed=0)
+    covered = torch.ones(len(dataset.split("test")[0]), dtype=torch.bool)
+    common = ["--blocks", "1", "--hidden", "8", "8", "--epochs", "3", "--batch-size", "50"]
+    plain = script.run_one(dataset, "l3", script.parse_args(common), covered, tmp_path)
+    traced = script.run_one(dataset, "l3", script.parse_args(common + ["--trace-every", "2"]), covered, tmp_path)
+
+    # Scoring under its own seed leaves training, and the final scores, as they were.
+    for key in ("mmd", "energy", "nll_test", "node_accuracy", "final"):
+        assert traced[key] == plain[key], key
+    batches = math.ceil(len(dataset.split("train")[0]) / 50)
+    trace = traced["trace"]
+    assert [p["epoch"] for p in trace] == [2, 3] and [p["minibatches"] for p in trace] == [2 * batches, 3 * batches]
+    assert 0 < trace[0]["train_s"] < trace[1]["train_s"] <= traced["train_s"] + 1e-9
+    # The last point scores the model run_one returns, with the same latent draws.
+    assert (trace[-1]["mmd"], trace[-1]["energy"]) == (plain["mmd"], plain["energy"])
+    assert "time_to_paper" not in traced  # the paper has no number for this data set
+
+
+def test_time_to_quality_finds_the_first_point_at_or_below_each_target():
+    script = load_script()
+    trace = [dict(epoch=e, minibatches=10 * e, train_s=float(e), mmd=m, energy=g)
+             for e, m, g in ((1, 0.3, 2.0), (2, 0.12, 0.9), (3, 0.13, 0.5), (4, 0.1, 0.537))]
+    reached = script.time_to_quality(trace, 0.128, 0.537)
+    assert reached["mmd"] == dict(epoch=2, minibatches=20, train_s=2.0)
+    assert reached["energy"]["epoch"] == 3 and reached["both"]["epoch"] == 4
+    assert script.time_to_quality(trace, 0.05, 0.537)["mmd"] is None
+    row = dict(dataset="traffic", epochs=4, time_to_paper=script.time_to_quality(trace, 0.05, 0.537))
+    assert "MMD <= 0.128: not within 4 epochs" in script._reached(row)
