@@ -245,7 +245,8 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
     trace: list[dict] = []
     started = time.perf_counter()
     history = fit(model, graph, x_train, y_train, config,
-                  callback=_tracer(model, graph, dataset, args, epochs, started, trace) if args.trace_every else None)
+                  callback=_tracer(model, graph, x_test, y_test, args, epochs, math.ceil(len(x_train) / args.batch_size),
+                                   started, trace) if args.trace_every else None)
     row["train_s"] = time.perf_counter() - started - sum(point["scoring_s"] for point in trace)
     if trace:
         row["trace"] = trace
@@ -267,11 +268,11 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
     row["nll_test_label_gaussian_rows"] = float(nll[covered].mean())
 
     generated = [0]
-    generator = torch.Generator().manual_seed(args.seed)
+    sample = _seeded_sampler(model, graph, args.seed)
 
     def generate(labels: torch.Tensor, n: int) -> torch.Tensor:
         generated[0] += n
-        return model.sample(graph, labels, n, generator=generator)
+        return sample(labels, n)
 
     recorded, calls = _recording(generate)
     started = time.perf_counter()
@@ -306,33 +307,37 @@ def paper_target(dataset: str) -> tuple[float, float]:
     return next(iter(PAPER[dataset].values()))
 
 
-def _tracer(model: IGNN, graph, dataset, args: argparse.Namespace, epochs: int, started: float,
-            trace: list[dict]):
+def _seeded_sampler(model: IGNN, graph, seed: int):
+    """``generate(labels, n)`` for the protocol: ``model.sample`` with its own generator seeded ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda labels, n: model.sample(graph, labels, n, generator=generator)
+
+
+def _tracer(model: IGNN, graph, x_test: torch.Tensor, y_test: torch.Tensor, args: argparse.Namespace,
+            epochs: int, batches_per_epoch: int, started: float, trace: list[dict]):
     """A :func:`fit` callback that scores the protocol every ``--trace-every`` epochs into ``trace``.
 
     Each point records the training seconds and mini-batches spent until then, scoring
     excluded. Scoring runs under its own seed and gives the random streams back as it found
     them, so a traced run trains exactly as an untraced one.
     """
-    x_test, y_test = dataset.split("test")
-    batches_per_epoch = math.ceil(len(dataset.split("train")[0]) / args.batch_size)
+    scoring_s = 0.0  # the sum of trace[i]["scoring_s"]
 
     def callback(epoch: int, record: dict) -> None:
+        nonlocal scoring_s
         if epoch % args.trace_every and epoch != epochs:
             return
         entered = time.perf_counter()
-        point = dict(epoch=epoch, minibatches=epoch * batches_per_epoch,
-                     train_s=entered - started - sum(p["scoring_s"] for p in trace))
-        generator = torch.Generator().manual_seed(args.seed)
+        point = dict(epoch=epoch, minibatches=epoch * batches_per_epoch, train_s=entered - started - scoring_s)
         with seeded(args.seed), torch.no_grad():
             try:
-                result = metrics.paper_protocol(
-                    x_test, y_test, lambda labels, n: model.sample(graph, labels, n, generator=generator),
-                    top=3, alpha=0.1)
+                result = metrics.paper_protocol(x_test, y_test, _seeded_sampler(model, graph, args.seed),
+                                                top=3, alpha=0.1)
                 point.update(mmd=result["mmd"], energy=result["energy"])
             except InversionError:
                 point.update(mmd=float("nan"), energy=float("nan"))
         point["scoring_s"] = time.perf_counter() - entered
+        scoring_s += point["scoring_s"]
         trace.append(point)
         print(f"    epoch {epoch}: MMD {_fmt(point['mmd'])}  energy {_fmt(point['energy'])}"
               f"  ({point['train_s']:.0f} s of training)", flush=True)
@@ -351,9 +356,9 @@ def time_to_quality(trace: list[dict], mmd: float, energy: float) -> dict:
 
 
 def _reached(row: dict) -> str:
+    mmd, energy = paper_target(row["dataset"])
     parts = []
-    for key, target in zip(("mmd", "energy", "both"), (*paper_target(row["dataset"]), None)):
-        name = "both" if target is None else f"{'MMD' if key == 'mmd' else 'energy'} <= {target}"
+    for key, name in (("mmd", f"MMD <= {mmd}"), ("energy", f"energy <= {energy}"), ("both", "both")):
         point = row["time_to_paper"][key]
         parts.append(f"{name}: not within {row['epochs']} epochs" if point is None else
                      f"{name} at epoch {point['epoch']} ({point['minibatches']} mini-batches, "
