@@ -3,6 +3,7 @@
 One command::
 
     .venv/bin/python benchmarks/scale.py                 # p = 503, 10007, 100003 on the CPU
+    .venv/bin/python benchmarks/scale.py --chunk-size 4  # each batch in chunks of 4 samples
     .venv/bin/python benchmarks/scale.py --device cuda   # the same on a GPU
 
 For each prime p the graph is ``networkx.chordal_cycle_graph(p)`` (node x joined to x - 1, x + 1 and
@@ -11,7 +12,9 @@ against networkx for the smallest p), without multi-edges and non-self loops plu
 per node, as in ``load_dataset("chordal")`` (whose dense mixing operator cannot be built at 1e5
 nodes). A flow of invertible blocks with ``logdet="estimator"`` (Hutchinson probe, power series
 with a fixed number of terms so that every batch does the same work) runs one training step per
-batch of 32 samples with d = 2 features per node: forward, log-det estimate, backward, Adam.
+batch of 32 samples with d = 2 features per node: forward, log-det estimate, backward, Adam;
+with ``--chunk-size`` the forward and backward run in chunks whose gradients add up to the batch's
+(``TrainConfig.chunk_size``).
 Each p runs in a fresh subprocess; printed are the median seconds per batch and the peak memory
 (process RSS on the CPU, ``torch.cuda.max_memory_allocated`` on a GPU), with their ratios next to
 the ratio of edge counts: linear scaling means the columns agree.
@@ -66,6 +69,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     from dgl_iflow.layers import ChebConv, L3Conv
+    from dgl_iflow.training.common import backward_in_chunks
     from dgl_iflow.transforms import GraphFlow, GraphResidual, InvertibleResBlock
 
     device = torch.device(args.device)
@@ -93,6 +97,11 @@ def worker(args: argparse.Namespace) -> dict:
     ]
     flow = GraphFlow(blocks).to(device)
     optimizer = torch.optim.Adam(flow.parameters(), lr=1e-4)
+
+    def batch_loss(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        z, logdet, transport = flow.forward_with_transport(graph, x)
+        return dict(loss=(0.5 * z.pow(2).sum(dim=(0, -1)) - logdet + transport).mean())
+
     x_all = torch.randn(graph.num_nodes(), args.batches * args.batch_size, 2, device=device)
     times, cpu_times = [], []
     for batch in range(args.batches):
@@ -100,10 +109,8 @@ def worker(args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         t0, c0 = time.perf_counter(), time.process_time()
-        z, logdet, transport = flow.forward_with_transport(graph, x)
-        loss = (0.5 * z.pow(2).sum(dim=(0, -1)) - logdet + transport).mean()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        terms = backward_in_chunks(lambda chunk: batch_loss(x[:, chunk]), torch.arange(x.shape[1]), args.chunk_size)
         optimizer.step()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -112,7 +119,7 @@ def worker(args: argparse.Namespace) -> dict:
     return dict(
         p=args.p, nodes=graph.num_nodes(), edges=graph.num_edges(), batch_s=statistics.median(times[1:] or times),
         batch_times=times, batch_cpu_s=statistics.median(cpu_times[1:] or cpu_times), peak_gb=peak_memory_gb(device), graph_build_s=build_s, device=str(device),
-        params=sum(p.numel() for p in flow.parameters()), loss=float(loss),
+        params=sum(p.numel() for p in flow.parameters()), loss=terms["loss"], chunk_size=args.chunk_size,
     )
 
 
@@ -127,6 +134,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-memory-efficient", dest="memory_efficient", action="store_false",
                         help="keep the power series' autograd graph (default: Residual-Flows memory-efficient gradient)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--chunk-size", type=int, default=None,
+                        help="samples per forward and backward pass, gradients accumulated over the batch "
+                             "(TrainConfig.chunk_size; default: the whole batch at once)")
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -141,13 +151,15 @@ def main(argv: list[str] | None = None) -> None:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     print(f"estimator log-det, {args.blocks} {args.conv} blocks of width {args.width}, batch {args.batch_size}, "
-          f"d = 2, {args.terms} series terms, device {args.device}, {args.threads} threads; "
+          f"d = 2, {args.terms} series terms, chunks of {args.chunk_size or args.batch_size} samples, "
+          f"device {args.device}, {args.threads} threads; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     results = []
     for index, p in enumerate(args.primes):
         command = [sys.executable, __file__, "--worker", "--p", str(p), "--conv", args.conv, "--blocks", str(args.blocks),
                    "--width", str(args.width), "--terms", str(args.terms), "--batch-size", str(args.batch_size),
                    "--batches", str(args.batches), "--threads", str(args.threads), "--device", args.device]
+        command += ["--chunk-size", str(args.chunk_size)] * (args.chunk_size is not None)
         command += ["--hidden"] * args.hidden + ["--no-memory-efficient"] * (not args.memory_efficient)
         command += ["--check-networkx"] * (index == 0)
         done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=str(REPO))

@@ -116,8 +116,8 @@ def _train(args: argparse.Namespace) -> None:
         lipschitz_coeff=args.lipschitz,
     )
     config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, patience=args.patience,
-        checkpoint_path=str(checkpoint), progress=not args.no_progress,
+        epochs=args.epochs, batch_size=args.batch_size, chunk_size=args.chunk_size, lr=args.lr, seed=args.seed,
+        patience=args.patience, checkpoint_path=str(checkpoint), progress=not args.no_progress,
     )
     out.mkdir(parents=True, exist_ok=True)  # only once the arguments have proved valid
     history = fit(model, dataset.graph, x_train, y_train, config,
@@ -267,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="spectral normalization coefficient in (0, 1); default: none")
     train.add_argument("--epochs", type=int, default=50)
     train.add_argument("--batch-size", type=int, default=200)
+    train.add_argument("--chunk-size", type=int, default=None,
+                       help="samples per forward and backward pass, gradients accumulated over the batch "
+                            "(large graphs; default: the whole batch at once)")
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--patience", type=int, default=None,

@@ -77,3 +77,15 @@ def test_jko_comparison_runs_end_to_end(tmp_path, monkeypatch):
     assert runs[0]["blocks"] == runs[1]["blocks"] and all(math.isfinite(r["test_nll"]) for r in runs)
     assert {p.name for p in (tmp_path / "figures").iterdir()} == {"eight_gaussians_movements.png",
                                                                  "eight_gaussians_convergence.png"}
+
+
+def test_scale_runs_in_chunks_and_reports_ratios(tmp_path, capsys):
+    scale = load_script("scale")
+    out = tmp_path / "scale.json"
+    scale.main(["--primes", "11", "13", "--batch-size", "5", "--chunk-size", "2", "--batches", "2",
+                "--width", "4", "--threads", "1", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "chunks of 2 samples" in printed and "| 13 |" in printed
+    results = json.loads(out.read_text())
+    assert [r["p"] for r in results] == [11, 13] and all(r["chunk_size"] == 2 for r in results)
+    assert all(math.isfinite(r["loss"]) and r["batch_s"] > 0 for r in results)

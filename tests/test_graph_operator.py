@@ -14,7 +14,6 @@ from dgl_iflow.layers import graph_operator as go
 def test_threshold_switches_between_dense_and_sparse():
     assert not go.use_sparse(go.DENSE_MAX_NODES)
     assert go.use_sparse(go.DENSE_MAX_NODES + 1)
-    assert go.DENSE_MAX_NODES < go.DENSE_MAX_NODES_LEARNABLE
     assert not go.use_sparse(go.DENSE_MAX_NODES_LEARNABLE, learnable=True)
     assert go.use_sparse(go.DENSE_MAX_NODES_LEARNABLE + 1, learnable=True)
     row, col = torch.tensor([0, 1]), torch.tensor([1, 0])
@@ -60,16 +59,31 @@ def test_operator_matrix_is_differentiable_in_values(num_nodes):
     assert torch.autograd.gradcheck(apply, (values,), fast_mode=True)
 
 
-def test_coalesced_promise_gives_the_same_matrix():
+def test_sparse_pattern_sorts_merges_and_transposes():
     num_nodes = go.DENSE_MAX_NODES + 3
-    rows = torch.arange(num_nodes).repeat_interleave(2)
-    cols = torch.stack([torch.arange(num_nodes), (torch.arange(num_nodes) + 1) % num_nodes]).T.reshape(-1)
-    cols = cols.view(-1, 2).sort(dim=1).values.reshape(-1)
-    values = torch.randn(len(rows))
-    a = go.operator_matrix(rows, cols, values, (num_nodes, num_nodes), coalesced=True)
-    b = go.operator_matrix(rows, cols, values, (num_nodes, num_nodes))
-    assert a.is_coalesced()
-    torch.testing.assert_close(a.to_dense(), b.to_dense())
+    gen = torch.Generator().manual_seed(2)
+    rows = torch.randint(0, 2 * num_nodes, (4 * num_nodes,), generator=gen)
+    cols = torch.randint(0, num_nodes, (4 * num_nodes,), generator=gen)
+    rows[:2], cols[:2] = 5, 7  # a duplicate
+    pattern, slots = go.SparsePattern.from_pairs(rows, cols, (2 * num_nodes, num_nodes))
+    keys = pattern.row * num_nodes + pattern.col
+    assert torch.equal(keys, torch.unique(rows * num_nodes + cols))  # unique and sorted
+    assert torch.equal(pattern.row[slots], rows) and torch.equal(pattern.col[slots], cols)
+    assert pattern.nnz == len(keys) and torch.equal(pattern.crow[-1], torch.tensor(pattern.nnz))
+    values = torch.randn(pattern.nnz, dtype=torch.float64, generator=gen)
+    dense = pattern.with_values(values).to_dense()
+    transposed, order = pattern.transpose()
+    assert transposed.shape == (num_nodes, 2 * num_nodes)
+    torch.testing.assert_close(transposed.with_values(values[order]).to_dense(), dense.T, rtol=0, atol=0)
+    back, back_order = transposed.transpose()
+    assert back is pattern and torch.equal(values[order][back_order], values)
+    flat = torch.randn(num_nodes, 3, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(pattern.matmul(values, flat), dense @ flat, rtol=1e-12, atol=1e-12)
+    left = torch.randn(2 * num_nodes, 3, dtype=torch.float64, generator=gen)
+    torch.testing.assert_close(pattern.sampled_products(left, flat), (left @ flat.T)[pattern.row, pattern.col],
+                               rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="non-zeros"):
+        pattern.with_values(torch.zeros(pattern.nnz + 1))
 
 
 def test_check_features_names_the_expected_shape():

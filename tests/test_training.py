@@ -357,3 +357,21 @@ def test_resume_with_patience_continues_exactly(tmp_path):
     again = fit(again_model, path_graph(), x, y, config, **validation, resume_from=checkpoint)
     assert without_timings(again) == without_timings(uninterrupted)
     assert torch.equal(parameters(again_model), parameters(model))
+
+
+def test_chunks_give_the_whole_batch_gradient():
+    """A mini-batch back-propagated in chunks (40 = 16 + 16 + 8) trains the same float64 model."""
+    x, y = toy_data(80)
+    whole, chunked = make_model().double(), make_model().double()
+    config = quick_config(epochs=2, inversion_check_samples=0)
+    first = fit(whole, path_graph(), x, y, config)
+    second = fit(chunked, path_graph(), x, y, dataclasses.replace(config, chunk_size=16))
+    torch.testing.assert_close(parameters(chunked), parameters(whole), rtol=1e-9, atol=1e-11)
+    assert second.epochs[-1]["loss"] == pytest.approx(first.epochs[-1]["loss"], rel=1e-10)
+    assert not torch.equal(parameters(whole), parameters(make_model().double()))
+
+
+def test_chunk_size_must_be_positive():
+    x, y = toy_data(40)
+    with pytest.raises(ValueError, match="chunk_size must be a positive"):
+        fit(make_model(), path_graph(), x, y, quick_config(epochs=1, chunk_size=0))

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .._backend import dgl
 from .basis_conv import BasisConv
-from .graph_operator import GraphMemo, node_matmul, operator_matrix
+from .graph_operator import GraphMemo, SparseOperator, SparsePattern, node_matmul, use_sparse
 
 
 def khop_pairs(graph: dgl.DGLGraph, order: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,6 +109,7 @@ class L3Conv(BasisConv):
         self._pair_counts = tuple(pair_counts)
         self.filter_values = nn.Parameter(torch.empty(sum(pair_counts)))
         self._graph_memo = GraphMemo()
+        self._patterns: dict[torch.device, SparsePattern] = {}
         self.reset_parameters()
 
     @property
@@ -146,12 +147,22 @@ class L3Conv(BasisConv):
             )
         return True
 
-    def stacked_filters(self) -> Tensor:
-        """``(M V, V)`` matrix stacking the local filters :math:`a_m`, dense or sparse."""
-        return operator_matrix(
-            self.pair_index[0], self.pair_index[1], self.filter_values,
-            (self._num_bases * self._num_nodes, self._num_nodes), coalesced=True,
-        )
+    def stacked_filters(self) -> Tensor | SparseOperator:
+        """``(M V, V)`` matrix stacking the local filters :math:`a_m`, dense or sparse
+        (:func:`~dgl_iflow.layers.graph_operator.use_sparse`)."""
+        if use_sparse(self._num_nodes, learnable=self.filter_values.requires_grad):
+            return self._sparse_pattern().with_values(self.filter_values)
+        dense = self.filter_values.new_zeros(self._num_bases * self._num_nodes, self._num_nodes)
+        return dense.index_put((self.pair_index[0], self.pair_index[1]), self.filter_values)
+
+    def _sparse_pattern(self) -> SparsePattern:
+        # The pairs are fixed at construction, unique and sorted, so the pattern is built once
+        # per device, not at every product.
+        device = self.pair_index.device
+        if device not in self._patterns:
+            shape = (self._num_bases * self._num_nodes, self._num_nodes)
+            self._patterns[device] = SparsePattern(self.pair_index[0], self.pair_index[1], shape)
+        return self._patterns[device]
 
     def apply_bases(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
         if edge_weight is not None:
@@ -162,10 +173,8 @@ class L3Conv(BasisConv):
 
     def basis_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
         self._check_graph(graph)
-        dense = torch.zeros(
-            self._num_bases * self._num_nodes, self._num_nodes,
-            dtype=self.filter_values.dtype, device=self.filter_values.device,
-        ).index_put((self.pair_index[0], self.pair_index[1]), self.filter_values)
+        dense = self.filter_values.new_zeros(self._num_bases * self._num_nodes, self._num_nodes)
+        dense = dense.index_put((self.pair_index[0], self.pair_index[1]), self.filter_values)
         return dense.reshape(self._num_bases, self._num_nodes, self._num_nodes)
 
     def extra_repr(self) -> str:

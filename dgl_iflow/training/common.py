@@ -1,13 +1,15 @@
-"""What both trainers share: one random-state policy and the garbage-collector freeze."""
+"""What the trainers share: one random-state policy, the garbage-collector freeze and the
+backward pass of a mini-batch in chunks."""
 from __future__ import annotations
 
 import gc
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
 import torch
+from torch import Tensor
 
 LR_SCHEDULES = ("cosine", "constant")
 
@@ -70,3 +72,28 @@ def lr_scheduler(
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     lr = optimizer.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr * final_fraction)
+
+
+def backward_in_chunks(batch_loss: Callable[[Tensor], dict[str, Tensor]], batch: Tensor,
+                       chunk_size: int | None) -> dict[str, float]:
+    """Back-propagate a mini-batch's mean loss in chunks of at most ``chunk_size`` samples.
+
+    ``batch_loss`` maps sample indices to loss terms that are means over those samples (and
+    constants such as a barrier); each chunk's terms are weighed by its share of ``batch``, so
+    the accumulated gradients are the whole batch's. The terms come back as floats, the
+    batch's means. ``chunk_size=None`` runs the batch at once.
+
+    Chunks trade per-call overhead for working sets that stay in the CPU caches: on a graph of
+    1e5 nodes, chunks of 4 samples halve the time of a batch of 32 (``docs/performance.md``,
+    "Scale"). What draws random numbers per call (the estimator's probes) draws per chunk.
+    """
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of samples or None, got {chunk_size}")
+    totals: dict[str, float] = {}
+    for chunk in batch.split(chunk_size or max(len(batch), 1)):
+        share = len(chunk) / len(batch)
+        terms = batch_loss(chunk)
+        (terms["loss"] * share).backward()
+        for key, value in terms.items():
+            totals[key] = totals.get(key, 0.0) + float(value) * share
+    return totals

@@ -17,7 +17,7 @@ from .._backend import dgl
 from ..checkpoints import rng_state, set_rng_state
 from ..models import IGNN
 from ..transforms import InversionError
-from .common import check_lr_schedule, frozen_gc, lr_scheduler, seeded
+from .common import backward_in_chunks, check_lr_schedule, frozen_gc, lr_scheduler, seeded
 
 
 @dataclass
@@ -30,6 +30,12 @@ class TrainConfig:
         Passes over the training samples.
     batch_size : int
         Samples per mini-batch; every sample is a whole graph signal ``(V, d)``.
+    chunk_size : int, optional
+        Samples per forward and backward pass: a mini-batch runs in chunks whose gradients
+        add up to the batch's, and the optimizer steps once per batch
+        (:func:`~dgl_iflow.training.common.backward_in_chunks`). Worth it on large graphs, where
+        a whole batch's activations leave the CPU caches; ``None``: the whole batch at once.
+        With ``lipschitz_coeff``, the power iteration advances once per chunk.
     lr, weight_decay : float
         Adam settings.
     lr_schedule : str
@@ -69,6 +75,7 @@ class TrainConfig:
 
     epochs: int = 100
     batch_size: int = 200
+    chunk_size: int | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_schedule: str = "cosine"
@@ -256,7 +263,7 @@ def _train(
     start_epoch = 0
     if resume_from is not None:
         checkpoint = model.load_weights(resume_from)
-        unchecked = dict(checkpoint_path=None, progress=None, device=None)
+        unchecked = dict(checkpoint_path=None, progress=None, device=None, chunk_size=None)
         if {**checkpoint.get("train_config", {}), **unchecked} != {**dataclasses.asdict(config), **unchecked}:
             raise ValueError(f"checkpoint {resume_from} was written with another TrainConfig: "
                              f"{checkpoint.get('train_config')}")
@@ -295,12 +302,11 @@ def _train(
         order = torch.randperm(num_samples, device=device)
         num_batches = math.ceil(num_samples / config.batch_size)
         for batch in order.split(config.batch_size):
-            terms = batch_loss(batch)
             optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            terms = backward_in_chunks(batch_loss, batch, config.chunk_size)
             optimizer.step()
             for key, value in terms.items():
-                totals[key] = totals.get(key, 0.0) + float(value) / num_batches
+                totals[key] = totals.get(key, 0.0) + value / num_batches
         scheduler.step()
         record = dict(epoch=epoch + 1, seconds=time.perf_counter() - started, lr=optimizer.param_groups[0]["lr"], **totals)
         model.eval()
