@@ -107,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="leave out the graph-mean operator of the convolutions")
     p.add_argument("--no-node-affine", dest="node_affine", action="store_false",
                    help="leave out the per-node affine layer at the latent end")
+    p.add_argument("--no-label-context", dest="label_context", action="store_false",
+                   help="node-wise latent means and node-wise prediction (default: means shifted by the label "
+                        "vector, prediction by Bayes over the training label vectors; IGNN(label_context=True))")
     p.add_argument("--sigma", type=float, default=SIGMA, help=f"latent std (default sqrt(||mu0-mu1||/8) = {SIGMA:.4f})")
     p.add_argument("--lipschitz", type=float, default=0.97,
                    help="spectral normalization coefficient: every block invertible by construction (default 0.97; the paper used none)")
@@ -232,6 +235,7 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
         hidden_feats=tuple(args.hidden), sigma=args.sigma, means=latent_means(args.mean_scale)[: dataset.num_classes],
         lipschitz_coeff=args.lipschitz, graph_mean=args.graph_mean and conv != "mlp", node_affine=args.node_affine,
         trainable_means=args.trainable_means, min_separation=args.min_separation if args.trainable_means else None,
+        label_context=args.label_context,
     )
     epochs = epochs_for(dataset.name, args)
     config = TrainConfig(

@@ -323,3 +323,62 @@ def test_extra_repr_lists_configuration(latent):
     text = repr(latent)
     for part in ("num_classes=4", "dim=3", "sigma=0.7", "trainable_means=False", "separation="):
         assert part in text
+
+
+def _context_latent(seed: int = 0) -> NodeGaussianLatent:
+    latent = NodeGaussianLatent(3, 2, sigma=0.8, means=_random_means(3, 2), num_nodes=4, label_context=True).double()
+    with torch.no_grad():
+        latent.context.normal_(generator=torch.Generator().manual_seed(seed))
+    return latent
+
+
+def test_label_context_shifts_every_node_by_the_labels_of_all():
+    latent = _context_latent()
+    assert latent.context.shape == (4, 2, 4, 2)  # (source node, class >= 1, target node, d)
+    y = torch.tensor([[0, 2, 1, 0], [1, 1, 0, 2]])
+    expected = latent.means[y].clone()
+    for s in range(2):
+        for u in range(4):
+            if y[s, u] > 0:
+                expected[s] += latent.context[u, y[s, u] - 1]
+    torch.testing.assert_close(latent.centers(y), expected, rtol=0, atol=1e-12)
+    h = torch.randn(2, 4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for s in range(2):
+        reference = multivariate_normal(expected[s].reshape(-1).detach().numpy(), 0.64 * np.eye(8)).logpdf(h[s].reshape(-1))
+        assert float(latent.log_prob(h[s], y[s])) == pytest.approx(reference, rel=1e-10)
+    # Samples are the shifted centers plus the same noise as without context.
+    plain = NodeGaussianLatent(3, 2, sigma=0.8, means=_random_means(3, 2), num_nodes=4).double()
+    draw = latent.sample(y, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(draw - expected, plain.sample(y, generator=torch.Generator().manual_seed(5)) - plain.means[y])
+    with pytest.raises(ValueError, match="labels of all 4 nodes"):
+        latent.centers(torch.tensor([0, 1]))
+
+
+def test_label_vector_posterior_is_bayes_over_the_training_vectors():
+    latent = _context_latent(seed=2)
+    gen = torch.Generator().manual_seed(3)
+    y_train = torch.tensor([[0, 0, 0, 0]] * 5 + [[1, 0, 2, 0]] * 2 + [[0, 2, 2, 1]])
+    with pytest.raises(RuntimeError, match="fit_label_vectors"):
+        latent.posterior(torch.zeros(4, 2, dtype=torch.float64))
+    vectors = latent.fit_label_vectors(y_train)
+    assert len(vectors) == 3
+    h = torch.randn(6, 4, 2, dtype=torch.float64, generator=gen)
+    proba = latent.posterior(h)
+    assert proba.shape == (6, 4, 3)
+    counts = {tuple(v.tolist()): int((y_train == v).all(1).sum()) for v in vectors}
+    for s in range(6):
+        joint = {key: math.log(n / 8) + float(latent.log_prob(h[s], torch.tensor(key))) for key, n in counts.items()}
+        top = max(joint.values())
+        total = sum(math.exp(value - top) for value in joint.values())
+        for v in range(4):
+            for k in range(3):
+                expected = sum(math.exp(value - top) for key, value in joint.items() if key[v] == k) / total
+                assert float(proba[s, v, k]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_label_vector_posterior_over_all_vectors_is_the_node_posterior_without_context():
+    """Every label vector once and no context: the joint posterior factorizes into the node-wise one."""
+    latent = NodeGaussianLatent(2, 2, sigma=0.6, means=_random_means(2, 2), num_nodes=3).double()
+    latent.fit_label_vectors(torch.cartesian_prod(*[torch.arange(2)] * 3))
+    h = torch.randn(5, 3, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(latent.label_vector_posterior(h), latent.posterior(h), rtol=0, atol=1e-12)

@@ -199,3 +199,22 @@ def test_min_separation_reaches_the_barrier():
     assert gap < 0  # descending the penalty moves mean 0 right and mean 1 left: apart
     far = small_model("l3", trainable_means=True, min_separation=1.0, means=((2.0, 0.0), (-2.0, 0.0)))
     assert far.latent.barrier_penalty() < penalty
+
+
+def test_label_context_model_trains_predicts_and_saves(tmp_path):
+    from dgl_iflow import TrainConfig, fit
+    from graphs import toy_data
+
+    x, y = toy_data(60)
+    model = small_model("l3", label_context=True)
+    fit(model, path_graph(), x, y, TrainConfig(epochs=2, batch_size=20, progress=False, inversion_check_samples=10))
+    assert torch.equal(model.latent.label_vectors, torch.unique(y, dim=0))
+    assert model.latent.context.abs().sum() > 0  # trained
+    proba = model.predict_proba(path_graph(), x[:7])
+    torch.testing.assert_close(proba.sum(-1), torch.ones(7, 3, dtype=proba.dtype))
+    model.save(tmp_path / "model.pt")
+    restored = IGNN.load(tmp_path / "model.pt")
+    assert torch.equal(restored.latent.label_vectors, model.latent.label_vectors)
+    torch.testing.assert_close(restored.predict_proba(restored.graph, x[:7]), proba, rtol=0, atol=0)
+    generated = restored.sample(restored.graph, y[0], 4, generator=torch.Generator().manual_seed(0))
+    assert generated.shape == (4, 3, 2)

@@ -165,10 +165,10 @@ class FlowModel(nn.Module):
         return 0.5 * h.pow(2).sum(dim=(-2, -1)) + 0.5 * h.shape[-2] * h.shape[-1] * math.log(2 * math.pi)
 
     def latent_mean(self, h: Tensor, y: Tensor | None = None) -> Tensor:
-        """Mean of the latent law of ``h`` (``(N, V, d)``): the class means of ``y``, or zeros."""
+        """Mean of the latent law of ``h`` (``(N, V, d)``) given ``y`` (:meth:`NodeGaussianLatent.centers`), or zeros."""
         if self.latent is None:
             return torch.zeros_like(h)
-        return self.latent.means[y].expand_as(h)
+        return self.latent.centers(y).expand_as(h)
 
     def log_prob(self, graph: dgl.DGLGraph, x: Tensor, y: Tensor | None = None) -> Tensor:
         """:math:`\\log p(X \\mid Y)` (or :math:`\\log p(X)` without classes) per sample, ``(N,)``.

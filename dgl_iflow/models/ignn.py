@@ -86,6 +86,12 @@ class IGNN(FlowModel):
     node_affine : bool
         End the flow with a :class:`~dgl_iflow.transforms.NodeAffine` layer: a per-node scale and
         shift at the latent end, free of transport cost.
+    label_context : bool
+        Shift every node's latent mean by a learned linear map of the whole label vector, and
+        predict by Bayes' rule over the training set's label vectors (see
+        :class:`~dgl_iflow.models.latent.NodeGaussianLatent`; :func:`~dgl_iflow.training.fit`
+        records them). On traffic it improves both the samples and the node accuracy
+        (``docs/reproduce.md``, the recipe).
 
     Notes
     -----
@@ -119,6 +125,7 @@ class IGNN(FlowModel):
         node_bias: bool = True,
         graph_mean: bool = False,
         node_affine: bool = False,
+        label_context: bool = False,
     ) -> None:
         if num_blocks < 1 or not hidden_feats:
             raise ValueError(f"need num_blocks >= 1 and a non-empty hidden_feats, got {num_blocks}, {hidden_feats}")
@@ -130,7 +137,7 @@ class IGNN(FlowModel):
             activation=activation, logdet=logdet, sigma=sigma,
             means=None if means is None else torch.as_tensor(means).tolist(), trainable_means=trainable_means,
             min_separation=min_separation, init_scale=init_scale, lipschitz_coeff=lipschitz_coeff,
-            node_bias=node_bias, graph_mean=graph_mean, node_affine=node_affine,
+            node_bias=node_bias, graph_mean=graph_mean, node_affine=node_affine, label_context=label_context,
         )
         if logdet == "auto":
             logdet = "exact" if num_nodes * feats <= EXACT_LOGDET_MAX_DIM else "estimator"
@@ -149,7 +156,7 @@ class IGNN(FlowModel):
             blocks.append(NodeAffine(1 if self.flatten else num_nodes, flow_feats))
         self.flow = GraphFlow(blocks)
         self.latent = self.build_latent(num_classes, sigma, means, trainable_means=trainable_means,
-                                        min_separation=min_separation)
+                                        min_separation=min_separation, label_context=label_context)
 
     @property
     def logdet_mode(self) -> str:

@@ -139,6 +139,8 @@ class NodeGaussianLatent(nn.Module):
 
         \log p(H \mid Y) = \sum_v \log \mathcal{N}(H_v;\ \mu_{Y_v}, \sigma^2 I_d)
 
+    (with ``label_context``, :math:`\mu_{Y_v}` becomes :math:`c_v(Y)`, below).
+
     Parameters
     ----------
     num_classes : int
@@ -162,6 +164,20 @@ class NodeGaussianLatent(nn.Module):
     priors : Tensor, optional
         ``(K,)`` positive class probabilities (normalised here); uniform if
         omitted.
+    label_context : bool
+        Shift every node's mean by a learned linear map of the whole label
+        vector,
+
+        .. math::
+
+            c_v(Y) = \mu_{Y_v} + \sum_u \sum_{k \ge 1} [Y_u = k]\, B_{u k v},
+            \qquad B \in \mathbb{R}^{V \times (K - 1) \times V \times d}
+
+        (zero at start), so that which nodes carry which label moves the law
+        of every other node: traffic sensors are all higher when a few are
+        anomalous. The latent is then no longer node-factorized given ``Y``,
+        and :meth:`posterior` predicts by Bayes' rule over the label vectors of
+        the training set (:meth:`fit_label_vectors`).
 
     Attributes
     ----------
@@ -183,6 +199,7 @@ class NodeGaussianLatent(nn.Module):
         min_separation: float | None = None,
         num_nodes: int = 1,
         priors: Tensor | None = None,
+        label_context: bool = False,
     ) -> None:
         super().__init__()
         if num_classes < 1 or dim < 1:
@@ -238,11 +255,40 @@ class NodeGaussianLatent(nn.Module):
             log_priors = (p / p.sum()).log()
         self.register_buffer("log_priors", log_priors)
 
+        self.label_context = label_context
+        if label_context:
+            self.context = nn.Parameter(torch.zeros(num_nodes, num_classes - 1, num_nodes, dim))
+        # The training set's distinct label vectors (M, V) and their log frequencies (M,):
+        # their count depends on the data, so they travel in the extra state.
+        self.label_vectors: Tensor | None = None
+        self.label_log_weights: Tensor | None = None
+        self._register_load_state_dict_pre_hook(_without_label_vectors, with_module=True)
+
     def extra_repr(self) -> str:
         return (
             f"num_classes={self.num_classes}, dim={self.dim}, sigma={self.sigma:g}, "
-            f"separation={self.separation:.4g}, trainable_means={self.trainable_means}"
+            f"separation={self.separation:.4g}, trainable_means={self.trainable_means}, "
+            f"label_context={self.label_context}"
         )
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        if self.label_vectors is None:
+            return {}
+        return {"label_vectors": self.label_vectors, "label_log_weights": self.label_log_weights}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        device = self.means.device
+        vectors, weights = state.get("label_vectors"), state.get("label_log_weights")
+        self.label_vectors = None if vectors is None else vectors.to(device)
+        self.label_log_weights = None if weights is None else weights.to(device, self.means.dtype)
+
+    def _apply(self, fn, *args, **kwargs):
+        # The label vectors are plain attributes (their count depends on the data): move them too.
+        super()._apply(fn, *args, **kwargs)
+        if self.label_vectors is not None:
+            self.label_vectors = self.label_vectors.to(self.means.device)
+            self.label_log_weights = self.label_log_weights.to(self.means.device, self.means.dtype)
+        return self
 
     # -- validation -------------------------------------------------------
 
@@ -283,6 +329,19 @@ class NodeGaussianLatent(nn.Module):
         return y.expand(lead)
 
     # -- densities --------------------------------------------------------
+
+    def centers(self, y: Tensor) -> Tensor:
+        r"""Mean of every node's latent given the labels ``y`` ``(*, V)``: ``(*, V, d)``.
+
+        The class means :math:`\mu_{Y_v}`, shifted by the label vector with ``label_context``.
+        """
+        centers = self.means[y]
+        if not self.label_context:
+            return centers
+        if y.shape[-1] != self.context.shape[0]:
+            raise ValueError(f"label_context needs labels of all {self.context.shape[0]} nodes, got {tuple(y.shape)}")
+        present = nn.functional.one_hot(y, self.num_classes)[..., 1:].to(self.context.dtype)
+        return centers + torch.einsum("...uk,ukvd->...vd", present, self.context)
 
     def _log_normalizer(self) -> float:
         return -0.5 * self.dim * math.log(2.0 * math.pi * self.sigma**2)
@@ -325,7 +384,7 @@ class NodeGaussianLatent(nn.Module):
             ``(*,)``, one value per sample; a scalar when ``h`` is ``(V, d)``.
         """
         labels = self._labels_like(h, y)
-        sq = (h - self.means[labels]).square().sum(-1)
+        sq = (h - self.centers(labels)).square().sum(-1)
         return (-0.5 * sq / self.sigma**2 + self._log_normalizer()).sum(-1)
 
     def log_posterior(self, h: Tensor) -> Tensor:
@@ -349,8 +408,45 @@ class NodeGaussianLatent(nn.Module):
         return torch.log_softmax(self.node_log_prob(h) + self.log_priors, dim=-1)
 
     def posterior(self, h: Tensor) -> Tensor:
-        """Class probabilities ``P(Y_v = k | H_v)``, shape ``(*, V, K)``."""
+        """Class probabilities of every node, shape ``(*, V, K)``: ``P(Y_v = k | H_v)``, or with
+        ``label_context`` the marginals of :meth:`label_vector_posterior`."""
+        if self.label_context:
+            return self.label_vector_posterior(h)
         return self.log_posterior(h).exp()
+
+    def fit_label_vectors(self, y_train: Tensor) -> Tensor:
+        """Remember the distinct label vectors of ``y_train`` ``(N, V)`` and their frequencies,
+        the prior of :meth:`label_vector_posterior`. Returns the ``(M, V)`` vectors."""
+        if y_train.dim() != 2:
+            raise ValueError(f"fit_label_vectors needs labels of shape (N, V), got {tuple(y_train.shape)}")
+        self._check_y(y_train)
+        vectors, counts = torch.unique(y_train.to(self.means.device), dim=0, return_counts=True)
+        self.label_vectors = vectors
+        self.label_log_weights = (counts.to(self.means.dtype) / counts.sum()).log()
+        return vectors
+
+    def label_vector_posterior(self, h: Tensor) -> Tensor:
+        r"""Node marginals of the posterior over whole label vectors, ``(*, V, K)``.
+
+        .. math::
+
+            P(Y_v = k \mid H) = \sum_{m:\, y^{(m)}_v = k} \frac{w_m\, p(H \mid y^{(m)})}
+                {\sum_{m'} w_{m'}\, p(H \mid y^{(m')})}
+
+        over the training set's label vectors :math:`y^{(m)}` with their frequencies
+        :math:`w_m` (:meth:`fit_label_vectors`). Bayes' rule on the latent is Bayes' rule on
+        :math:`X`: the flow's log-determinant does not depend on the labels. A label vector
+        never seen in training gets no mass of its own, but its nodes still get marginals.
+        """
+        if self.label_vectors is None:
+            raise RuntimeError("label_vector_posterior needs the training label vectors: call fit_label_vectors "
+                               "(fit does, for a label_context latent)")
+        self._check_h(h)
+        centers = self.centers(self.label_vectors)  # (M, V, d)
+        sq = (h.unsqueeze(-3) - centers).square().sum(dim=(-2, -1))  # (*, M)
+        weights = torch.softmax(-0.5 * sq / self.sigma**2 + self.label_log_weights, dim=-1)
+        onehot = nn.functional.one_hot(self.label_vectors, self.num_classes).to(h.dtype)  # (M, V, K)
+        return torch.einsum("...m,mvk->...vk", weights, onehot)
 
     def fit_priors(self, y_train: Tensor) -> Tensor:
         r"""Set the class priors from training labels with add-one smoothing.
@@ -405,7 +501,7 @@ class NodeGaussianLatent(nn.Module):
             if n < 1:
                 raise ValueError(f"n must be >= 1, got {n}")
             y = y.expand(n, -1)
-        centers = self.means[y]
+        centers = self.centers(y)
         # Drawn nodes first, the order of earlier releases, so seeded samples are unchanged.
         noise = torch.randn(
             centers.movedim(-2, 0).shape, generator=generator, dtype=centers.dtype, device=centers.device
@@ -502,12 +598,12 @@ class NodeGaussianLatent(nn.Module):
         Returns
         -------
         centers : Tensor
-            ``(*, V, d)`` class means of the nodes.
+            ``(*, V, d)`` means of the nodes (:meth:`centers`).
         radius : float
             Common radius, see :meth:`confidence_radius`.
         """
         self._check_y(y)
-        return self.means[y], self.confidence_radius(level)
+        return self.centers(y), self.confidence_radius(level)
 
     def contains(self, h: Tensor, y: Tensor, level: float) -> Tensor:
         """Whether each latent lies in its label's ``level`` confidence ball.
@@ -528,4 +624,9 @@ class NodeGaussianLatent(nn.Module):
         """
         labels = self._labels_like(h, y)
         radius = self.confidence_radius(level)
-        return (h - self.means[labels]).norm(dim=-1) <= radius
+        return (h - self.centers(labels)).norm(dim=-1) <= radius
+
+
+def _without_label_vectors(module: NodeGaussianLatent, state_dict: dict, prefix: str, *args) -> None:
+    """State dicts written before the label vectors were saved carry none."""
+    state_dict.setdefault(prefix + "_extra_state", {})

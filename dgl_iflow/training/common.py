@@ -84,7 +84,7 @@ def backward_in_chunks(batch_loss: Callable[[Tensor], dict[str, Tensor]], batch:
     batch's means. ``chunk_size=None`` runs the batch at once.
 
     Chunks trade per-call overhead for working sets that stay in the CPU caches: on a graph of
-    1e5 nodes, chunks of 4 samples halve the time of a batch of 32 (``docs/performance.md``,
+    1e5 nodes, chunks of 4 samples take a batch of 32 in 1.3-1.9x less time (``docs/performance.md``,
     "Scale"). What draws random numbers per call (the estimator's probes) draws per chunk.
     """
     if chunk_size is not None and chunk_size < 1:

@@ -255,6 +255,8 @@ def _train(
     check_index = torch.randperm(len(x_pool), device=device)[: config.inversion_check_samples]
     x_check, y_check = x_pool[check_index], y_pool[check_index]
     model.latent.fit_priors(y_train.reshape(-1))
+    if model.latent.label_context:
+        model.latent.fit_label_vectors(y_train)
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = lr_scheduler(optimizer, config.lr_schedule, config.epochs, final_fraction=0.01)
