@@ -150,10 +150,6 @@ class SparseOperator:
     def shape(self) -> tuple[int, int]:
         return self.pattern.shape
 
-    @property
-    def requires_grad(self) -> bool:
-        return self.values.requires_grad
-
     def to_dense(self) -> Tensor:
         """The dense ``(R, C)`` matrix, differentiable in the values."""
         dense = self.values.new_zeros(self.shape)
@@ -186,8 +182,7 @@ class _SparseMatmul(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_values = _SampledProducts.apply(grad, flat, pattern)
         if ctx.needs_input_grad[1]:
-            transposed, order = pattern.transpose()
-            grad_flat = _SparseMatmul.apply(values[order], grad, transposed)
+            grad_flat = _transposed_matmul(pattern, values, grad)
         return grad_values, grad_flat, None
 
 
@@ -209,9 +204,14 @@ class _SampledProducts(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_left = _SparseMatmul.apply(grad, right, pattern)
         if ctx.needs_input_grad[1]:
-            transposed, order = pattern.transpose()
-            grad_right = _SparseMatmul.apply(grad[order], left, transposed)
+            grad_right = _transposed_matmul(pattern, grad, left)
         return grad_left, grad_right, None
+
+
+def _transposed_matmul(pattern: SparsePattern, values: Tensor, flat: Tensor) -> Tensor:
+    """``S^T @ flat`` for ``S`` given by ``pattern`` and ``values``, differentiable."""
+    transposed, order = pattern.transpose()
+    return _SparseMatmul.apply(values[order], flat, transposed)
 
 
 def dense_matrix(matrix: Tensor | SparseOperator) -> Tensor:

@@ -152,6 +152,9 @@ class L3Conv(BasisConv):
         (:func:`~dgl_iflow.layers.graph_operator.use_sparse`)."""
         if use_sparse(self._num_nodes, learnable=self.filter_values.requires_grad):
             return self._sparse_pattern().with_values(self.filter_values)
+        return self._dense_filters()
+
+    def _dense_filters(self) -> Tensor:
         dense = self.filter_values.new_zeros(self._num_bases * self._num_nodes, self._num_nodes)
         return dense.index_put((self.pair_index[0], self.pair_index[1]), self.filter_values)
 
@@ -173,9 +176,7 @@ class L3Conv(BasisConv):
 
     def basis_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
         self._check_graph(graph)
-        dense = self.filter_values.new_zeros(self._num_bases * self._num_nodes, self._num_nodes)
-        dense = dense.index_put((self.pair_index[0], self.pair_index[1]), self.filter_values)
-        return dense.reshape(self._num_bases, self._num_nodes, self._num_nodes)
+        return self._dense_filters().reshape(self._num_bases, self._num_nodes, self._num_nodes)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, orders={self._orders}, num_nodes={self._num_nodes}, pairs={self._pair_counts}"
