@@ -107,6 +107,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="leave out the graph-mean operator of the convolutions")
     p.add_argument("--no-node-affine", dest="node_affine", action="store_false",
                    help="leave out the per-node affine layer at the latent end")
+    p.add_argument("--no-graph-mean-linear", dest="graph_mean_linear", action="store_false",
+                   help="leave out the graph-mean linear layer at the data end (IGNN(graph_mean_linear=True), "
+                        "whitened on the training data; never for mlp)")
     p.add_argument("--no-label-context", dest="label_context", action="store_false",
                    help="node-wise latent means and node-wise prediction (default: means shifted by the label "
                         "vector, prediction by Bayes over the training label vectors; IGNN(label_context=True))")
@@ -234,6 +237,7 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
         graph, dataset.num_features, dataset.num_classes, conv=conv, num_blocks=args.blocks,
         hidden_feats=tuple(args.hidden), sigma=args.sigma, means=latent_means(args.mean_scale)[: dataset.num_classes],
         lipschitz_coeff=args.lipschitz, graph_mean=args.graph_mean and conv != "mlp", node_affine=args.node_affine,
+        graph_mean_linear=args.graph_mean_linear and conv != "mlp",
         trainable_means=args.trainable_means, min_separation=args.min_separation if args.trainable_means else None,
         label_context=args.label_context,
     )

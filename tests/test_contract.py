@@ -16,7 +16,7 @@ import torch
 from dgl_iflow import IGNN, JKOFlow
 from dgl_iflow.layers import ChebConv, L3Conv
 from dgl_iflow.transforms import (
-    FieldSpec, GraphFlow, GraphResidual, GraphTransform, InvertibleResBlock, JKOBlock, NodeAffine,
+    FieldSpec, GraphFlow, GraphMeanLinear, GraphResidual, GraphTransform, InvertibleResBlock, JKOBlock, NodeAffine,
 )
 from graphs import brute_force_jacobian, cycle_graph
 
@@ -49,8 +49,10 @@ TRANSFORMS: dict[str, tuple[Callable[[dgl.DGLGraph], GraphTransform], float]] = 
     "resblock-l3": (lambda g: resblock(g, "l3"), 1e-10),
     "resblock-cheb": (lambda g: resblock(g, "cheb"), 1e-10),
     "node-affine": (lambda g: trained_like(NodeAffine(V, D)), 1e-12),
+    "graph-mean-linear": (lambda g: trained_like(GraphMeanLinear(D)), 1e-12),
     "ode-block": (ode_block, 1e-6),
-    "flow": (lambda g: GraphFlow([resblock(g, "l3"), trained_like(NodeAffine(V, D)), ode_block(g)]), 1e-6),
+    "flow": (lambda g: GraphFlow([trained_like(GraphMeanLinear(D)), resblock(g, "l3"),
+                                  trained_like(NodeAffine(V, D)), ode_block(g)]), 1e-6),
 }
 
 
@@ -137,7 +139,8 @@ def trained_jko(graph: dgl.DGLGraph, conv: str, num_classes: int | None = 2) -> 
 MODELS: dict[str, Callable[[dgl.DGLGraph], torch.nn.Module]] = {
     "ignn-l3": lambda g: IGNN(g, D, 2, conv="l3", num_blocks=2, hidden_feats=(16, 16), node_affine=True,
                               lipschitz_coeff=0.9),
-    "ignn-cheb": lambda g: IGNN(g, D, 2, conv="cheb", num_blocks=2, hidden_feats=(16, 16), lipschitz_coeff=0.9),
+    "ignn-cheb": lambda g: IGNN(g, D, 2, conv="cheb", num_blocks=2, hidden_feats=(16, 16), lipschitz_coeff=0.9,
+                                graph_mean_linear=True),
     "ignn-mlp": lambda g: IGNN(g, D, 2, conv="mlp", num_blocks=2, hidden_feats=(16, 16), node_affine=True,
                                lipschitz_coeff=0.9),
     "ignn-node": lambda g: IGNN(g, D, 2, conv="node", num_blocks=2, hidden_feats=(16, 16), lipschitz_coeff=0.9),

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .._backend import dgl
 from ..layers import make_conv
-from ..transforms import GraphFlow, GraphResidual, InvertibleResBlock, NodeAffine
+from ..transforms import GraphFlow, GraphMeanLinear, GraphResidual, InvertibleResBlock, NodeAffine
 from .base import FlowModel
 
 #: Largest number of flow dimensions (V * d) for which ``logdet="auto"`` picks the exact log-det.
@@ -86,6 +86,10 @@ class IGNN(FlowModel):
     node_affine : bool
         End the flow with a :class:`~dgl_iflow.transforms.NodeAffine` layer: a per-node scale and
         shift at the latent end, free of transport cost.
+    graph_mean_linear : bool
+        Start the flow with a :class:`~dgl_iflow.transforms.GraphMeanLinear` layer: its own
+        linear map for the graph-wide mean and for the deviations from it, whitened on the
+        training data by :func:`~dgl_iflow.training.fit`. Not for ``conv="mlp"`` (one node).
     label_context : bool
         Shift every node's latent mean by a learned linear map of the whole label vector, and
         predict by Bayes' rule over the training set's label vectors (see
@@ -125,11 +129,14 @@ class IGNN(FlowModel):
         node_bias: bool = True,
         graph_mean: bool = False,
         node_affine: bool = False,
+        graph_mean_linear: bool = False,
         label_context: bool = False,
     ) -> None:
         if num_blocks < 1 or not hidden_feats:
             raise ValueError(f"need num_blocks >= 1 and a non-empty hidden_feats, got {num_blocks}, {hidden_feats}")
         super().__init__(graph, feats, conv)
+        if graph_mean_linear and self.flatten:
+            raise ValueError('graph_mean_linear needs a graph: conv="mlp" sees one node')
         num_nodes = graph.num_nodes()
         self.config = dict(
             feats=feats, num_classes=num_classes, conv=conv, num_blocks=num_blocks,
@@ -137,13 +144,14 @@ class IGNN(FlowModel):
             activation=activation, logdet=logdet, sigma=sigma,
             means=None if means is None else torch.as_tensor(means).tolist(), trainable_means=trainable_means,
             min_separation=min_separation, init_scale=init_scale, lipschitz_coeff=lipschitz_coeff,
-            node_bias=node_bias, graph_mean=graph_mean, node_affine=node_affine, label_context=label_context,
+            node_bias=node_bias, graph_mean=graph_mean, node_affine=node_affine, graph_mean_linear=graph_mean_linear,
+            label_context=label_context,
         )
         if logdet == "auto":
             logdet = "exact" if num_nodes * feats <= EXACT_LOGDET_MAX_DIM else "estimator"
         flow_feats = self.flow_feats
 
-        blocks = []
+        blocks = [GraphMeanLinear(flow_feats)] if graph_mean_linear else []
         for _ in range(num_blocks):
             layer = make_conv(self.conv_kind, flow_feats, hidden_feats[0], graph, cheb_k=cheb_k, orders=orders,
                               node_bias=node_bias, graph_mean=graph_mean)
@@ -161,7 +169,7 @@ class IGNN(FlowModel):
     @property
     def logdet_mode(self) -> str:
         """``"exact"`` or ``"estimator"``: how :meth:`log_prob` computes the log-determinant."""
-        return self.flow.blocks[0].logdet_mode
+        return next(b for b in self.flow.blocks if isinstance(b, InvertibleResBlock)).logdet_mode
 
     def loss(
         self,

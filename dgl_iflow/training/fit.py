@@ -257,6 +257,8 @@ def _train(
     model.latent.fit_priors(y_train.reshape(-1))
     if model.latent.label_context:
         model.latent.fit_label_vectors(y_train)
+    # Units already initialized (a trained or loaded model) keep their parameters.
+    model.flow.initialize_from_data(*model.to_flow(graph, x_train))
 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = lr_scheduler(optimizer, config.lr_schedule, config.epochs, final_fraction=0.01)

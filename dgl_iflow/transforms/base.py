@@ -76,6 +76,9 @@ class GraphTransform(nn.Module, ABC):
     def set_logdet_mode(self, mode: str) -> None:
         """``"exact"`` or ``"estimator"``, for units that offer both; others compute it exactly."""
 
+    def initialize_from_data(self, graph: dgl.DGLGraph, x: Tensor) -> None:
+        """Data-dependent initialization on the unit's input ``x`` ``(V, N, D)``; most units have none."""
+
 
 def check_node_features(graph: dgl.DGLGraph, x: Tensor, feats: int, name: str, owner: str) -> None:
     """Raise ``ValueError`` unless ``x`` has shape ``(V, *, feats)`` for the ``V`` nodes of ``graph``."""

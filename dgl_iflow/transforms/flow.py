@@ -69,6 +69,18 @@ class GraphFlow(GraphTransform):
                 total = total + block_logdet
         return y, total
 
+    @torch.no_grad()
+    def initialize_from_data(self, graph: dgl.DGLGraph, x: Tensor) -> None:
+        """Initialize every unit in order on what reaches it from ``x`` ``(V, N, D)``.
+
+        ``x`` goes through the flow only as far as the last unit with an initialization of its own.
+        """
+        needing = [i for i, block in enumerate(self.blocks)
+                   if type(block).initialize_from_data is not GraphTransform.initialize_from_data]
+        for block in self.blocks[: needing[-1] + 1] if needing else ():
+            block.initialize_from_data(graph, x)
+            x = block(graph, x, logdet=False)[0]
+
     def set_logdet_mode(self, mode: str) -> None:
         """Switch every unit that offers both to ``"exact"`` or ``"estimator"``."""
         for block in self.blocks:
