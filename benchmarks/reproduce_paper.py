@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from dgl_iflow import baselines, metrics, plots
+from dgl_iflow import baselines, metrics, plots, recipe
 from dgl_iflow.data import load_dataset
 from dgl_iflow.transforms import InversionError
 from dgl_iflow.models import IGNN
@@ -48,25 +48,9 @@ PAPER = {
     "solar": {"iGNN (paper, other data)": (0.062, 0.341)},
 }
 
-#: Reference latent sigma: sigma^2 = ||mu0 - mu1|| / 8 with the reference's means (2, -2), (-2, 2).
-SIGMA = math.sqrt(math.dist((2.0, -2.0), (-2.0, 2.0)) / 8)
-#: The recipe starts its means half as far apart and learns them: the gap sets the latent's
-#: Bayes error per node, and the reference's 6.7 sigma claims classes separate almost surely,
-#: forcing the flow to tear overlapping classes apart (docs/reproduce.md, ablation).
-MEAN_SCALE = 1.0
-
-
-def latent_means(scale: float) -> tuple[tuple[float, float], tuple[float, float]]:
-    """mu0 = (s, -s), mu1 = (-s, s)."""
-    return ((scale, -scale), (-scale, scale))
-
-#: The recipe's epochs per data set: solar has 547 training samples against traffic's 3070,
-#: so it needs more passes for as many mini-batches (docs/reproduce.md, "Solar").
-RECIPE_EPOCHS = {"traffic": 60, "solar": 200}
-
 
 def epochs_for(dataset: str, args: argparse.Namespace) -> int:
-    return args.epochs if args.epochs is not None else RECIPE_EPOCHS.get(dataset, 60)
+    return args.epochs if args.epochs is not None else recipe.EPOCHS.get(dataset, recipe.DEFAULT_EPOCHS)
 
 
 CONV_NAMES = {"l3": "iGNN L3Conv", "cheb": "iGNN ChebConv", "mlp": "iGNN MLP (graph-free)"}
@@ -90,18 +74,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--datasets", nargs="+", default=["traffic", "solar"], choices=["traffic", "solar"])
     p.add_argument("--convs", nargs="+", default=["l3", "cheb", "mlp"], choices=["l3", "cheb", "mlp"])
     p.add_argument("--epochs", type=int, default=None,
-                   help="epochs of every run (default: the recipe's per data set, RECIPE_EPOCHS)")
+                   help="epochs of every run (default: the recipe's per data set, dgl_iflow.recipe.EPOCHS)")
     p.add_argument("--blocks", type=int, default=8)
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64],
                    help="conv width then node-wise hidden widths (default 64 64)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--mean-scale", type=float, default=MEAN_SCALE,
-                   help=f"latent means (s, -s) and (-s, s) (default {MEAN_SCALE}; the reference used 2)")
+    p.add_argument("--batch-size", type=int, default=recipe.BATCH_SIZE)
+    p.add_argument("--mean-scale", type=float, default=recipe.MEAN_SCALE,
+                   help=f"latent means (s, -s) and (-s, s) (default {recipe.MEAN_SCALE}; the reference used 2)")
     p.add_argument("--fixed-means", dest="trainable_means", action="store_false",
                    help="keep the latent means where --mean-scale puts them (default: learned from there)")
-    p.add_argument("--min-separation", type=float, default=1.0,
+    p.add_argument("--min-separation", type=float, default=recipe.MIN_SEPARATION,
                    help="distance the barrier keeps learned means apart (default 1)")
     p.add_argument("--no-graph-mean", dest="graph_mean", action="store_false",
                    help="leave out the graph-mean operator of the convolutions")
@@ -113,9 +97,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-label-context", dest="label_context", action="store_false",
                    help="node-wise latent means and node-wise prediction (default: means shifted by the label "
                         "vector, prediction by Bayes over the training label vectors; IGNN(label_context=True))")
-    p.add_argument("--sigma", type=float, default=SIGMA, help=f"latent std (default sqrt(||mu0-mu1||/8) = {SIGMA:.4f})")
-    p.add_argument("--lipschitz", type=float, default=0.97,
-                   help="spectral normalization coefficient: every block invertible by construction (default 0.97; the paper used none)")
+    p.add_argument("--sigma", type=float, default=recipe.SIGMA,
+                   help=f"latent std (default the reference's, sqrt(||mu0-mu1||/8) = {recipe.SIGMA:.4f})")
+    p.add_argument("--lipschitz", type=float, default=recipe.LIPSCHITZ,
+                   help=f"spectral normalization coefficient: every block invertible by construction "
+                        f"(default {recipe.LIPSCHITZ}; the paper used none)")
     p.add_argument("--classification-weight", type=float, default=1.0)
     p.add_argument("--transport-weight", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
@@ -227,26 +213,36 @@ def _real_rows(x: torch.Tensor, y: torch.Tensor, keys) -> dict[tuple[int, ...], 
     return {key: x[(y == torch.tensor(key)).all(dim=1)] for key in keys}
 
 
+def build_model(dataset, conv: str, args: argparse.Namespace) -> IGNN:
+    """The flow of one run: with the default arguments, ``dgl_iflow.recipe.recipe_model``'s."""
+    return IGNN(
+        dataset.graph, dataset.num_features, dataset.num_classes, conv=conv, num_blocks=args.blocks,
+        hidden_feats=tuple(args.hidden), sigma=args.sigma,
+        means=recipe.latent_means(args.mean_scale)[: dataset.num_classes], lipschitz_coeff=args.lipschitz,
+        graph_mean=args.graph_mean and conv != "mlp", node_affine=args.node_affine,
+        graph_mean_linear=args.graph_mean_linear and conv != "mlp", trainable_means=args.trainable_means,
+        min_separation=args.min_separation if args.trainable_means else None, label_context=args.label_context,
+    )
+
+
+def train_config(dataset: str, args: argparse.Namespace) -> TrainConfig:
+    """The training of one run: with the default arguments, ``dgl_iflow.recipe.recipe_config``'s."""
+    return TrainConfig(
+        epochs=epochs_for(dataset, args), batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        classification_weight=args.classification_weight, transport_weight=args.transport_weight,
+        seed=args.seed, progress=args.progress,
+    )
+
+
 def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor, out: Path) -> dict:
     """Train one flow and score it; ``covered`` marks the test rows the per-label Gaussian's NLL uses."""
     x_train, y_train = dataset.split("train")
     x_test, y_test = dataset.split("test")
     graph = dataset.graph
     torch.manual_seed(args.seed)
-    model = IGNN(
-        graph, dataset.num_features, dataset.num_classes, conv=conv, num_blocks=args.blocks,
-        hidden_feats=tuple(args.hidden), sigma=args.sigma, means=latent_means(args.mean_scale)[: dataset.num_classes],
-        lipschitz_coeff=args.lipschitz, graph_mean=args.graph_mean and conv != "mlp", node_affine=args.node_affine,
-        graph_mean_linear=args.graph_mean_linear and conv != "mlp",
-        trainable_means=args.trainable_means, min_separation=args.min_separation if args.trainable_means else None,
-        label_context=args.label_context,
-    )
-    epochs = epochs_for(dataset.name, args)
-    config = TrainConfig(
-        epochs=epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        classification_weight=args.classification_weight, transport_weight=args.transport_weight,
-        seed=args.seed, progress=args.progress,
-    )
+    model = build_model(dataset, conv, args)
+    config = train_config(dataset.name, args)
+    epochs = config.epochs
     row = dict(dataset=dataset.name, conv=conv, model=CONV_NAMES[conv],
                params=sum(p.numel() for p in model.parameters() if p.requires_grad),
                logdet=model.logdet_mode, epochs=epochs)
@@ -461,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         table += (f"\n\nTime to the paper's iGNN numbers (`PAPER`), scored every {args.trace_every} epochs:\n\n"
                   + "\n".join(f"- {row['dataset']}, {row['model']}: {_reached(row)}" for row in traced))
     settings = {k: v for k, v in vars(args).items() if k not in ("progress",)}
-    settings.update(means=latent_means(args.mean_scale), torch=torch.__version__, python=platform.python_version(),
+    settings.update(means=recipe.latent_means(args.mean_scale), torch=torch.__version__, python=platform.python_version(),
                     omp_num_threads=os.environ.get("OMP_NUM_THREADS"))
     (out / "results.json").write_text(json.dumps(dict(settings=settings, total_s=total, rows=rows, baselines=baseline), indent=2) + "\n")
     header = (f"Settings: {json.dumps(settings)}\n\nTotal wall time: {total:.0f} s\n\n")

@@ -96,8 +96,8 @@ def _datasets(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from .data import holdout
-    from .models import IGNN
-    from .training import TrainConfig, fit
+    from .recipe import recipe_config, recipe_model
+    from .training import fit
 
     dataset = _dataset(args)
     x_train, y_train = dataset.split("train")
@@ -109,15 +109,20 @@ def _train(args: argparse.Namespace) -> None:
         validation = dict(x_val=x_val, y_val=y_val)
     out = Path(args.out)
     checkpoint = out / "model.pt"
-    model = IGNN(
-        dataset.graph, dataset.num_features, dataset.num_classes, conv=args.conv, num_blocks=args.blocks,
-        hidden_feats=tuple(args.hidden), sigma=args.sigma,
-        means=None if args.means is None else _parse_means(args.means),
-        lipschitz_coeff=args.lipschitz,
-    )
-    config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, chunk_size=args.chunk_size, lr=args.lr, seed=args.seed,
-        patience=args.patience, checkpoint_path=str(checkpoint), progress=not args.no_progress,
+    given = dict(num_blocks=args.blocks, hidden_feats=None if args.hidden is None else tuple(args.hidden),
+                 sigma=args.sigma, means=None if args.means is None else _parse_means(args.means),
+                 lipschitz_coeff=args.lipschitz)
+    changes = {key: value for key, value in given.items() if value is not None}
+    changes.update({key: False for key in ("graph_mean", "graph_mean_linear", "node_affine", "label_context")
+                    if not getattr(args, key)})
+    if args.fixed_means:
+        changes.update(trainable_means=False, min_separation=None)
+    model = recipe_model(dataset.graph, dataset.num_features, dataset.num_classes, conv=args.conv, **changes)
+    config = recipe_config(
+        args.dataset, chunk_size=args.chunk_size, lr=args.lr, seed=args.seed, patience=args.patience,
+        checkpoint_path=str(checkpoint), progress=not args.no_progress,
+        **({} if args.epochs is None else dict(epochs=args.epochs)),
+        **({} if args.batch_size is None else dict(batch_size=args.batch_size)),
     )
     out.mkdir(parents=True, exist_ok=True)  # only once the arguments have proved valid
     history = fit(model, dataset.graph, x_train, y_train, config,
@@ -257,16 +262,27 @@ def build_parser() -> argparse.ArgumentParser:
                     "(per-epoch losses); downloads a missing real data set into the data root first.")
     train.add_argument("--dataset", required=True, help="a name from `dgl-iflow datasets`")
     data_root(train)
-    train.add_argument("--conv", choices=["l3", "cheb", "mlp"], default="l3")
-    train.add_argument("--blocks", type=int, default=8)
-    train.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
-    train.add_argument("--sigma", type=float, default=1.0)
+    # Unset options keep the recipe's values (dgl_iflow.recipe, measured in docs/reproduce.md).
+    train.add_argument("--conv", choices=["l3", "cheb", "mlp"], default="l3", help="graph layer (default l3)")
+    train.add_argument("--blocks", type=int, default=None, help="residual blocks (default 8)")
+    train.add_argument("--hidden", type=int, nargs="+", default=None,
+                       help="conv width, then node-wise hidden widths (default 64 64)")
+    train.add_argument("--sigma", type=float, default=None, help="latent std (default: the recipe's, 0.8409)")
     train.add_argument("--means", default=None,
-                       help="latent class means, ';' between classes, e.g. --means='2,-2;-2,2'")
+                       help="latent class means to start from, ';' between classes, e.g. --means='2,-2;-2,2' "
+                            "(default: the recipe's)")
+    train.add_argument("--fixed-means", action="store_true", help="keep the latent means fixed (default: learned)")
     train.add_argument("--lipschitz", type=float, default=None,
-                       help="spectral normalization coefficient in (0, 1); default: none")
-    train.add_argument("--epochs", type=int, default=50)
-    train.add_argument("--batch-size", type=int, default=200)
+                       help="spectral normalization coefficient in (0, 1) (default: the recipe's, 0.97)")
+    for name, what in (("graph-mean", "the graph-mean operator of the convolutions"),
+                       ("graph-mean-linear", "the graph-mean linear layer at the data end"),
+                       ("node-affine", "the per-node affine layer at the latent end"),
+                       ("label-context", "the label context (latent means shifted by the label vector, "
+                                         "prediction by Bayes over the training label vectors)")):
+        train.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false", help=f"leave out {what}")
+    train.add_argument("--epochs", type=int, default=None,
+                       help="default: the recipe's for the data set (traffic 60, solar 200, others 60)")
+    train.add_argument("--batch-size", type=int, default=None, help="default: the recipe's, 64")
     train.add_argument("--chunk-size", type=int, default=None,
                        help="samples per forward and backward pass, gradients accumulated over the batch "
                             "(large graphs; default: the whole batch at once)")
