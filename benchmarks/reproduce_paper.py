@@ -76,8 +76,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None,
                    help="epochs of every run (default: the recipe's per data set, dgl_iflow.recipe.EPOCHS)")
     p.add_argument("--blocks", type=int, default=8)
-    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64],
-                   help="conv width then node-wise hidden widths (default 64 64)")
+    p.add_argument("--hidden", type=int, nargs="+", default=list(recipe.HIDDEN_FEATS),
+                   help="conv width then node-wise hidden widths (default: the recipe's, "
+                        f"{' '.join(map(str, recipe.HIDDEN_FEATS))})")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=recipe.BATCH_SIZE)

@@ -266,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--conv", choices=["l3", "cheb", "mlp"], default="l3", help="graph layer (default l3)")
     train.add_argument("--blocks", type=int, default=None, help="residual blocks (default 8)")
     train.add_argument("--hidden", type=int, nargs="+", default=None,
-                       help="conv width, then node-wise hidden widths (default 64 64)")
+                       help="conv width, then node-wise hidden widths (default: the recipe's, 32 32)")
     train.add_argument("--sigma", type=float, default=None, help="latent std (default: the recipe's, 0.8409)")
     train.add_argument("--means", default=None,
                        help="latent class means to start from, ';' between classes, e.g. --means='2,-2;-2,2' "

@@ -29,6 +29,9 @@ MEAN_SCALE = 1.0
 LIPSCHITZ = 0.97
 #: Distance the barrier keeps the learned means apart: small, so the data set the gap.
 MIN_SEPARATION = 1.0
+#: Convolution width, then the node-wise hidden widths: on traffic L3Conv and ChebConv generate
+#: better at 32 than at 64 or 128 (docs/reproduce.md, ablation).
+HIDDEN_FEATS = (32, 32)
 BATCH_SIZE = 64
 #: Epochs per data set: solar has 547 training samples against traffic's 3,070, so it needs
 #: more passes for about as many mini-batches; others get ``DEFAULT_EPOCHS``.
@@ -44,17 +47,19 @@ def latent_means(scale: float = MEAN_SCALE) -> tuple[tuple[float, float], tuple[
 def recipe_model(graph: dgl.DGLGraph, feats: int, num_classes: int, conv: str = "l3", **changes: Any) -> IGNN:
     """:class:`~dgl_iflow.models.IGNN` with the recipe's settings; ``changes`` override any keyword.
 
-    The graph-wide channel in every convolution and the graph-mean linear layer at the data
-    end (both left out for ``conv="mlp"``, which sees one node), a per-node affine layer at the
-    latent end, every block ``LIPSCHITZ``-Lipschitz, latent sigma ``SIGMA``, learned means kept
+    8 residual blocks of widths ``HIDDEN_FEATS``, the graph-wide channel in every convolution
+    and the graph-mean linear layer at the data end (both left out for ``conv="mlp"``, which
+    sees one node), a per-node affine layer at the latent end, every block
+    ``LIPSCHITZ``-Lipschitz, latent sigma ``SIGMA``, learned means kept
     ``MIN_SEPARATION`` apart (starting at :func:`latent_means` for two classes on two features,
     else placed by :class:`~dgl_iflow.models.IGNN`), and the label context. Its parameters
     include a ``(V, K - 1, V, d)`` label context: meant for graphs of tens to hundreds of nodes.
     """
     graph_wide = conv != "mlp"
     settings: dict[str, Any] = dict(
-        conv=conv, graph_mean=graph_wide, graph_mean_linear=graph_wide, node_affine=True,
-        lipschitz_coeff=LIPSCHITZ, sigma=SIGMA, means=latent_means() if (num_classes, feats) == (2, 2) else None,
+        conv=conv, num_blocks=8, hidden_feats=HIDDEN_FEATS, graph_mean=graph_wide, graph_mean_linear=graph_wide,
+        node_affine=True, lipschitz_coeff=LIPSCHITZ, sigma=SIGMA,
+        means=latent_means() if (num_classes, feats) == (2, 2) else None,
         trainable_means=True, min_separation=MIN_SEPARATION, label_context=True,
     )
     return IGNN(graph, feats, num_classes, **{**settings, **changes})
