@@ -215,14 +215,15 @@ def _real_rows(x: torch.Tensor, y: torch.Tensor, keys) -> dict[tuple[int, ...], 
 
 
 def build_model(dataset, conv: str, args: argparse.Namespace) -> IGNN:
-    """The flow of one run: with the default arguments, ``dgl_iflow.recipe.recipe_model``'s."""
-    return IGNN(
+    """The flow of one run: ``dgl_iflow.recipe.recipe_model`` with the run's arguments."""
+    left_out = {key: False for key in ("graph_mean", "graph_mean_linear", "node_affine", "label_context")
+                if not getattr(args, key)}
+    return recipe.recipe_model(
         dataset.graph, dataset.num_features, dataset.num_classes, conv=conv, num_blocks=args.blocks,
         hidden_feats=tuple(args.hidden), sigma=args.sigma,
         means=recipe.latent_means(args.mean_scale)[: dataset.num_classes], lipschitz_coeff=args.lipschitz,
-        graph_mean=args.graph_mean and conv != "mlp", node_affine=args.node_affine,
-        graph_mean_linear=args.graph_mean_linear and conv != "mlp", trainable_means=args.trainable_means,
-        min_separation=args.min_separation if args.trainable_means else None, label_context=args.label_context,
+        trainable_means=args.trainable_means, min_separation=args.min_separation if args.trainable_means else None,
+        **left_out,
     )
 
 

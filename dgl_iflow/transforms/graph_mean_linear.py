@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 
 from .._backend import dgl
-from ..layers.basis_conv import component_index, node_mean
+from ..layers.basis_conv import node_mean
 from .base import GraphTransform, check_node_features
 
 
@@ -115,13 +115,12 @@ class GraphMeanLinear(GraphTransform):
         data = x.detach().reshape(x.shape[0], -1, x.shape[-1]).double()
         if data.shape[1] < 2:
             raise ValueError(f"initialize_from_data needs at least 2 samples, got {data.shape[1]}")
-        component, counts = component_index(graph, data.device)
-        means = data.new_zeros((len(counts), *data.shape[1:])).index_add(0, component, data)
-        means = means / counts.reshape(-1, 1, 1).to(data.dtype)
-        self.mean_map.copy_(_inverse_sqrt(torch.cov(means.reshape(-1, data.shape[-1]).T)))
+        mean = node_mean(graph, data)
+        counts = graph.batch_num_nodes().to(data.device)
+        graph_means = mean[counts.cumsum(0) - counts]  # at each graph's first node
+        self.mean_map.copy_(_inverse_sqrt(torch.cov(graph_means.reshape(-1, data.shape[-1]).T)))
         if data.shape[0] > len(counts):
-            deviations = (data - means[component]).reshape(-1, data.shape[-1])
-            self.deviation_map.copy_(_inverse_sqrt(torch.cov(deviations.T)))
+            self.deviation_map.copy_(_inverse_sqrt(torch.cov((data - mean).reshape(-1, data.shape[-1]).T)))
         self.initialized.fill_(True)
 
     def extra_repr(self) -> str:
