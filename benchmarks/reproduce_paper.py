@@ -98,6 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-label-context", dest="label_context", action="store_false",
                    help="node-wise latent means and node-wise prediction (default: means shifted by the label "
                         "vector, prediction by Bayes over the training label vectors; IGNN(label_context=True))")
+    p.add_argument("--no-label-vector-gaussians", dest="label_vector_gaussians", action="store_false",
+                   help="generate and predict with the trained node law only (default: a joint latent Gaussian per "
+                        "training label vector fitted once trained, TrainConfig(label_vector_gaussians=True); the "
+                        "node law is scored too, in its own row)")
     p.add_argument("--sigma", type=float, default=recipe.SIGMA,
                    help=f"latent std (default the reference's, sqrt(||mu0-mu1||/8) = {recipe.SIGMA:.4f})")
     p.add_argument("--lipschitz", type=float, default=recipe.LIPSCHITZ,
@@ -232,7 +236,7 @@ def train_config(dataset: str, args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         epochs=epochs_for(dataset, args), batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         classification_weight=args.classification_weight, transport_weight=args.transport_weight,
-        seed=args.seed, progress=args.progress,
+        label_vector_gaussians=args.label_vector_gaussians, seed=args.seed, progress=args.progress,
     )
 
 
@@ -251,8 +255,9 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
     trace: list[dict] = []
     started = time.perf_counter()
     history = fit(model, graph, x_train, y_train, config,
-                  callback=_tracer(model, graph, x_test, y_test, args, epochs, math.ceil(len(x_train) / args.batch_size),
-                                   started, trace) if args.trace_every else None)
+                  callback=_tracer(model, graph, x_train, y_train, x_test, y_test, args, epochs,
+                                   math.ceil(len(x_train) / args.batch_size), started, trace)
+                  if args.trace_every else None)
     row["train_s"] = time.perf_counter() - started - sum(point["scoring_s"] for point in trace)
     if trace:
         row["trace"] = trace
@@ -263,12 +268,38 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
     row["final"] = {k: last[k] for k in ("loss", "nll", "ce", "transport", "inversion_error") if k in last}
     row["rescalings"] = int(sum(e.get("shrinks", 0.0) for e in history.epochs))
     model.eval()
+    row["pseudo_count"] = model.latent.pseudo_count
+    if model.latent.pseudo_count is not None:
+        # The same flow with the trained node law alone: what the joint Gaussians buy.
+        joint = model.latent.get_extra_state()
+        model.latent.clear_label_vector_gaussians()
+        row["node_law"], _, _ = _score(model, graph, x_test, y_test, covered, args)
+        model.latent.set_extra_state(joint)
+    scores, proba, calls = _score(model, graph, x_test, y_test, covered, args)
+    row.update(scores)
 
+    stem = out / f"{dataset.name}_{conv}"
+    figures = [plots.node_probabilities(proba, y_test, f"{stem}_proba.png",
+                                        node_names=dataset.node_names),
+               plots.training_curves(history.epochs, f"{stem}_curves.png",
+                                     title=f"{dataset.name}, {CONV_NAMES[conv]}: training")]
+    if calls:  # label vectors sampled before any InversionError
+        figures.append(plots.generated_vs_real(
+            _real_rows(x_test, y_test, calls), calls, f"{stem}_samples.png",
+            feature_names=dataset.feature_names, title=f"{dataset.name}, {CONV_NAMES[conv]}: test rows vs generated"))
+    row["figures"] = [str(path) for path in figures]
+    return row
+
+
+def _score(model: IGNN, graph, x_test: torch.Tensor, y_test: torch.Tensor, covered: torch.Tensor,
+           args: argparse.Namespace) -> tuple[dict, torch.Tensor, dict]:
+    """Test scores of a trained flow (accuracy, round trip, NLL, the protocol), its node
+    probabilities, and its samples by label vector."""
     proba = model.predict_proba(graph, x_test)
-    row["node_accuracy"] = metrics.node_accuracy(proba, y_test)
-    # Majority-class accuracy, to read node_accuracy against.
-    row["all_zero_accuracy"] = float((y_test == 0).double().mean())
-    row["inversion_error_test"] = float(model.round_trip_error(graph, x_test, relative=True).max())
+    row = dict(node_accuracy=metrics.node_accuracy(proba, y_test),
+               # Majority-class accuracy, to read node_accuracy against.
+               all_zero_accuracy=float((y_test == 0).double().mean()),
+               inversion_error_test=float(model.round_trip_error(graph, x_test, relative=True).max()))
     nll = -_log_prob(model, graph, x_test, y_test, args.batch_size)
     row["nll_test"] = float(nll.mean())
     row["nll_test_label_gaussian_rows"] = float(nll[covered].mean())
@@ -294,18 +325,7 @@ def run_one(dataset, conv: str, args: argparse.Namespace, covered: torch.Tensor,
     sample_s = time.perf_counter() - started
     row["samples"] = generated[0]
     row["samples_per_s"] = generated[0] / sample_s if sample_s > 0 else float("nan")
-
-    stem = out / f"{dataset.name}_{conv}"
-    figures = [plots.node_probabilities(proba, y_test, f"{stem}_proba.png",
-                                        node_names=dataset.node_names),
-               plots.training_curves(history.epochs, f"{stem}_curves.png",
-                                     title=f"{dataset.name}, {CONV_NAMES[conv]}: training")]
-    if calls:  # label vectors sampled before any InversionError
-        figures.append(plots.generated_vs_real(
-            _real_rows(x_test, y_test, calls), calls, f"{stem}_samples.png",
-            feature_names=dataset.feature_names, title=f"{dataset.name}, {CONV_NAMES[conv]}: test rows vs generated"))
-    row["figures"] = [str(path) for path in figures]
-    return row
+    return row, proba, calls
 
 
 def paper_target(dataset: str) -> tuple[float, float]:
@@ -319,13 +339,16 @@ def _seeded_sampler(model: IGNN, graph, seed: int):
     return lambda labels, n: model.sample(graph, labels, n, generator=generator)
 
 
-def _tracer(model: IGNN, graph, x_test: torch.Tensor, y_test: torch.Tensor, args: argparse.Namespace,
-            epochs: int, batches_per_epoch: int, started: float, trace: list[dict]):
+def _tracer(model: IGNN, graph, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+            y_test: torch.Tensor, args: argparse.Namespace, epochs: int, batches_per_epoch: int, started: float,
+            trace: list[dict]):
     """A :func:`fit` callback that scores the protocol every ``--trace-every`` epochs into ``trace``.
 
     Each point records the training seconds and mini-batches spent until then, scoring
     excluded. Scoring runs under its own seed and gives the random streams back as it found
-    them, so a traced run trains exactly as an untraced one.
+    them, so a traced run trains exactly as an untraced one. With ``label_vector_gaussians``
+    each point scores the model that stopping there would give: its joint Gaussians are fitted
+    for the point (what fit does at the end) and dropped again.
     """
     scoring_s = 0.0  # the sum of trace[i]["scoring_s"]
 
@@ -336,12 +359,17 @@ def _tracer(model: IGNN, graph, x_test: torch.Tensor, y_test: torch.Tensor, args
         entered = time.perf_counter()
         point = dict(epoch=epoch, minibatches=epoch * batches_per_epoch, train_s=entered - started - scoring_s)
         with seeded(args.seed), torch.no_grad():
+            fitted_here = args.label_vector_gaussians and model.latent.pseudo_count is None
+            if fitted_here:
+                model.latent.fit_label_vector_gaussians(model.encode(graph, x_train, logdet=False)[0], y_train)
             try:
                 result = metrics.paper_protocol(x_test, y_test, _seeded_sampler(model, graph, args.seed),
                                                 top=3, alpha=0.1)
                 point.update(mmd=result["mmd"], energy=result["energy"])
             except InversionError:
                 point.update(mmd=float("nan"), energy=float("nan"))
+            if fitted_here:
+                model.latent.clear_label_vector_gaussians()
         point["scoring_s"] = time.perf_counter() - entered
         scoring_s += point["scoring_s"]
         trace.append(point)
@@ -412,6 +440,13 @@ def markdown_table(rows: list[dict], baseline: list[dict], args: argparse.Namesp
                 f"{row['train_s']:.0f} ({row['s_per_epoch']:.2f}) | "
                 f"{row['samples_per_s']:.0f} | {inv} (max rel. err {row['inversion_error_test']:.1e}) |"
             )
+            if "node_law" in row:
+                law = row["node_law"]
+                lines.append(
+                    f"| {name} | {row['model']}, node law only | {_fmt(law['mmd'])} | {_fmt(law['energy'])} | "
+                    f"{_fmt(law['node_accuracy'])} | {_nll_cell(law)} | | {law['samples_per_s']:.0f} | "
+                    f"{'ok' if law['inversion'] == 'ok' else 'FAILED'} |"
+                )
         for row in (r for r in baseline if r["dataset"] == name):
             lines.append(f"| {name} | {row['model']} | {_cell(row, 'mmd')} | {_cell(row, 'energy')} | "
                          f"{_cell(row, 'node_accuracy')} | {_nll_cell(row)} | | | |")

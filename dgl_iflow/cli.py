@@ -120,6 +120,7 @@ def _train(args: argparse.Namespace) -> None:
     model = recipe_model(dataset.graph, dataset.num_features, dataset.num_classes, conv=args.conv, **changes)
     config = recipe_config(
         args.dataset, chunk_size=args.chunk_size, lr=args.lr, seed=args.seed, patience=args.patience,
+        label_vector_gaussians=args.label_vector_gaussians,
         checkpoint_path=str(checkpoint), progress=not args.no_progress,
         **({} if args.epochs is None else dict(epochs=args.epochs)),
         **({} if args.batch_size is None else dict(batch_size=args.batch_size)),
@@ -278,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ("graph-mean-linear", "the graph-mean linear layer at the data end"),
                        ("node-affine", "the per-node affine layer at the latent end"),
                        ("label-context", "the label context (latent means shifted by the label vector, "
-                                         "prediction by Bayes over the training label vectors)")):
+                                         "prediction by Bayes over the training label vectors)"),
+                       ("label-vector-gaussians", "the joint latent Gaussian per training label vector fitted "
+                                                  "once trained (the node law for every label vector)")):
         train.add_argument(f"--no-{name}", dest=name.replace("-", "_"), action="store_false", help=f"leave out {what}")
     train.add_argument("--epochs", type=int, default=None,
                        help="default: the recipe's for the data set (traffic 60, solar 200, others 60)")

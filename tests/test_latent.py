@@ -159,10 +159,12 @@ def test_confidence_radius_monte_carlo_coverage():
     assert torch.equal(latent.contains(h, y.expand(2000, -1), 0.9), inside)
     se = math.sqrt(0.9 * 0.1 / inside.numel())
     assert abs(inside.double().mean().item() - 0.9) < 3 * se
-    centers, radius = latent.confidence_region(y, 0.9)
-    assert centers.shape == (10, 4)
+    centers, scales = latent.confidence_region(y, 0.9)
+    assert centers.shape == (10, 4) and scales.shape == (10, 4, 4)
     torch.testing.assert_close(centers, latent.means[y])
-    assert radius == pytest.approx(0.6 * math.sqrt(chi2.ppf(0.9, 4)))
+    radius = 0.6 * math.sqrt(chi2.ppf(0.9, 4))
+    assert latent.confidence_radius(0.9) == pytest.approx(radius)
+    torch.testing.assert_close(scales, radius * torch.eye(4, dtype=torch.float64).expand(10, -1, -1))
 
 
 def test_default_separation_formula_and_growth():

@@ -31,7 +31,7 @@ def test_the_recipe_model_has_every_ingredient(dataset):
 
 def test_the_recipe_config_per_data_set():
     assert recipe_config("traffic") == TrainConfig(epochs=EPOCHS["traffic"], batch_size=64, classification_weight=1.0,
-                                                   transport_weight=0.0)
+                                                   transport_weight=0.0, label_vector_gaussians=True)
     assert recipe_config("solar").epochs == 200 and recipe_config("three_node").epochs == 60
     assert recipe_config("solar", epochs=5, lr=2e-3).epochs == 5
 
@@ -53,11 +53,16 @@ def test_cli_train_uses_the_recipe_unless_told(tmp_path):
     common = ["train", "--dataset", "three_node", "--blocks", "1", "--hidden", "8", "8", "--epochs", "1",
               "--no-progress"]
     assert main(common + ["--out", str(tmp_path / "recipe")]) == 0
-    config = IGNN.load(tmp_path / "recipe" / "model.pt").config
+    recipe = IGNN.load(tmp_path / "recipe" / "model.pt")
+    config = recipe.config
     assert config["graph_mean_linear"] and config["label_context"] and config["lipschitz_coeff"] == LIPSCHITZ
+    assert recipe.latent.pseudo_count is not None  # the joint Gaussians are saved with the model
     assert main(common + ["--out", str(tmp_path / "plain"), "--no-graph-mean", "--no-graph-mean-linear",
-                          "--no-node-affine", "--no-label-context", "--fixed-means", "--lipschitz", "0.9"]) == 0
-    config = IGNN.load(tmp_path / "plain" / "model.pt").config
+                          "--no-node-affine", "--no-label-context", "--no-label-vector-gaussians", "--fixed-means",
+                          "--lipschitz", "0.9"]) == 0
+    plain = IGNN.load(tmp_path / "plain" / "model.pt")
+    assert plain.latent.pseudo_count is None
+    config = plain.config
     assert not any(config[key] for key in ("graph_mean", "graph_mean_linear", "node_affine", "label_context",
                                            "trainable_means"))
     assert config["lipschitz_coeff"] == 0.9

@@ -69,8 +69,13 @@ def test_trace_scores_the_run_without_changing_it(tmp_path):
     traced = script.run_one(dataset, "l3", script.parse_args(common + ["--trace-every", "2"]), covered, tmp_path)
 
     # Scoring under its own seed leaves training, and the final scores, as they were.
-    for key in ("mmd", "energy", "nll_test", "node_accuracy", "final"):
+    # (a point before the end fits joint Gaussians for its scoring and drops them again).
+    for key in ("mmd", "energy", "nll_test", "node_accuracy", "final", "pseudo_count"):
         assert traced[key] == plain[key], key
+    assert plain["pseudo_count"] is not None
+    # The same flow scored with its node law alone, in its own row.
+    assert traced["node_law"]["mmd"] == plain["node_law"]["mmd"] != plain["mmd"]
+    assert "node law only" in script.markdown_table([dict(plain, dataset="traffic")], [], script.parse_args(["--datasets", "traffic"]))
     batches = math.ceil(len(dataset.split("train")[0]) / 50)
     trace = traced["trace"]
     assert [p["epoch"] for p in trace] == [2, 3] and [p["minibatches"] for p in trace] == [2 * batches, 3 * batches]

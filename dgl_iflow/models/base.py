@@ -260,13 +260,14 @@ class FlowModel(nn.Module):
     ) -> Tensor:
         r"""Points ``(num_points, V, d)`` on the boundary of the feature-space uncertainty set of :math:`X \mid Y = y`.
 
-        The set is :math:`F^{-1}` of the product over nodes of the latent balls
-        :math:`\|H_v - \mu_{y_v}\| \le r` that hold ``level`` of each node's mass; its
-        boundary points have every node on its sphere (directions evenly spaced for
-        :math:`d = 2`, uniform otherwise), for plotting.
+        The set is :math:`F^{-1}` of the product over nodes of the latent regions that hold
+        ``level`` of each node's mass (:meth:`NodeGaussianLatent.confidence_region`: balls
+        :math:`\|H_v - \mu_{y_v}\| \le r` under the node law); its boundary points have every
+        node on its region's boundary (directions evenly spaced for :math:`d = 2`, uniform
+        otherwise), for plotting.
         """
         latent = self._conditional_latent()
-        centers, radius = latent.confidence_region(y.to(latent.means.device), level)
+        centers, scales = latent.confidence_region(y.to(latent.means.device), level)
         if self.feats == 2:
             angle = torch.linspace(0, 2 * math.pi, num_points, dtype=centers.dtype, device=centers.device)
             direction = torch.stack([angle.cos(), angle.sin()], -1).unsqueeze(1).expand(-1, self.num_nodes, -1)
@@ -275,7 +276,7 @@ class FlowModel(nn.Module):
             direction = torch.randn(self.num_nodes, num_points, self.feats, generator=generator,
                                     dtype=centers.dtype, device=centers.device).transpose(0, 1)
             direction = direction / direction.norm(dim=-1, keepdim=True)
-        return self.generate(graph, centers + radius * direction, max_iter=max_iter)
+        return self.generate(graph, centers + (scales @ direction.unsqueeze(-1)).squeeze(-1), max_iter=max_iter)
 
     @torch.no_grad()
     def in_uncertainty_set(self, graph: dgl.DGLGraph, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:

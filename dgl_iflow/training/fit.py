@@ -44,6 +44,12 @@ class TrainConfig:
         :math:`\\mu`, weight of the latent cross-entropy.
     transport_weight : float
         :math:`\\gamma`, weight of the transport cost.
+    label_vector_gaussians : bool
+        Once trained, give every training label vector its own Gaussian over all ``V d``
+        latent coordinates, fitted to the trained flow's latents of the training rows
+        (:meth:`~dgl_iflow.models.latent.NodeGaussianLatent.fit_label_vector_gaussians`, with
+        its cross-validated pseudo-count), before the final inversion check, so that check
+        inverts latents drawn from them.
     inversion_check_samples : int
         After every epoch, the relative error of :math:`F^{-1}(F(x))` on this many held-out
         samples is recorded, and these samples' latents together with as many latents drawn
@@ -81,6 +87,7 @@ class TrainConfig:
     lr_schedule: str = "cosine"
     classification_weight: float = 0.1
     transport_weight: float = 1.0
+    label_vector_gaussians: bool = False
     inversion_check_samples: int = 100
     inversion_check_iterations: int = 100
     inversion_rescale: float = 0.9
@@ -257,6 +264,7 @@ def _train(
     model.latent.fit_priors(y_train.reshape(-1))
     if model.latent.label_context:
         model.latent.fit_label_vectors(y_train)
+    model.latent.clear_label_vector_gaussians()  # fitted to other weights
     # Units already initialized (a trained or loaded model) keep their parameters.
     model.flow.initialize_from_data(*model.to_flow(graph, x_train))
 
@@ -294,6 +302,25 @@ def _train(
         return repair_invertibility(model, graph, check_latents, config.inversion_rescale,
                                     max_iter=config.inversion_check_iterations)
 
+    def fit_label_vector_gaussians() -> None:
+        with torch.no_grad():
+            h = torch.cat([model.encode(graph, x_train[batch], logdet=False)[0]
+                           for batch in torch.arange(len(x_train), device=device).split(config.batch_size)])
+        model.latent.fit_label_vector_gaussians(h, y_train)
+
+    def finish() -> int | None:
+        """Fit the joint Gaussians if asked, then run the final check; its rescalings, None without checks."""
+        if config.label_vector_gaussians:
+            fit_label_vector_gaussians()
+        if not checks:
+            return None
+        shrinks = repair(config.final_check_repeats)
+        if shrinks and config.label_vector_gaussians:
+            # The rescaled flow moved the latents: fit to them, and check those draws too.
+            fit_label_vector_gaussians()
+            shrinks += repair(config.final_check_repeats)
+        return shrinks
+
     batch_loss = model_loss if make_batch_loss is None else make_batch_loss(model, graph, x_train, y_train, config)
     num_samples = len(x_train)
     checks = config.inversion_check_samples > 0
@@ -319,9 +346,12 @@ def _train(
         final_here = last and config.patience is None
         if checks:
             record["inversion_error"] = float(model.round_trip_error(graph, x_check, relative=True, max_iter=200).max())
-            record["shrinks"] = float(repair(config.final_check_repeats if final_here else 1))
-            if final_here:
-                history.final_shrinks = int(record["shrinks"])
+        if final_here:
+            history.final_shrinks = finish()
+            if checks:
+                record["shrinks"] = float(history.final_shrinks)
+        elif checks:
+            record["shrinks"] = float(repair(1))
         if x_val is not None:
             # Measured after the check: the model this epoch hands on, and saves.
             record["val_nll"] = _validation_nll(model, graph, x_val, y_val, config.seed)
@@ -336,8 +366,7 @@ def _train(
             if last or history.stopped_early:
                 if best_state is not None:  # None only if no val_nll was below infinity
                     model.load_state_dict(best_state)
-                if checks:
-                    history.final_shrinks = repair(config.final_check_repeats)
+                history.final_shrinks = finish()
         shown = ("loss", "nll", "ce", "transport", "inversion_error", "val_nll")
         bar.set_postfix({k: f"{record[k]:.3g}" for k in shown if k in record})
         if config.checkpoint_path is not None:
