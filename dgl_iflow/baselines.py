@@ -21,10 +21,10 @@ training features.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
+
+from dgl_iflow.models.latent import gaussian_log_prob
 
 __all__ = ["LabelGaussian", "NodeGaussian", "NodeLogistic", "ResampledRows"]
 
@@ -85,14 +85,6 @@ def _check_regularization(shrinkage: float, ridge: float) -> None:
     if ridge <= 0.0:
         # Without a ridge a covariance from fewer than p + 1 rows is singular: no density.
         raise ValueError(f"ridge must be > 0, got {ridge}")
-
-
-def _gaussian_log_prob(x: Tensor, mean: Tensor, chol: Tensor) -> Tensor:
-    """``log N(x; mean, L L^T)`` for rows ``x (m, p)``, ``mean (p,)``, Cholesky factor ``chol``."""
-    white = torch.linalg.solve_triangular(chol, (x - mean).T, upper=False)
-    log_det = 2.0 * chol.diagonal().log().sum()
-    p = x.shape[1]
-    return -0.5 * (white.square().sum(dim=0) + log_det + p * math.log(2.0 * math.pi))
 
 
 class ResampledRows:
@@ -217,7 +209,7 @@ class LabelGaussian:
         out = torch.full((len(x64),), float("nan"), dtype=torch.float64)
         for key, rows in _group_rows(y64).items():
             if key in self.means:
-                out[rows] = _gaussian_log_prob(flat[rows], self.means[key], self.chols[key])
+                out[rows] = gaussian_log_prob(flat[rows].T, self.means[key], self.chols[key])
         return out
 
 
@@ -296,12 +288,7 @@ class NodeGaussian:
         self._check_labels(y64)
         nodes = torch.arange(self.shape[0]).expand_as(y64)
         mean, chol = self.means[nodes, y64], self.chols[nodes, y64]
-        white = torch.linalg.solve_triangular(chol, (x64 - mean).unsqueeze(-1), upper=False)
-        log_det = 2.0 * chol.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        feats = self.shape[1]
-        per_node = -0.5 * (white.squeeze(-1).square().sum(-1) + log_det
-                           + feats * math.log(2.0 * math.pi))
-        return per_node.sum(dim=1)
+        return gaussian_log_prob(x64.unsqueeze(-1), mean, chol).squeeze(-1).sum(dim=1)
 
 
 class NodeLogistic:

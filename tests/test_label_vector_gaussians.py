@@ -9,7 +9,7 @@ from scipy.stats import chi2, multivariate_normal
 
 from dgl_iflow import IGNN, TrainConfig, fit
 from dgl_iflow.models import NodeGaussianLatent
-from dgl_iflow.models.latent import MAX_JOINT_DIM, PSEUDO_COUNTS
+from dgl_iflow.models.latent import MAX_JOINT_DIM, PSEUDO_COUNTS, gaussian_log_prob
 from graphs import path_graph, toy_data
 
 NODES, DIM, SIGMA = 3, 2, 0.7
@@ -42,6 +42,20 @@ def _direct(h: torch.Tensor, y: torch.Tensor, latent: NodeGaussianLatent, s: flo
     mean = (rows.sum(0) + s * prior) / (len(rows) + s)
     scatter = sum(torch.outer(r - mean, r - mean) for r in rows)
     return mean, (scatter + s * SIGMA**2 * torch.eye(NODES * DIM, dtype=torch.float64)) / (len(rows) + s)
+
+
+def test_gaussian_log_prob_of_columns_broadcasts_over_batches_against_scipy():
+    gen = torch.Generator().manual_seed(3)
+    factors = torch.randn(4, 5, 5, generator=gen, dtype=torch.float64)
+    chols = torch.linalg.cholesky(factors @ factors.transpose(-2, -1) + 0.5 * torch.eye(5, dtype=torch.float64))
+    means = torch.randn(4, 5, generator=gen, dtype=torch.float64)
+    points = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    got = gaussian_log_prob(points.T, means, chols)  # one set of columns against 4 Gaussians
+    assert got.shape == (4, 7)
+    for m in range(4):
+        cov = (chols[m] @ chols[m].T).numpy()
+        want = multivariate_normal(means[m].numpy(), cov).logpdf(points.numpy())
+        np.testing.assert_allclose(got[m].numpy(), want, rtol=1e-10)
 
 
 @pytest.mark.parametrize("label_context", [False, True])

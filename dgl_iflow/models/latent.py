@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["NodeGaussianLatent", "default_separation", "spread_means"]
+__all__ = ["NodeGaussianLatent", "default_separation", "gaussian_log_prob", "spread_means"]
 
 #: Pseudo-counts :meth:`NodeGaussianLatent.fit_label_vector_gaussians` chooses among by cross-validation.
 PSEUDO_COUNTS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
@@ -365,8 +365,11 @@ class NodeGaussianLatent(nn.Module):
         The class means :math:`\mu_{Y_v}`, shifted by the label vector with ``label_context``;
         :math:`\mu_Y` for a label vector with a joint Gaussian (:meth:`fit_label_vector_gaussians`).
         """
+        return self._centers(y, self._joint_index(y))
+
+    def _centers(self, y: Tensor, index: Tensor | None) -> Tensor:
+        """:meth:`centers` given ``index = self._joint_index(y)``."""
         centers = self.node_law_centers(y)
-        index = self._joint_index(y)
         if index is None:
             return centers
         joint = self.joint_means[index.clamp(min=0)].reshape(centers.shape)
@@ -391,13 +394,6 @@ class NodeGaussianLatent(nn.Module):
             return torch.full(y.shape[:-1], -1, dtype=torch.long, device=y.device)
         equal = (y.unsqueeze(-2) == self.label_vectors).all(dim=-1)  # (*, M)
         return torch.where(equal.any(dim=-1), equal.to(torch.int8).argmax(dim=-1), -1)
-
-    def _joint_log_prob(self, flat: Tensor, index: Tensor) -> Tensor:
-        """Log-density of latents ``flat`` ``(n, V d)`` under the joint Gaussians ``index`` ``(n,)``."""
-        chols = self.joint_chols[index]
-        z = torch.linalg.solve_triangular(chols, (flat - self.joint_means[index]).unsqueeze(-1), upper=False)
-        log_det = chols.diagonal(dim1=-2, dim2=-1).log().sum(-1)
-        return -0.5 * z.squeeze(-1).square().sum(-1) - log_det - 0.5 * flat.shape[-1] * math.log(2.0 * math.pi)
 
     def _log_normalizer(self) -> float:
         return -0.5 * self.dim * math.log(2.0 * math.pi * self.sigma**2)
@@ -447,7 +443,9 @@ class NodeGaussianLatent(nn.Module):
             return node_law
         joint = index >= 0
         out = node_law.clone()
-        out[joint] = self._joint_log_prob(h[joint].flatten(-2), index[joint])
+        rows = index[joint]
+        out[joint] = gaussian_log_prob(h[joint].flatten(-2).unsqueeze(-1), self.joint_means[rows],
+                                       self.joint_chols[rows]).squeeze(-1)
         return out
 
     def log_posterior(self, h: Tensor) -> Tensor:
@@ -601,9 +599,8 @@ class NodeGaussianLatent(nn.Module):
             log_likelihood = -0.5 * sq / self.sigma**2
         else:
             flat = h.reshape(-1, h.shape[-2] * h.shape[-1])
-            z = torch.linalg.solve_triangular(self.joint_chols, flat.T - self.joint_means.unsqueeze(-1), upper=False)
-            log_det = self.joint_chols.diagonal(dim1=-2, dim2=-1).log().sum(-1)  # (M,)
-            log_likelihood = (-0.5 * z.square().sum(1) - log_det.unsqueeze(-1)).T.reshape(*h.shape[:-2], -1)
+            log_likelihood = gaussian_log_prob(flat.T, self.joint_means, self.joint_chols)  # (M, n)
+            log_likelihood = log_likelihood.T.reshape(*h.shape[:-2], -1)
         weights = torch.softmax(log_likelihood + self.label_log_weights, dim=-1)
         onehot = nn.functional.one_hot(self.label_vectors, self.num_classes).to(h.dtype)  # (M, V, K)
         return torch.einsum("...m,mvk->...vk", weights, onehot)
@@ -782,10 +779,10 @@ class NodeGaussianLatent(nn.Module):
         """
         self._check_y(y)
         radius = self.confidence_radius(level)
-        centers = self.centers(y)
+        index = self._joint_index(y)
+        centers = self._centers(y, index)
         eye = torch.eye(self.dim, dtype=centers.dtype, device=centers.device)
         scales = (radius * eye).expand(*centers.shape, self.dim).clone()
-        index = self._joint_index(y)
         if index is not None and (index >= 0).any():
             joint = index >= 0
             rows = self.joint_chols[index[joint]].unflatten(-2, (-1, self.dim))  # (n, V, d, V d)
@@ -810,12 +807,36 @@ class NodeGaussianLatent(nn.Module):
         Tensor
             ``(*, V)`` bool.
         """
-        labels = self._labels_like(h, y)
-        if self._joint_index(labels) is None:
-            return (h - self.centers(labels)).norm(dim=-1) <= self.confidence_radius(level)
-        centers, scales = self.confidence_region(labels, level)
+        centers, scales = self.confidence_region(self._labels_like(h, y), level)
         unit = torch.linalg.solve_triangular(scales, (h - centers).unsqueeze(-1), upper=False)
         return unit.squeeze(-1).norm(dim=-1) <= 1.0
+
+
+def gaussian_log_prob(x: Tensor, mean: Tensor, chol: Tensor) -> Tensor:
+    r"""Log-density of the columns of ``x`` under :math:`N(\mu, L L^\top)`.
+
+    .. math::
+
+        \log N(x; \mu, L L^\top) = -\tfrac12 \lVert L^{-1}(x - \mu) \rVert^2
+            - \sum_i \log L_{ii} - \tfrac{D}{2} \log 2\pi
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(*, D, n)``: ``n`` points as columns, so that one factor serves them all.
+    mean : Tensor
+        ``(*, D)``.
+    chol : Tensor
+        ``(*, D, D)`` lower-triangular with a positive diagonal.
+
+    Returns
+    -------
+    Tensor
+        ``(*, n)``.
+    """
+    white = torch.linalg.solve_triangular(chol, x - mean.unsqueeze(-1), upper=False)
+    log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(-1, keepdim=True)
+    return -0.5 * (white.square().sum(-2) + x.shape[-2] * math.log(2.0 * math.pi)) - log_det
 
 
 def _shrunk_gaussians(
@@ -839,8 +860,7 @@ def _shrunk_gaussians(
 def _held_out_log_likelihood(
     flat: Tensor, group: Tensor, fold: Tensor, folds: int, prior: Tensor, sigma: float, pseudo_count: float
 ) -> Tensor:
-    """Log-likelihood ``(N,)`` of every row of ``flat`` under the Gaussians fitted without its
-    fold, up to the constant ``-D/2 log(2 pi)``."""
+    """Log-likelihood ``(N,)`` of every row of ``flat`` under the Gaussians fitted without its fold."""
     out = torch.empty(len(flat), dtype=flat.dtype, device=flat.device)
     for f in range(folds):
         held_out = fold == f
@@ -849,8 +869,7 @@ def _held_out_log_likelihood(
         means, chols = _shrunk_gaussians(flat[~held_out], group[~held_out], prior, sigma, pseudo_count)
         for m in group[held_out].unique().tolist():
             rows = held_out & (group == m)
-            z = torch.linalg.solve_triangular(chols[m], (flat[rows] - means[m]).T, upper=False)
-            out[rows] = -0.5 * z.square().sum(0) - chols[m].diagonal().log().sum()
+            out[rows] = gaussian_log_prob(flat[rows].T, means[m], chols[m])
     return out
 
 
