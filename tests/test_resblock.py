@@ -146,7 +146,7 @@ def test_eval_mode_estimator_is_detached():
     assert logdet.shape == (16,) and torch.isfinite(logdet).all()
     with torch.no_grad():
         y_plain, _ = block(g, x, logdet=False)
-    torch.testing.assert_close(y, y_plain, rtol=0, atol=0)
+    torch.testing.assert_close(y, y_plain, rtol=1e-14, atol=1e-14)  # the fused chain rounds differently
     # an input that requires grad under no_grad works too
     with torch.no_grad():
         _, logdet2 = block(g, x.clone().requires_grad_(True))

@@ -269,3 +269,71 @@ def test_conv_vectors_restart_for_another_graph_size():
     residual(bigger, torch.randn(7, 2, dtype=torch.float64))
     assert residual._sn_conv_right.shape == (7, 2)
     assert max(exact_layer_norms(residual, bigger)) <= 0.8 * (1 + 1e-5)
+
+
+def _dense_product(jac: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
+    """``J v`` from the Jacobian ``(*, V D, V D)`` for ``vector`` ``(V, *, D)``."""
+    flat = vector.movedim(0, -2).flatten(-2)
+    return (jac @ flat.unsqueeze(-1)).squeeze(-1).unflatten(-1, (vector.shape[0], vector.shape[-1])).movedim(-2, 0)
+
+
+@pytest.mark.parametrize("kind", ["cheb", "l3", "l3+mean"])
+@pytest.mark.parametrize("activation", ["lipswish", "elu", "tanh"])
+@pytest.mark.parametrize("hidden", [(), (5, 3)])
+@pytest.mark.parametrize("batch", [(3,), (2, 2)])
+def test_jacobian_vector_products_match_brute_force(kind, activation, hidden, batch):
+    g = small_graph()
+    residual = make_residual(kind, g, hidden, activation)
+    x = torch.randn(5, *batch, 2, dtype=torch.float64)
+    vector = torch.randn_like(x)
+    out, jvp = residual.forward_with_jvp(g, x)
+    torch.testing.assert_close(out, residual(g, x), rtol=0, atol=1e-14)
+    expected = _dense_product(brute_force_jacobian(lambda z: residual(g, z), x), vector)
+    for differentiable in (True, False):
+        product = jvp(vector, differentiable)
+        assert product.shape == x.shape and product.requires_grad == differentiable
+        torch.testing.assert_close(product, expected, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match="input's shape"):
+        jvp(vector[:, :1], True)
+
+
+@pytest.mark.parametrize("kind", ["cheb", "l3+mean"])
+@pytest.mark.parametrize("activation", ["lipswish", "elu"])
+@pytest.mark.parametrize("hidden", [(4,), (4, 3)])
+def test_jacobian_vector_product_gradients_by_finite_differences(kind, activation, hidden):
+    """What the estimator's gradient differentiates: J v with respect to every parameter and x."""
+    g = small_graph()
+    residual = make_residual(kind, g, hidden, activation)
+    x = torch.randn(5, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    vector = torch.randn(5, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    wrapper = _WithJacobianVectorProduct(residual, vector)
+    names = [name for name, _ in wrapper.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in wrapper.parameters())
+
+    def outputs(x_in, *tensors):
+        return torch.func.functional_call(wrapper, dict(zip(names, tensors)), (g, x_in))
+
+    assert torch.autograd.gradcheck(outputs, (x.clone().requires_grad_(True), *params))
+
+
+class _WithJacobianVectorProduct(torch.nn.Module):
+    def __init__(self, residual: GraphResidual, vector: torch.Tensor) -> None:
+        super().__init__()
+        self.residual, self.vector = residual, vector
+
+    def forward(self, graph, x):
+        out, jvp = self.residual.forward_with_jvp(graph, x)
+        return out, jvp(self.vector, True)
+
+
+def test_jacobian_vector_products_on_sparse_path():
+    num_nodes = max(DENSE_MAX_NODES, DENSE_MAX_NODES_LEARNABLE) + 4
+    src = torch.arange(num_nodes)
+    g = dgl.graph((torch.cat([src, (src + 1) % num_nodes]), torch.cat([(src + 1) % num_nodes, src])))
+    for kind in ("cheb", "l3"):
+        residual = make_residual(kind, g, (4,))
+        x = torch.randn(num_nodes, 2, 2, dtype=torch.float64)
+        vector = torch.randn_like(x)
+        _, jac = residual.forward_with_jacobian(g, x)
+        _, jvp = residual.forward_with_jvp(g, x)
+        torch.testing.assert_close(jvp(vector, True), _dense_product(jac, vector), rtol=1e-10, atol=1e-10)

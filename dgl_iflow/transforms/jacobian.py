@@ -1,6 +1,7 @@
 """Exact Jacobian of a graph convolution followed by node-wise layers.
 
-:func:`conv_mlp_jacobian` serves :class:`~dgl_iflow.transforms.residual.GraphResidual`. For
+:func:`conv_mlp_factors` and :func:`conv_mlp_jacobian` serve
+:class:`~dgl_iflow.transforms.residual.GraphResidual`. For
 LipSwish and ELU, the activations whose formulas it hard-codes, the node-wise chain and its
 Jacobian run in one autograd node with a hand-written backward (:class:`_NodeChain`,
 ``docs/performance.md``); any other activation goes through its ``value_and_derivative``.
@@ -19,15 +20,20 @@ from ..layers.activations import LIPSWISH_DIVISOR, Activation
 FUSED_KINDS = ("lipswish", "elu")
 
 
-def conv_mlp_jacobian(
+def conv_mlp_factors(
     hidden: Tensor,
     conv_weight: Tensor,
-    bases: Tensor,
     activations: Sequence[Activation],
     weights: Sequence[Tensor],
     biases: Sequence[Tensor | None],
 ) -> tuple[Tensor, Tensor]:
-    r"""Output and Jacobian of :math:`X \mapsto \mathrm{chain}(\sum_k A_k X W_k + b)`.
+    r"""Output of the node-wise chain and its Jacobian with respect to every operator's output.
+
+    For :math:`X \mapsto \mathrm{chain}(\sum_k A_k X W_k + b)` the Jacobian factorizes as
+    :math:`\partial\, \mathrm{out}_v / \partial x_u = \sum_k (A_k)_{vu} P_{v,k}`, where
+    :math:`P_{v,k} = \partial\, \mathrm{out}_v / \partial (A_k X)_v` (``D x D`` per node and
+    sample) involves no other node: a Jacobian-vector product is
+    :math:`(J x)_v = \sum_k P_{v,k} (A_k x)_v`.
 
     Parameters
     ----------
@@ -35,8 +41,6 @@ def conv_mlp_jacobian(
         The convolution's output :math:`z_0`, shape ``(V, B, H_0)``.
     conv_weight : Tensor
         Its channel mixing :math:`W_k`, shape ``(K, D, H_0)``.
-    bases : Tensor
-        Its node operators :math:`A_k`, dense ``(K, V, V)``.
     activations, weights, biases : sequence
         The node-wise chain: ``activations[l]`` before the linear layer
         :math:`x \mapsto x W_l^\top + b_l`.
@@ -44,8 +48,8 @@ def conv_mlp_jacobian(
     Returns
     -------
     tuple of Tensor
-        The chain's output ``(V, B, D)`` and the Jacobian ``(B, V D, V D)``: entry
-        ``[b, v D + i, u D + j]`` is :math:`\partial\, \mathrm{out}_{v,b,i} / \partial x_{u,b,j}`.
+        The chain's output ``(V, B, D)`` and :math:`P` ``(V, B, D, K, D)``: entry
+        ``[v, b, i, k, j]`` is :math:`\partial\, \mathrm{out}_{v,b,i} / \partial (A_k x)_{v,b,j}`.
     """
     num_nodes, width = hidden.shape[0], hidden.shape[-1]
     num_bases, feats = conv_weight.shape[0], conv_weight.shape[1]
@@ -57,15 +61,43 @@ def conv_mlp_jacobian(
         out, per_basis = _NodeChain.apply(rows, wc, kinds, *weights, *biases, *betas)
     else:
         out, per_basis = _chain(rows, wc, activations, weights, biases)
-    # per_basis[(v, b), i, (k, j)] = d out_{v,b,i} / d (A_k x)_{v,b,j}; with the bases spread
-    # to spread[v, (k, j), (u, j')] = (A_k)_{vu} [j = j'], one bmm over nodes gives the
-    # Jacobian rows of every node.
+    return out.reshape(num_nodes, -1, feats), per_basis.reshape(num_nodes, -1, feats, num_bases, feats)
+
+
+def conv_mlp_jacobian(
+    hidden: Tensor,
+    conv_weight: Tensor,
+    bases: Tensor,
+    activations: Sequence[Activation],
+    weights: Sequence[Tensor],
+    biases: Sequence[Tensor | None],
+) -> tuple[Tensor, Tensor]:
+    r"""Output and dense Jacobian of :math:`X \mapsto \mathrm{chain}(\sum_k A_k X W_k + b)`.
+
+    Parameters
+    ----------
+    hidden, conv_weight, activations, weights, biases
+        As for :func:`conv_mlp_factors`.
+    bases : Tensor
+        The node operators :math:`A_k`, dense ``(K, V, V)``.
+
+    Returns
+    -------
+    tuple of Tensor
+        The chain's output ``(V, B, D)`` and the Jacobian ``(B, V D, V D)``: entry
+        ``[b, v D + i, u D + j]`` is :math:`\partial\, \mathrm{out}_{v,b,i} / \partial x_{u,b,j}`.
+    """
+    num_nodes = hidden.shape[0]
+    num_bases, feats = conv_weight.shape[0], conv_weight.shape[1]
+    out, per_basis = conv_mlp_factors(hidden, conv_weight, activations, weights, biases)
+    # With the bases spread to spread[v, (k, j), (u, j')] = (A_k)_{vu} [j = j'], one bmm over
+    # nodes gives the Jacobian rows of every node.
     eye = torch.eye(feats, dtype=bases.dtype, device=bases.device)
     spread = (bases.transpose(0, 1)[:, :, None, :, None] * eye[:, None, :]).reshape(num_nodes, num_bases * feats, -1)
     jacobian = torch.bmm(per_basis.reshape(num_nodes, -1, num_bases * feats), spread)  # (V, B D, V D)
     size = num_nodes * feats
     jacobian = jacobian.reshape(num_nodes, -1, feats, size).transpose(0, 1).reshape(-1, size, size)
-    return out.reshape(num_nodes, -1, feats), jacobian
+    return out, jacobian
 
 
 def _chain(

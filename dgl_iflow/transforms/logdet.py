@@ -1,6 +1,8 @@
 """Log-determinants of :math:`I + J_g` for invertible residual blocks."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -87,8 +89,8 @@ def roulette_survival(num_terms: int, n_exact_terms: int, stop_probability: floa
 
 
 def power_series_logdet(
-    residual: Tensor,
-    x: Tensor,
+    jvp: Callable[[Tensor, bool], Tensor],
+    like: Tensor,
     *,
     sample_dims: tuple[int, ...],
     n_exact_terms: int = 2,
@@ -106,23 +108,27 @@ def power_series_logdet(
     valid when :math:`\mathrm{Lip}(g) < 1`, with Hutchinson probes :math:`v \sim N(0, I)` and
     Russian-roulette truncation :math:`N = n_{exact} + \mathrm{Geometric}(p)`. The returned
     value is this unbiased estimate. Its gradient is, with ``neumann_gradient``, the
-    unbiased Neumann-series estimate
+    unbiased Neumann-series estimate (:math:`\operatorname{tr}((I + J)^{-1} \nabla J) =
+    \operatorname{tr}(\nabla J\, (I + J)^{-1})`)
 
     .. math::
-        \nabla \log\det(I + J) = \mathbb{E}\left[\Big(\sum_{k=0}^{N}
-        \frac{(-1)^k}{P(N \ge k)} v^\top J^k\Big) (\nabla J)\, v\right],
+        \nabla \log\det(I + J) = \mathbb{E}\left[v^\top (\nabla J)
+        \Big(\sum_{k=0}^{N} \frac{(-1)^k}{P(N \ge k)} J^k v\Big)\right],
 
-    which needs one differentiable vector-Jacobian product instead of back-propagating
-    through all :math:`N` of them; otherwise the series itself is differentiated.
+    which differentiates one Jacobian-vector product instead of all :math:`N` of them;
+    otherwise the series itself is differentiated.
 
     Parameters
     ----------
-    residual : Tensor
-        :math:`g(x)`, computed from ``x`` with autograd recording.
-    x : Tensor
-        Input that requires grad, same shape as ``residual``.
+    jvp : callable
+        ``jvp(vector, differentiable)``: :math:`J_g(x)\, v` for ``vector`` of the shape of
+        ``like``, differentiable (with respect to whatever the log-det's gradient should reach)
+        when ``differentiable`` is true, e.g. the second output of
+        :meth:`~dgl_iflow.transforms.residual.GraphResidual.forward_with_jvp`.
+    like : Tensor
+        A tensor of the input's shape, dtype and device: the probes are drawn like it.
     sample_dims : tuple of int
-        Dimensions of ``x`` that index samples; the rest are summed in the trace.
+        Dimensions of ``like`` that index samples; the rest are summed in the trace.
     create_graph : bool
         Make the estimate differentiable (training); ``False`` returns a detached value.
 
@@ -136,30 +142,31 @@ def power_series_logdet(
             f"need n_exact_terms >= 0, 0 < stop_probability <= 1 and n_probes >= 1, got "
             f"{n_exact_terms}, {stop_probability}, {n_probes}"
         )
-    if residual.shape != x.shape:
-        raise ValueError(f"residual and x must have one shape, got {tuple(residual.shape)} and {tuple(x.shape)}")
-    sample_dims = tuple(sorted(d % x.dim() for d in sample_dims))
-    reduce_dims = tuple(d for d in range(x.dim()) if d not in sample_dims)
-    sample_shape = [x.shape[d] for d in sample_dims]
+    sample_dims = tuple(sorted(d % like.dim() for d in sample_dims))
+    reduce_dims = tuple(d for d in range(like.dim()) if d not in sample_dims)
+    sample_shape = [like.shape[d] for d in sample_dims]
     num_terms = n_exact_terms + int(torch.distributions.Geometric(probs=stop_probability).sample())
     survival = roulette_survival(num_terms, n_exact_terms, stop_probability).tolist()
     differentiate_series = create_graph and not neumann_gradient
 
-    def vjp(vector: Tensor, graph: bool) -> Tensor:
-        return torch.autograd.grad(residual, x, vector, retain_graph=True, create_graph=graph)[0]
+    def product(vector: Tensor, differentiable: bool) -> Tensor:
+        out = jvp(vector, differentiable)
+        if out.shape != like.shape:
+            raise ValueError(f"jvp must keep the shape {tuple(like.shape)}, got {tuple(out.shape)}")
+        return out
 
-    total = x.new_zeros(sample_shape)
+    total = like.new_zeros(sample_shape)
     for _ in range(n_probes):
-        probe = torch.randn_like(x)
-        power = probe  # probe^T J^k
-        estimate = x.new_zeros(sample_shape)  # stays zero when N = 0
-        neumann = probe  # sum_k (-1)^k probe^T J^k / P(N >= k), from k = 0
+        probe = torch.randn_like(like)
+        power = probe  # J^k probe
+        estimate = like.new_zeros(sample_shape)  # stays zero when N = 0
+        neumann = probe  # sum_k (-1)^k J^k probe / P(N >= k), from k = 0
         for k in range(1, num_terms + 1):
-            power = vjp(power, differentiate_series)
+            power = product(power, differentiate_series)
             estimate = estimate + (-1) ** (k + 1) / k / survival[k] * (power * probe).sum(reduce_dims)
             neumann = neumann + (-1) ** k / survival[k] * power
         if create_graph and neumann_gradient:
-            surrogate = (vjp(neumann.detach(), True) * probe).sum(reduce_dims)
+            surrogate = (product(neumann.detach(), True) * probe).sum(reduce_dims)
             estimate = estimate.detach() + surrogate - surrogate.detach()
         total = total + estimate
     value = total / n_probes

@@ -31,13 +31,17 @@ class InvertibleResBlock(GraphTransform):
         ``"exact"``: :math:`\log|\det(I + J_g)|` from the Jacobian assembled by
         :meth:`GraphResidual.forward_with_jacobian` (``V D`` up to a few hundred).
         ``"estimator"``: the unbiased Russian-roulette power series with Hutchinson probes
-        (any size), see :func:`power_series_logdet`.
+        (any size), see :func:`power_series_logdet`, its Jacobian-vector products from
+        :meth:`GraphResidual.forward_with_jvp`.
     n_exact_terms, stop_probability, n_probes, neumann_gradient
         Options of the estimator.
     memory_efficient : bool
         Estimator mode only: compute the gradient of the log-det estimate during the forward
         pass (Chen et al., 2019, Residual Flows) and free the autograd graph of the power
-        series and of its gradient right away, keeping only the graph of :math:`g`. The
+        series and of its gradient right away, keeping only the graph of :math:`g`. Since the
+        series runs on the factored products, whose graph is a few tensors of the input's size
+        per term, this saves little memory and runs the residual's backward twice: off by
+        default (``docs/performance.md``). The
         backward then needs a loss whose gradient is the same for every sample's log-det
         (a sum or mean of log-likelihoods, any overall weight), and gives no second
         derivatives; it raises ``RuntimeError`` otherwise.
@@ -106,28 +110,19 @@ class InvertibleResBlock(GraphTransform):
         differentiable = torch.is_grad_enabled()
         sample_dims = tuple(range(1, x.dim() - 1))
 
-        def residual_and_logdet(x_in: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
-            residual = self.residual(graph, x_in)
+        def residual_and_logdet(x_in: Tensor) -> tuple[Tensor, Tensor]:
+            residual, jvp = self.residual.forward_with_jvp(graph, x_in)
             logdet = power_series_logdet(
-                residual, x_in, sample_dims=sample_dims, create_graph=create_graph,
-                **self._estimator_options,
+                jvp, x_in, sample_dims=sample_dims, create_graph=differentiable, **self._estimator_options,
             )
             return residual, logdet
 
         if differentiable and self.memory_efficient:
             params = [p for p in self.residual.parameters() if p.requires_grad]
-            residual, logdet = _MemoryEfficientLogdet.apply(
-                lambda x_in: residual_and_logdet(x_in, True), x, *params
-            )
-            return x + residual, logdet
-        if not differentiable:
-            with torch.enable_grad(), self.residual.frozen_normalization():
-                residual, logdet = residual_and_logdet(x.detach().requires_grad_(True), False)
-            return (x + residual).detach(), logdet
-        with torch.enable_grad():
-            x_in = x if x.requires_grad else x.detach().requires_grad_(True)
-            residual, logdet = residual_and_logdet(x_in, True)
-        return x_in + residual, logdet
+            residual, logdet = _MemoryEfficientLogdet.apply(residual_and_logdet, x, *params)
+        else:
+            residual, logdet = residual_and_logdet(x)
+        return x + residual, logdet
 
     @torch.no_grad()
     def shrink(self, factor: float) -> None:
