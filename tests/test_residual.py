@@ -75,14 +75,18 @@ def test_jacobian_gradients_by_finite_differences(kind, activation, hidden):
     g = small_graph()
     residual = make_residual(kind, g, hidden, activation)
     x = torch.randn(5, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    wrapper = _WithJacobian(residual)
+    assert _gradcheck(_WithJacobian(residual), g, x)
+
+
+def _gradcheck(wrapper: torch.nn.Module, g, x: torch.Tensor) -> bool:
+    """``gradcheck`` of ``wrapper(g, x)`` with respect to ``x`` and every parameter."""
     names = [name for name, _ in wrapper.named_parameters()]
     params = tuple(p.detach().clone().requires_grad_(True) for p in wrapper.parameters())
 
     def outputs(x_in, *tensors):
         return torch.func.functional_call(wrapper, dict(zip(names, tensors)), (g, x_in))
 
-    assert torch.autograd.gradcheck(outputs, (x.clone().requires_grad_(True), *params))
+    return torch.autograd.gradcheck(outputs, (x.clone().requires_grad_(True), *params))
 
 
 class _WithJacobian(torch.nn.Module):
@@ -94,11 +98,17 @@ class _WithJacobian(torch.nn.Module):
         return self.residual.forward_with_jacobian(graph, x)
 
 
-def test_jacobian_on_sparse_path():
-    """Sparse operators (both thresholds passed): rows of the assembled Jacobian vs autograd VJPs."""
+def sparse_cycle() -> dgl.DGLGraph:
+    """A cycle with more nodes than both dense thresholds: every operator is sparse."""
     num_nodes = max(DENSE_MAX_NODES, DENSE_MAX_NODES_LEARNABLE) + 4
     src = torch.arange(num_nodes)
-    g = dgl.graph((torch.cat([src, (src + 1) % num_nodes]), torch.cat([(src + 1) % num_nodes, src])))
+    return dgl.graph((torch.cat([src, (src + 1) % num_nodes]), torch.cat([(src + 1) % num_nodes, src])))
+
+
+def test_jacobian_on_sparse_path():
+    """Sparse operators (both thresholds passed): rows of the assembled Jacobian vs autograd VJPs."""
+    g = sparse_cycle()
+    num_nodes = g.num_nodes()
     for kind in ("cheb", "l3"):
         residual = make_residual(kind, g, (4,))
         x = torch.randn(num_nodes, 2, 2, dtype=torch.float64, requires_grad=True)
@@ -306,14 +316,7 @@ def test_jacobian_vector_product_gradients_by_finite_differences(kind, activatio
     residual = make_residual(kind, g, hidden, activation)
     x = torch.randn(5, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     vector = torch.randn(5, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    wrapper = _WithJacobianVectorProduct(residual, vector)
-    names = [name for name, _ in wrapper.named_parameters()]
-    params = tuple(p.detach().clone().requires_grad_(True) for p in wrapper.parameters())
-
-    def outputs(x_in, *tensors):
-        return torch.func.functional_call(wrapper, dict(zip(names, tensors)), (g, x_in))
-
-    assert torch.autograd.gradcheck(outputs, (x.clone().requires_grad_(True), *params))
+    assert _gradcheck(_WithJacobianVectorProduct(residual, vector), g, x)
 
 
 class _WithJacobianVectorProduct(torch.nn.Module):
@@ -327,9 +330,8 @@ class _WithJacobianVectorProduct(torch.nn.Module):
 
 
 def test_jacobian_vector_products_on_sparse_path():
-    num_nodes = max(DENSE_MAX_NODES, DENSE_MAX_NODES_LEARNABLE) + 4
-    src = torch.arange(num_nodes)
-    g = dgl.graph((torch.cat([src, (src + 1) % num_nodes]), torch.cat([(src + 1) % num_nodes, src])))
+    g = sparse_cycle()
+    num_nodes = g.num_nodes()
     for kind in ("cheb", "l3"):
         residual = make_residual(kind, g, (4,))
         x = torch.randn(num_nodes, 2, 2, dtype=torch.float64)

@@ -1,6 +1,6 @@
 """Exact Jacobian of a graph convolution followed by node-wise layers.
 
-:func:`conv_mlp_factors` and :func:`conv_mlp_jacobian` serve
+:func:`conv_mlp_factors` (and :func:`assemble_jacobian`) serve
 :class:`~dgl_iflow.transforms.residual.GraphResidual`. For
 LipSwish and ELU, the activations whose formulas it hard-codes, the node-wise chain and its
 Jacobian run in one autograd node with a hand-written backward (:class:`_NodeChain`,
@@ -64,40 +64,34 @@ def conv_mlp_factors(
     return out.reshape(num_nodes, -1, feats), per_basis.reshape(num_nodes, -1, feats, num_bases, feats)
 
 
-def conv_mlp_jacobian(
-    hidden: Tensor,
-    conv_weight: Tensor,
-    bases: Tensor,
-    activations: Sequence[Activation],
-    weights: Sequence[Tensor],
-    biases: Sequence[Tensor | None],
-) -> tuple[Tensor, Tensor]:
-    r"""Output and dense Jacobian of :math:`X \mapsto \mathrm{chain}(\sum_k A_k X W_k + b)`.
+def assemble_jacobian(per_basis: Tensor, bases: Tensor) -> Tensor:
+    r"""The dense Jacobian from the factors of :func:`conv_mlp_factors`.
+
+    .. math::
+
+        \frac{\partial\, \mathrm{out}_v}{\partial x_u} = \sum_k (A_k)_{vu} P_{v,k}
 
     Parameters
     ----------
-    hidden, conv_weight, activations, weights, biases
-        As for :func:`conv_mlp_factors`.
+    per_basis : Tensor
+        :math:`P`, shape ``(V, B, D, K, D)``.
     bases : Tensor
         The node operators :math:`A_k`, dense ``(K, V, V)``.
 
     Returns
     -------
-    tuple of Tensor
-        The chain's output ``(V, B, D)`` and the Jacobian ``(B, V D, V D)``: entry
-        ``[b, v D + i, u D + j]`` is :math:`\partial\, \mathrm{out}_{v,b,i} / \partial x_{u,b,j}`.
+    Tensor
+        ``(B, V D, V D)``: entry ``[b, v D + i, u D + j]`` is
+        :math:`\partial\, \mathrm{out}_{v,b,i} / \partial x_{u,b,j}`.
     """
-    num_nodes = hidden.shape[0]
-    num_bases, feats = conv_weight.shape[0], conv_weight.shape[1]
-    out, per_basis = conv_mlp_factors(hidden, conv_weight, activations, weights, biases)
+    num_nodes, feats, num_bases = per_basis.shape[0], per_basis.shape[2], per_basis.shape[3]
     # With the bases spread to spread[v, (k, j), (u, j')] = (A_k)_{vu} [j = j'], one bmm over
     # nodes gives the Jacobian rows of every node.
     eye = torch.eye(feats, dtype=bases.dtype, device=bases.device)
     spread = (bases.transpose(0, 1)[:, :, None, :, None] * eye[:, None, :]).reshape(num_nodes, num_bases * feats, -1)
     jacobian = torch.bmm(per_basis.reshape(num_nodes, -1, num_bases * feats), spread)  # (V, B D, V D)
     size = num_nodes * feats
-    jacobian = jacobian.reshape(num_nodes, -1, feats, size).transpose(0, 1).reshape(-1, size, size)
-    return out, jacobian
+    return jacobian.reshape(num_nodes, -1, feats, size).transpose(0, 1).reshape(-1, size, size)
 
 
 def _chain(

@@ -12,7 +12,7 @@ from .._backend import dgl
 from ..layers.basis_conv import BasisConv
 from . import spectral_norm
 from .body import ConvMLP
-from .jacobian import conv_mlp_factors, conv_mlp_jacobian
+from .jacobian import assemble_jacobian, conv_mlp_factors
 
 #: ``jvp(vector, differentiable)``: :math:`J v` for a ``vector`` of the input's shape.
 JacobianVectorProduct = Callable[[Tensor, bool], Tensor]
@@ -179,16 +179,22 @@ class GraphResidual(ConvMLP):
             ``g(x)`` of shape ``(V, *, D)`` and the Jacobian of shape ``(*, V D, V D)`` with
             row index ``v D + i`` (output node, channel) and column ``u D + j``.
         """
-        num_nodes, feats = x.shape[0], x.shape[-1]
+        out, per_basis = self._factors(graph, x)
+        jacobian = assemble_jacobian(per_basis, self.conv.operator_matrices(graph).to(x.dtype))
+        size = x.shape[0] * x.shape[-1]
+        return out.reshape(x.shape), jacobian.reshape(*x.shape[1:-1], size, size)
+
+    def _factors(self, graph: dgl.DGLGraph, x: Tensor) -> tuple[Tensor, Tensor]:
+        """:math:`g(X)` ``(V, B, D)`` and the factors :math:`P` ``(V, B, D, K, D)`` of
+        :func:`~dgl_iflow.transforms.jacobian.conv_mlp_factors`, for ``x`` ``(V, *, D)``."""
         conv_scale, scales = self.layer_scales(graph)
-        hidden = self.conv.add_bias(_scaled(self.conv.linear_part(graph, x.reshape(num_nodes, -1, feats)), conv_scale))
-        out, jacobian = conv_mlp_jacobian(
-            hidden, _scaled(self.conv.weight, conv_scale), self.conv.operator_matrices(graph).to(x.dtype),
-            self.activations, [_scaled(linear.weight, scale) for linear, scale in zip(self.linears, scales)],
+        flat = x.reshape(x.shape[0], -1, x.shape[-1])
+        hidden = self.conv.add_bias(_scaled(self.conv.linear_part(graph, flat), conv_scale))
+        return conv_mlp_factors(
+            hidden, _scaled(self.conv.weight, conv_scale), self.activations,
+            [_scaled(linear.weight, scale) for linear, scale in zip(self.linears, scales)],
             [linear.bias for linear in self.linears],
         )
-        size = num_nodes * feats
-        return out.reshape(x.shape), jacobian.reshape(*x.shape[1:-1], size, size)
 
     def forward_with_jvp(self, graph: dgl.DGLGraph, x: Tensor) -> tuple[Tensor, JacobianVectorProduct]:
         r""":math:`g(X)` and the map :math:`v \mapsto J_g(X)\, v`, without the dense Jacobian.
@@ -213,14 +219,7 @@ class GraphResidual(ConvMLP):
             autograd is on.
         """
         num_nodes, feats = x.shape[0], x.shape[-1]
-        conv_scale, scales = self.layer_scales(graph)
-        hidden = self.conv.add_bias(_scaled(self.conv.linear_part(graph, x.reshape(num_nodes, -1, feats)), conv_scale))
-        out, per_basis = conv_mlp_factors(
-            hidden, _scaled(self.conv.weight, conv_scale), self.activations,
-            [_scaled(linear.weight, scale) for linear, scale in zip(self.linears, scales)],
-            [linear.bias for linear in self.linears],
-        )
-
+        out, per_basis = self._factors(graph, x)
         rows = per_basis.shape[0] * per_basis.shape[1]
         # Rows last, (output channel, operator and channel) first: the product below then runs
         # over contiguous rows, about twice as fast as a batched matmul or einsum of the rows.
