@@ -6,6 +6,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+#: ``jvp(vector, differentiable)``: :math:`J v` for a ``vector`` of the input's shape.
+JacobianVectorProduct = Callable[[Tensor, bool], Tensor]
+
 
 def exact_logdet(jacobian: Tensor) -> Tensor:
     r""":math:`\log |\det(I + J)|` for a batch of square Jacobians ``(*, n, n)``; shape ``(*,)``.
@@ -89,7 +92,7 @@ def roulette_survival(num_terms: int, n_exact_terms: int, stop_probability: floa
 
 
 def power_series_logdet(
-    jvp: Callable[[Tensor, bool], Tensor],
+    jvp: JacobianVectorProduct,
     like: Tensor,
     *,
     sample_dims: tuple[int, ...],

@@ -1,7 +1,7 @@
 """The residual function of an invertible block: a graph convolution and node-wise layers."""
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -13,9 +13,7 @@ from ..layers.basis_conv import BasisConv
 from . import spectral_norm
 from .body import ConvMLP
 from .jacobian import assemble_jacobian, conv_mlp_factors
-
-#: ``jvp(vector, differentiable)``: :math:`J v` for a ``vector`` of the input's shape.
-JacobianVectorProduct = Callable[[Tensor, bool], Tensor]
+from .logdet import JacobianVectorProduct
 
 
 def _scaled(tensor: Tensor, scale: Tensor | float) -> Tensor:
