@@ -13,8 +13,7 @@ c = 0.9 so that every block is invertible):
 * forward + log-det + backward of ``(|y|^2 - logdet).mean()``: median wall time over a few
   repetitions and the peak resident memory it added (``ru_maxrss`` of a fresh subprocess per
   configuration, before and after the repetitions: torch has no allocator statistics on CPU),
-  in exact mode where V D <= 64 and in estimator mode (plain and ``memory_efficient``)
-  everywhere;
+  in exact mode where V D <= 64 and in estimator mode everywhere;
 * one fixed-point inverse (float32, tolerance 1e-5): wall time and iteration count;
 
 then the cost ratios between sizes next to the edge-count ratios. It also times, once, the
@@ -65,7 +64,7 @@ def build_graph(num_nodes: int):
 
 
 # --------------------------------------------------------------------------- one configuration
-def make_flow(kind: str, graph, mode: str, memory_efficient: bool, num_blocks: int = 1):
+def make_flow(kind: str, graph, mode: str, num_blocks: int = 1):
     from dgl_iflow.layers import ChebConv, L3Conv
     from dgl_iflow.transforms import GraphFlow, GraphResidual, InvertibleResBlock
 
@@ -73,7 +72,7 @@ def make_flow(kind: str, graph, mode: str, memory_efficient: bool, num_blocks: i
     for _ in range(num_blocks):
         conv = ChebConv(FEATS, HIDDEN, k=3) if kind == "cheb" else L3Conv(FEATS, HIDDEN, graph, orders=(0, 1, 2))
         residual = GraphResidual(conv, hidden_feats=(HIDDEN,), lipschitz_coeff=0.9)
-        blocks.append(InvertibleResBlock(residual, logdet=mode, memory_efficient=memory_efficient))
+        blocks.append(InvertibleResBlock(residual, logdet=mode))
     return GraphFlow(blocks)
 
 
@@ -88,7 +87,7 @@ def run_config(config: dict) -> dict:
     torch.set_num_threads(config["threads"])
     torch.manual_seed(0)
     graph = build_graph(config["num_nodes"])
-    flow = make_flow(config["kind"], graph, config["mode"], config["memory_efficient"], config["blocks"])
+    flow = make_flow(config["kind"], graph, config["mode"], config["blocks"])
     x = torch.randn(config["num_nodes"], config["samples"], FEATS)
     with torch.no_grad():
         for block in flow.blocks:
@@ -248,7 +247,7 @@ def main() -> None:
         for kind in ("cheb", "l3"):
             modes = (["exact"] if num_nodes * FEATS <= 64 else []) + ["estimator"]
             for mode in modes:
-                config = dict(num_nodes=num_nodes, kind=kind, mode=mode, memory_efficient=False, blocks=1,
+                config = dict(num_nodes=num_nodes, kind=kind, mode=mode, blocks=1,
                               samples=samples[num_nodes], reps=REPS[num_nodes], threads=args.threads,
                               inverse=mode == "estimator")
                 results[(num_nodes, kind, mode)] = result = spawn(config)
@@ -274,7 +273,7 @@ def main() -> None:
         print(f"\nV = {large} with B = {same}, so that V B matches V = {small}, B = {args.samples} "
               "(per node-sample cost, same tensor sizes):")
         for kind in ("cheb", "l3"):
-            config = dict(num_nodes=large, kind=kind, mode="estimator", memory_efficient=False, blocks=1,
+            config = dict(num_nodes=large, kind=kind, mode="estimator", blocks=1,
                           samples=same, reps=REPS[large], threads=args.threads, inverse=False)
             result = spawn(config)
             print(_row(f"{kind} estimator", large, edges[large], same, result), flush=True)
@@ -286,14 +285,11 @@ def main() -> None:
                       f"   edges x{edges[large] / edges[small]:5.1f}")
 
     num_nodes = 503
-    print(f"\nFlow of 4 blocks at V = {num_nodes}, B = {args.samples}, estimator: memory_efficient off / on")
-    for kind in ("cheb",):
-        for memory_efficient in (False, True):
-            config = dict(num_nodes=num_nodes, kind=kind, mode="estimator", memory_efficient=memory_efficient,
-                          blocks=4, samples=args.samples, reps=3, threads=args.threads, inverse=False)
-            label = f"{kind} x4" + (" memory_efficient" if memory_efficient else "")
-            print(_row(label, num_nodes, edges.get(num_nodes, 0) or build_graph(num_nodes).num_edges(),
-                       args.samples, spawn(config)), flush=True)
+    print(f"\nFlow of 4 blocks at V = {num_nodes}, B = {args.samples}, estimator")
+    config = dict(num_nodes=num_nodes, kind="cheb", mode="estimator", blocks=4, samples=args.samples, reps=3,
+                  threads=args.threads, inverse=False)
+    print(_row("cheb x4", num_nodes, edges.get(num_nodes, 0) or build_graph(num_nodes).num_edges(),
+               args.samples, spawn(config)), flush=True)
     operator_comparison(args.threads, args.quick)
 
 

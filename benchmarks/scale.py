@@ -91,7 +91,6 @@ def worker(args: argparse.Namespace) -> dict:
         InvertibleResBlock(
             GraphResidual(make_conv(), hidden_feats=(args.width,) if args.hidden else ()),
             logdet="estimator", n_exact_terms=args.terms, stop_probability=1.0, n_probes=1,
-            memory_efficient=args.memory_efficient,
         )
         for _ in range(args.blocks)
     ]
@@ -131,9 +130,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=16, help="graph-conv output width (and hidden width)")
     parser.add_argument("--hidden", action="store_true", help="add one node-wise hidden layer")
     parser.add_argument("--terms", type=int, default=2, help="power-series terms of the estimator")
-    parser.add_argument("--memory-efficient", action="store_true",
-                        help="compute the log-det's gradient during forward (InvertibleResBlock(memory_efficient=True)); "
-                             "with the factored Jacobian-vector products it saves little memory and costs time")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="samples per forward and backward pass, gradients accumulated over the batch "
@@ -161,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
                    "--width", str(args.width), "--terms", str(args.terms), "--batch-size", str(args.batch_size),
                    "--batches", str(args.batches), "--threads", str(args.threads), "--device", args.device]
         command += ["--chunk-size", str(args.chunk_size)] * (args.chunk_size is not None)
-        command += ["--hidden"] * args.hidden + ["--memory-efficient"] * args.memory_efficient
+        command += ["--hidden"] * args.hidden
         command += ["--check-networkx"] * (index == 0)
         done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=str(REPO))
         if done.returncode != 0:

@@ -215,37 +215,3 @@ def test_spectral_normalized_block_inverts_despite_large_weights():
     jac = brute_force_jacobian(lambda z: block(g, z, logdet=False)[0], x) - torch.eye(8, dtype=torch.float64)
     assert torch.linalg.matrix_norm(jac, ord=2).max().item() <= 0.9 + 1e-6
     torch.testing.assert_close(logdet, torch.logdet(jac + torch.eye(8, dtype=torch.float64)), rtol=1e-8, atol=1e-8)
-
-
-@pytest.mark.parametrize("neumann", [True, False])
-def test_memory_efficient_gradients_equal_standard(neumann):
-    g = small_graph()
-    results = []
-    for memory_efficient in (False, True):
-        block = make_block("l3", lip=0.5, logdet="estimator", neumann_gradient=neumann,
-                           memory_efficient=memory_efficient)
-        x = torch.randn(4, 6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(7)).requires_grad_(True)
-        torch.manual_seed(8)
-        y, logdet = block(g, x)
-        loss = y.pow(2).sum() - 0.7 * logdet.mean()
-        grads = torch.autograd.grad(loss, [x, *block.parameters()])
-        results.append((y.detach(), logdet.detach(), grads))
-    (y0, l0, g0), (y1, l1, g1) = results
-    torch.testing.assert_close(y1, y0, rtol=0, atol=1e-14)
-    torch.testing.assert_close(l1, l0, rtol=0, atol=1e-14)
-    for a, b in zip(g0, g1):
-        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
-
-
-def test_memory_efficient_needs_uniform_logdet_weights():
-    g = small_graph()
-    block = make_block("cheb", lip=0.5, logdet="estimator", memory_efficient=True)
-    x = torch.randn(4, 3, 2, dtype=torch.float64)
-    _, logdet = block(g, x)
-    with pytest.raises(RuntimeError, match="weigh every sample's log-det equally"):
-        (logdet * torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)).sum().backward()
-    # only y used: fine
-    y, _ = block(g, x)
-    y.sum().backward()
-    assert block.residual.conv.weight.grad is not None
-    assert "memory_efficient=True" in repr(block)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import warnings
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .._backend import dgl
 from .base import GraphTransform, InversionError, InversionWarning, check_finite, check_node_features, check_on_failure
@@ -35,16 +35,6 @@ class InvertibleResBlock(GraphTransform):
         :meth:`GraphResidual.forward_with_jvp`.
     n_exact_terms, stop_probability, n_probes, neumann_gradient
         Options of the estimator.
-    memory_efficient : bool
-        Estimator mode only: compute the gradient of the log-det estimate during the forward
-        pass (Chen et al., 2019, Residual Flows) and free the autograd graph of the power
-        series and of its gradient right away, keeping only the graph of :math:`g`. Since the
-        series runs on the factored products, whose graph is a few tensors of the input's size
-        per term, this saves little memory and runs the residual's backward twice: off by
-        default (``docs/performance.md``). The
-        backward then needs a loss whose gradient is the same for every sample's log-det
-        (a sum or mean of log-likelihoods, any overall weight), and gives no second
-        derivatives; it raises ``RuntimeError`` otherwise.
 
     Examples
     --------
@@ -70,12 +60,10 @@ class InvertibleResBlock(GraphTransform):
         stop_probability: float = 0.5,
         n_probes: int = 1,
         neumann_gradient: bool = True,
-        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         self.residual = residual
         self.set_logdet_mode(logdet)
-        self.memory_efficient = memory_efficient
         #: Fixed-point iterations used by the latest :meth:`inverse`.
         self.last_inverse_iterations: int | None = None
         self._estimator_options = dict(
@@ -107,21 +95,11 @@ class InvertibleResBlock(GraphTransform):
         if self.logdet_mode == "exact":
             residual, jacobian = self.residual.forward_with_jacobian(graph, x)
             return x + residual, exact_logdet(jacobian)
-        differentiable = torch.is_grad_enabled()
-        sample_dims = tuple(range(1, x.dim() - 1))
-
-        def residual_and_logdet(x_in: Tensor) -> tuple[Tensor, Tensor]:
-            residual, jvp = self.residual.forward_with_jvp(graph, x_in)
-            logdet = power_series_logdet(
-                jvp, x_in, sample_dims=sample_dims, create_graph=differentiable, **self._estimator_options,
-            )
-            return residual, logdet
-
-        if differentiable and self.memory_efficient:
-            params = [p for p in self.residual.parameters() if p.requires_grad]
-            residual, logdet = _MemoryEfficientLogdet.apply(residual_and_logdet, x, *params)
-        else:
-            residual, logdet = residual_and_logdet(x)
+        residual, jvp = self.residual.forward_with_jvp(graph, x)
+        logdet = power_series_logdet(
+            jvp, x, sample_dims=tuple(range(1, x.dim() - 1)), create_graph=torch.is_grad_enabled(),
+            **self._estimator_options,
+        )
         return x + residual, logdet
 
     @torch.no_grad()
@@ -203,59 +181,4 @@ class InvertibleResBlock(GraphTransform):
         return -self.forward(graph, x, logdet=True)[1] if wanted else None
 
     def extra_repr(self) -> str:
-        extra = ", memory_efficient=True" if self.memory_efficient else ""
-        return f"logdet={self.logdet_mode!r}{extra}"
-
-
-class _MemoryEfficientLogdet(torch.autograd.Function):
-    """``g(x)`` and the log-det estimate, with the estimate's gradient computed in forward.
-
-    Only the autograd graph of ``g`` is kept for backward; the graphs of the power series and
-    of its gradient are freed when forward returns.
-    """
-
-    @staticmethod
-    def forward(ctx, evaluate, x: Tensor, *params: Tensor) -> tuple[Tensor, Tensor]:
-        with torch.enable_grad():
-            x_leaf = x.detach().requires_grad_(True)
-            residual, logdet = evaluate(x_leaf)
-            logdet_grads = torch.autograd.grad(
-                logdet.sum(), (x_leaf, *params), retain_graph=True, allow_unused=True
-            )
-        ctx.x_leaf, ctx.residual, ctx.params = x_leaf, residual, params
-        ctx.logdet_grads = logdet_grads
-        return residual.detach(), logdet.detach()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_residual: Tensor | None, grad_logdet: Tensor | None):
-        x_leaf, params = ctx.x_leaf, ctx.params
-        if grad_residual is not None:
-            with torch.enable_grad():
-                grads = list(torch.autograd.grad(
-                    ctx.residual, (x_leaf, *params), grad_residual, allow_unused=True
-                ))
-        else:
-            grads = [None] * (1 + len(params))
-        if grad_logdet is not None:
-            weight = grad_logdet.reshape(1, *grad_logdet.shape, 1)
-            grads = [_add(grads[0], ctx.logdet_grads[0], weight)] + grads[1:]
-            if params:
-                uniform = grad_logdet.reshape(-1)[0]
-                if not torch.allclose(grad_logdet, uniform.expand_as(grad_logdet), rtol=1e-6, atol=0.0):
-                    raise RuntimeError(
-                        "InvertibleResBlock(memory_efficient=True) computes the parameter gradient "
-                        "of the summed log-det during forward: the loss must weigh every sample's "
-                        "log-det equally (a sum or mean of log-likelihoods)"
-                    )
-                grads = [grads[0]] + [
-                    _add(grad, logdet_grad, uniform) for grad, logdet_grad in zip(grads[1:], ctx.logdet_grads[1:])
-                ]
-        ctx.x_leaf = ctx.residual = ctx.params = ctx.logdet_grads = None
-        return (None, *grads)
-
-
-def _add(total: Tensor | None, term: Tensor | None, weight: Tensor) -> Tensor | None:
-    if term is None:
-        return total
-    return weight * term if total is None else total + weight * term
+        return f"logdet={self.logdet_mode!r}"
