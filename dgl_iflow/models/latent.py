@@ -365,15 +365,17 @@ class NodeGaussianLatent(nn.Module):
         The class means :math:`\mu_{Y_v}`, shifted by the label vector with ``label_context``;
         :math:`\mu_Y` for a label vector with a joint Gaussian (:meth:`fit_label_vector_gaussians`).
         """
-        return self._centers(y, self._joint_index(y))
+        return self._centers(y, self._joint_rows(y))
 
-    def _centers(self, y: Tensor, index: Tensor | None) -> Tensor:
-        """:meth:`centers` given ``index = self._joint_index(y)``."""
+    def _centers(self, y: Tensor, joint: tuple[Tensor, Tensor] | None) -> Tensor:
+        """:meth:`centers` given ``joint = self._joint_rows(y)``."""
         centers = self.node_law_centers(y)
-        if index is None:
+        if joint is None:
             return centers
-        joint = self.joint_means[index.clamp(min=0)].reshape(centers.shape)
-        return torch.where((index >= 0)[..., None, None], joint, centers)
+        mask, rows = joint
+        centers = centers.clone()
+        centers[mask] = self.joint_means[rows].reshape(-1, *centers.shape[-2:])
+        return centers
 
     def node_law_centers(self, y: Tensor) -> Tensor:
         """:meth:`centers` of the trained node law, ignoring any joint Gaussians: ``(*, V, d)``."""
@@ -385,15 +387,16 @@ class NodeGaussianLatent(nn.Module):
         present = nn.functional.one_hot(y, self.num_classes)[..., 1:].to(self.context.dtype)
         return centers + torch.einsum("...uk,ukvd->...vd", present, self.context)
 
-    def _joint_index(self, y: Tensor) -> Tensor | None:
-        """Index ``(*,)`` of each label vector of ``y`` ``(*, V)`` among those with a joint
-        Gaussian, -1 for the others; ``None`` when there are none."""
-        if self.joint_means is None:
+    def _joint_rows(self, y: Tensor) -> tuple[Tensor, Tensor] | None:
+        """Which rows of ``y`` ``(*, V)`` have a label vector with a joint Gaussian (a ``(*,)``
+        mask) and the index of each of those vectors (``(n,)``); ``None`` when no row has one."""
+        if self.joint_means is None or y.shape[-1] != self.label_vectors.shape[1]:
             return None
-        if y.shape[-1] != self.label_vectors.shape[1]:
-            return torch.full(y.shape[:-1], -1, dtype=torch.long, device=y.device)
         equal = (y.unsqueeze(-2) == self.label_vectors).all(dim=-1)  # (*, M)
-        return torch.where(equal.any(dim=-1), equal.to(torch.int8).argmax(dim=-1), -1)
+        mask = equal.any(dim=-1)
+        if not mask.any():
+            return None
+        return mask, equal[mask].to(torch.int8).argmax(dim=-1)
 
     def _log_normalizer(self) -> float:
         return -0.5 * self.dim * math.log(2.0 * math.pi * self.sigma**2)
@@ -438,14 +441,13 @@ class NodeGaussianLatent(nn.Module):
         labels = self._labels_like(h, y)
         sq = (h - self.node_law_centers(labels)).square().sum(-1)
         node_law = (-0.5 * sq / self.sigma**2 + self._log_normalizer()).sum(-1)
-        index = self._joint_index(labels)
-        if index is None or not (index >= 0).any():
+        joint = self._joint_rows(labels)
+        if joint is None:
             return node_law
-        joint = index >= 0
+        mask, rows = joint
         out = node_law.clone()
-        rows = index[joint]
-        out[joint] = gaussian_log_prob(h[joint].flatten(-2).unsqueeze(-1), self.joint_means[rows],
-                                       self.joint_chols[rows]).squeeze(-1)
+        out[mask] = gaussian_log_prob(h[mask].flatten(-2).unsqueeze(-1), self.joint_means[rows],
+                                      self.joint_chols[rows]).squeeze(-1)
         return out
 
     def log_posterior(self, h: Tensor) -> Tensor:
@@ -668,13 +670,12 @@ class NodeGaussianLatent(nn.Module):
             centers.movedim(-2, 0).shape, generator=generator, dtype=centers.dtype, device=centers.device
         ).movedim(0, -2)
         drawn = centers + self.sigma * noise
-        index = self._joint_index(y)
-        if index is None or not (index >= 0).any():
+        joint = self._joint_rows(y)
+        if joint is None:
             return drawn
-        joint = index >= 0
-        chosen = index[joint]
-        correlated = self.joint_chols[chosen] @ noise[joint].flatten(-2).unsqueeze(-1)
-        drawn[joint] = (self.joint_means[chosen] + correlated.squeeze(-1)).reshape(-1, *drawn.shape[-2:])
+        mask, rows = joint
+        correlated = self.joint_chols[rows] @ noise[mask].flatten(-2).unsqueeze(-1)
+        drawn[mask] = (self.joint_means[rows] + correlated.squeeze(-1)).reshape(-1, *drawn.shape[-2:])
         return drawn
 
     # -- trainable means --------------------------------------------------
@@ -779,15 +780,15 @@ class NodeGaussianLatent(nn.Module):
         """
         self._check_y(y)
         radius = self.confidence_radius(level)
-        index = self._joint_index(y)
-        centers = self._centers(y, index)
+        joint = self._joint_rows(y)
+        centers = self._centers(y, joint)
         eye = torch.eye(self.dim, dtype=centers.dtype, device=centers.device)
         scales = (radius * eye).expand(*centers.shape, self.dim).clone()
-        if index is not None and (index >= 0).any():
-            joint = index >= 0
-            rows = self.joint_chols[index[joint]].unflatten(-2, (-1, self.dim))  # (n, V, d, V d)
-            node_covariance = rows @ rows.transpose(-2, -1)
-            scales[joint] = (radius / self.sigma) * torch.linalg.cholesky(node_covariance)
+        if joint is not None:
+            mask, rows = joint
+            blocks = self.joint_chols[rows].unflatten(-2, (-1, self.dim))  # (n, V, d, V d)
+            node_covariance = blocks @ blocks.transpose(-2, -1)
+            scales[mask] = (radius / self.sigma) * torch.linalg.cholesky(node_covariance)
         return centers, scales
 
     def contains(self, h: Tensor, y: Tensor, level: float) -> Tensor:

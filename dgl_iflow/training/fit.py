@@ -304,8 +304,7 @@ def _train(
 
     def fit_label_vector_gaussians() -> None:
         with torch.no_grad():
-            h = torch.cat([model.encode(graph, x_train[batch], logdet=False)[0]
-                           for batch in torch.arange(len(x_train), device=device).split(config.batch_size)])
+            h = torch.cat([model.encode(graph, part, logdet=False)[0] for part in x_train.split(config.batch_size)])
         model.latent.fit_label_vector_gaussians(h, y_train)
 
     def finish() -> int | None:
