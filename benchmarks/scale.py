@@ -47,11 +47,20 @@ def chordal_pairs(p: int):
     return pairs
 
 
-def build_graph(p: int):
+#: How the graph reaches the flow: the data sets' own form (a DGLGraph where DGL imports), or
+#: converted to one form of ``dgl_iflow.graphs``.
+GRAPH_FORMS = ("native", "dgl", "pyg", "edge_index", "graph")
+
+
+def build_graph(p: int, form: str = "native"):
     from dgl_iflow.data.base import undirected_graph
+    from dgl_iflow.graphs import as_graph, to_dgl, to_pyg
 
     pairs = chordal_pairs(p)
-    return undirected_graph([tuple(row) for row in pairs.tolist()], p, self_loops=True)
+    native = undirected_graph([tuple(row) for row in pairs.tolist()], p, self_loops=True)
+    graph = as_graph(native)
+    return {"native": lambda: native, "dgl": lambda: to_dgl(graph), "pyg": lambda: to_pyg(graph),
+            "edge_index": lambda: (graph.edge_index, graph.num_nodes()), "graph": lambda: graph}[form]()
 
 
 def peak_memory_gb(device) -> float:
@@ -68,14 +77,16 @@ def worker(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    from dgl_iflow.graphs import as_graph
     from dgl_iflow.layers import ChebConv, L3Conv
     from dgl_iflow.training.common import backward_in_chunks
     from dgl_iflow.transforms import GraphFlow, GraphResidual, InvertibleResBlock
 
     device = torch.device(args.device)
     started = time.perf_counter()
-    graph = build_graph(args.p)
+    graph = build_graph(args.p, args.graph_form)
     build_s = time.perf_counter() - started
+    nodes, edges = as_graph(graph).num_nodes(), as_graph(graph).num_edges()
     if args.check_networkx:
         from dgl_iflow.data.synthetic import chordal_cycle_pairs
 
@@ -101,7 +112,7 @@ def worker(args: argparse.Namespace) -> dict:
         z, logdet, transport = flow.forward_with_transport(graph, x)
         return dict(loss=(0.5 * z.pow(2).sum(dim=(0, -1)) - logdet + transport).mean())
 
-    x_all = torch.randn(graph.num_nodes(), args.batches * args.batch_size, 2, device=device)
+    x_all = torch.randn(nodes, args.batches * args.batch_size, 2, device=device)
     times, cpu_times = [], []
     for batch in range(args.batches):
         x = x_all[:, batch * args.batch_size:(batch + 1) * args.batch_size]
@@ -116,7 +127,7 @@ def worker(args: argparse.Namespace) -> dict:
         times.append(time.perf_counter() - t0)
         cpu_times.append(time.process_time() - c0)
     return dict(
-        p=args.p, nodes=graph.num_nodes(), edges=graph.num_edges(), batch_s=statistics.median(times[1:] or times),
+        p=args.p, nodes=nodes, edges=edges, graph_form=args.graph_form, batch_s=statistics.median(times[1:] or times),
         batch_times=times, batch_cpu_s=statistics.median(cpu_times[1:] or cpu_times), peak_gb=peak_memory_gb(device), graph_build_s=build_s, device=str(device),
         params=sum(p.numel() for p in flow.parameters()), loss=terms["loss"], chunk_size=args.chunk_size,
     )
@@ -137,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--graph-form", default="native", choices=GRAPH_FORMS,
+                        help="the form the graph is given in: native (the data sets', a DGLGraph where DGL "
+                             "imports), or converted to a DGLGraph, a PyG Data, (edge_index, V) or a Graph")
     parser.add_argument("--json")
     parser.add_argument("--p", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--check-networkx", action="store_true", help=argparse.SUPPRESS)
@@ -149,13 +163,14 @@ def main(argv: list[str] | None = None) -> None:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     print(f"estimator log-det, {args.blocks} {args.conv} blocks of width {args.width}, batch {args.batch_size}, "
           f"d = 2, {args.terms} series terms, chunks of {args.chunk_size or args.batch_size} samples, "
-          f"device {args.device}, {args.threads} threads; "
+          f"device {args.device}, {args.threads} threads, graph as {args.graph_form}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     results = []
     for index, p in enumerate(args.primes):
         command = [sys.executable, __file__, "--worker", "--p", str(p), "--conv", args.conv, "--blocks", str(args.blocks),
                    "--width", str(args.width), "--terms", str(args.terms), "--batch-size", str(args.batch_size),
-                   "--batches", str(args.batches), "--threads", str(args.threads), "--device", args.device]
+                   "--batches", str(args.batches), "--threads", str(args.threads), "--device", args.device,
+                   "--graph-form", args.graph_form]
         command += ["--chunk-size", str(args.chunk_size)] * (args.chunk_size is not None)
         command += ["--hidden"] * args.hidden
         command += ["--check-networkx"] * (index == 0)
@@ -174,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['edges'] / first['edges']:.1f} | {r['batch_s'] / first['batch_s']:.1f} | "
               f"{r['batch_cpu_s'] / first['batch_cpu_s']:.1f} | {r['peak_gb'] / first['peak_gb']:.1f} |")
     if args.device == "cpu":
-        print("(CPU peak memory is the process RSS, ~0.5 GB of it torch and dgl themselves)")
+        print("(CPU peak memory is the process RSS, ~0.5 GB of it torch and dgl themselves where DGL is installed)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 

@@ -16,7 +16,6 @@ import os
 import pickle
 import pickletools
 import random
-import tempfile
 import types
 import zipfile
 from pathlib import Path
@@ -25,10 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .files import atomic_write
+
 #: Globals that checkpoints of the current format name besides the ones ``weights_only``
 #: accepts: the pieces NumPy pickles an ``ndarray`` with (the old NumPy random state).
 _OLD_NUMPY_GLOBALS = frozenset({
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),  # NumPy 1, 2
+    ("numpy", "ndarray"), ("numpy", "dtype"),
 })
 #: What torch itself pickles a state dict with (storages are resolved by ``torch.load``).
 _TORCH_GLOBALS = frozenset({
@@ -42,22 +44,15 @@ class CheckpointError(ValueError):
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename over it.
+    """``torch.save`` to a temporary file beside ``path``, then rename over it
+    (:func:`~dgl_iflow.files.atomic_write`; missing folders are created first).
 
-    A failure at any point leaves an existing file at ``path`` untouched.
+    A failure at any point leaves an existing file at ``path`` untouched. The file gets mode
+    ``0o666`` less the umask, as any new file: a checkpoint holds weights, not secrets.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def _walk_globals(stream: io.BytesIO, names: list[str]) -> None:
@@ -120,6 +115,38 @@ def _is_old_format(names: list[str]) -> bool:
     return bool(unsafe) and unsafe <= {f"{module}.{name}" for module, name in _OLD_NUMPY_GLOBALS}
 
 
+def _describe(path: Path) -> str:
+    """What a file that is no torch zip archive looks like, for error messages."""
+    with open(path, "rb") as file:
+        head = file.read(512)
+    if not head:
+        return "an empty file"
+    kinds = ((b"\x89PNG", "a PNG image"), (b"\x93NUMPY", "a NumPy .npy file"), (b"%PDF", "a PDF file"))
+    for magic, kind in kinds:
+        if head.startswith(magic):
+            return kind
+    text = head.lstrip()
+    if text[:1] in (b"{", b"[") and b"\0" not in head:
+        return "JSON text, not a torch zip archive"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "not a torch zip archive"
+    return "a text file, not a torch zip archive"
+
+
+def _refused(path: str | os.PathLike, names: list[str]) -> CheckpointError:
+    unsafe = _unsafe_names(names)
+    named = f" (it refers to {', '.join(unsafe)})" if unsafe else ""
+    # torch's own message ends by advising a load with weights_only=False; that would run the
+    # very code this refuses, so none of it is passed on.
+    return CheckpointError(
+        f"checkpoint {path} refused: its pickle asks for objects other than tensors, numbers, "
+        f"strings and plain containers{named}, and unpickling them could run code from the "
+        f"file. dgl_iflow checkpoints never hold such objects; load this file only if you trust "
+        f"where it came from")
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Load a checkpoint dict written by :func:`atomic_save`; never runs code from the file.
 
@@ -128,18 +155,31 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     FileNotFoundError
         If there is no file at ``path``.
     CheckpointError
-        If the file is unreadable, carries objects beyond tensors and plain containers (named
-        in the message), or is an older training checkpoint (the message says how to convert
-        it), or has no ``state_dict`` entry.
+        If the file is no dgl_iflow checkpoint (the message says what it is not: a folder, no
+        torch zip archive, no ``state_dict`` entry), carries objects beyond tensors and plain
+        containers (named in the message), or is an older training checkpoint (the message
+        says how to convert it). Every message is one line.
     """
+    file = Path(path)
+    if file.is_dir():
+        raise CheckpointError(f"{path} is a folder, not a dgl_iflow checkpoint")
+    if not file.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    # torch.save has written zip archives since torch 1.6, and dgl_iflow never wrote another
+    # format; torch.load's errors for anything else ("invalid load key", a bare number) say
+    # nothing to a user.
+    if not zipfile.is_zipfile(file):
+        names = pickle_globals(file)  # a bare pickle may still carry code: say so
+        if names and _unsafe_names(names):
+            raise _refused(path, names)
+        raise CheckpointError(f"{path} is not a dgl_iflow checkpoint ({_describe(file)})")
+    if pickle_globals(file) is None:
+        raise CheckpointError(f"{path} is not a dgl_iflow checkpoint (a zip archive, but not one "
+                              f"torch.save wrote)")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no checkpoint at {path}") from None
-    except pickle.UnpicklingError as err:
-        names = pickle_globals(path)
-        if names is None:
-            raise CheckpointError(f"checkpoint {path} could not be read: {err}") from None
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        names = pickle_globals(file)
         if _is_old_format(names):
             raise CheckpointError(
                 f"checkpoint {path} is a training checkpoint written before checkpoints became "
@@ -147,17 +187,15 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                 f"runs no code from the file cannot read. Convert it once with `dgl-iflow "
                 f"convert-checkpoint {path} NEW.pt` (dgl_iflow.checkpoints.convert_checkpoint), "
                 f"which reads only those types") from None
-        unsafe = _unsafe_names(names)
-        named = f" (it refers to {', '.join(unsafe)})" if unsafe else f" ({err})"
-        raise CheckpointError(
-            f"checkpoint {path} refused: its pickle asks for objects other than tensors, numbers, "
-            f"strings and plain containers{named}, and unpickling them could run code from the "
-            f"file. dgl_iflow checkpoints never need them; do not load this file with "
-            f"torch.load(weights_only=False) unless you trust where it came from") from None
+        raise _refused(path, names) from None
     except Exception as err:  # torch raises many types for a damaged archive
-        raise CheckpointError(f"checkpoint {path} could not be read: {err}") from err
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "weights_only" in reason:
+            reason = type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is damaged and could not be read ({reason})") from err
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
-        raise CheckpointError(f"{path} is not a dgl_iflow checkpoint (no state_dict entry)")
+        what = "a dict without a state_dict entry" if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise CheckpointError(f"{path} is not a dgl_iflow checkpoint (a torch.save file of {what})")
     return checkpoint
 
 
@@ -229,6 +267,8 @@ def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> 
     CheckpointError
         If the source holds anything else, or is no dgl_iflow checkpoint.
     """
+    if Path(source).is_dir():
+        raise CheckpointError(f"{source} is a folder, not a dgl_iflow checkpoint")
     if not Path(source).is_file():
         raise FileNotFoundError(f"no checkpoint at {source}")
     if not zipfile.is_zipfile(source):  # torch.save has written zip archives since torch 1.6
@@ -245,4 +285,5 @@ def convert_checkpoint(source: str | os.PathLike, target: str | os.PathLike) -> 
     rng = old.get("rng")
     if isinstance(rng, dict) and isinstance(rng.get("numpy"), tuple):
         converted["rng"] = _plain_rng_state(rng["python"], rng["numpy"], rng["torch"])
-    atomic_save(converted, target)
+    # The target is a name the user typed: a mistyped folder is an error, not created.
+    atomic_write(target, lambda file: torch.save(converted, file))

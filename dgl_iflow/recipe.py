@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._backend import dgl
+from .graphs import GraphLike
 from .models import IGNN
 from .training import TrainConfig
 
@@ -44,7 +44,7 @@ def latent_means(scale: float = MEAN_SCALE) -> tuple[tuple[float, float], tuple[
     return ((scale, -scale), (-scale, scale))
 
 
-def recipe_model(graph: dgl.DGLGraph, feats: int, num_classes: int, conv: str = "l3", **changes: Any) -> IGNN:
+def recipe_model(graph: GraphLike, feats: int, num_classes: int, conv: str = "l3", **changes: Any) -> IGNN:
     """:class:`~dgl_iflow.models.IGNN` with the recipe's settings; ``changes`` override any keyword.
 
     8 residual blocks of widths ``HIDDEN_FEATS``, the graph-wide channel in every convolution

@@ -3,23 +3,40 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import dgl
 import numpy as np
 import torch
 
+import pytest
 
-def path_graph() -> dgl.DGLGraph:
+from dgl_iflow.graphs import Graph, as_graph, dgl_available
+
+#: For the tests of DGL itself (its graph objects, its functions); everything else runs without it.
+requires_dgl = pytest.mark.skipif(not dgl_available(), reason="needs DGL itself: pip install 'dgl_iflow[dgl]'")
+
+
+def make_graph(edges: tuple, num_nodes: int | None = None) -> Graph:
+    """The graph of ``edges = (src, dst)``, called as ``dgl.graph`` is."""
+    return Graph(*edges, num_nodes=num_nodes)
+
+
+def in_degrees(graph) -> torch.Tensor:
+    """In-degree of every node ``(V,)`` of a graph of any form."""
+    graph = as_graph(graph)
+    return torch.bincount(graph.edges()[1], minlength=graph.num_nodes())
+
+
+def path_graph() -> Graph:
     """Path 0 - 1 - 2, both directions, with a self-loop on every node."""
-    return dgl.graph(([0, 1, 1, 2, 0, 1, 2], [1, 0, 2, 1, 0, 1, 2]))
+    return make_graph(([0, 1, 1, 2, 0, 1, 2], [1, 0, 2, 1, 0, 1, 2]))
 
 
-def line_graph(num_nodes: int = 4) -> dgl.DGLGraph:
+def line_graph(num_nodes: int = 4) -> Graph:
     """Path 0 - 1 - ... - (V - 1), both directions, without self-loops."""
     src = torch.arange(num_nodes - 1)
-    return dgl.graph((torch.cat([src, src + 1]), torch.cat([src + 1, src])), num_nodes=num_nodes)
+    return make_graph((torch.cat([src, src + 1]), torch.cat([src + 1, src])), num_nodes=num_nodes)
 
 
-def cycle_graph(num_nodes: int = 5, self_loops: bool = False) -> dgl.DGLGraph:
+def cycle_graph(num_nodes: int = 5, self_loops: bool = False) -> Graph:
     """Cycle on ``num_nodes`` nodes, both directions (``v -> v + 1`` first), optionally with self-loops."""
     src = torch.arange(num_nodes)
     dst = (src + 1) % num_nodes
@@ -27,15 +44,15 @@ def cycle_graph(num_nodes: int = 5, self_loops: bool = False) -> dgl.DGLGraph:
     if self_loops:
         srcs.append(src)
         dsts.append(src)
-    return dgl.graph((torch.cat(srcs), torch.cat(dsts)), num_nodes=num_nodes)
+    return make_graph((torch.cat(srcs), torch.cat(dsts)), num_nodes=num_nodes)
 
 
-def single_node_graph() -> dgl.DGLGraph:
+def single_node_graph() -> Graph:
     """One node with a self-loop."""
-    return dgl.graph(([0], [0]), num_nodes=1)
+    return make_graph(([0], [0]), num_nodes=1)
 
 
-def random_graph(num_nodes: int, avg_degree: float, seed: int, undirected: bool = True) -> dgl.DGLGraph:
+def random_graph(num_nodes: int, avg_degree: float, seed: int, undirected: bool = True) -> Graph:
     """Random multigraph (duplicates and self-loops allowed), optionally with both directions."""
     rng = np.random.default_rng(seed)
     num_edges = int(avg_degree * num_nodes / (2 if undirected else 1))
@@ -43,7 +60,7 @@ def random_graph(num_nodes: int, avg_degree: float, seed: int, undirected: bool 
     dst = rng.integers(0, num_nodes, num_edges)
     if undirected:
         src, dst = np.concatenate([src, dst]), np.concatenate([dst, src])
-    return dgl.graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=num_nodes)
+    return make_graph((torch.from_numpy(src), torch.from_numpy(dst)), num_nodes=num_nodes)
 
 
 def toy_data(n: int = 120, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

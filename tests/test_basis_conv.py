@@ -1,15 +1,15 @@
 """BasisConv's graph-mean operator and operator diagonals, and NodewiseConv, against dense references."""
-import dgl
 import numpy as np
 import pytest
 import torch
 
+from dgl_iflow.graphs import Graph, batch as batch_graphs
 from dgl_iflow.layers import ChebConv, L3Conv, NodewiseConv
 from dgl_iflow.layers.basis_conv import node_mean, node_mean_matrix
 from graphs import path_graph, random_graph
 
 
-def make_conv(kind: str, graph: dgl.DGLGraph, graph_mean: bool) -> torch.nn.Module:
+def make_conv(kind: str, graph: Graph, graph_mean: bool) -> torch.nn.Module:
     torch.manual_seed(0)
     if kind == "cheb":
         conv = ChebConv(2, 5, k=3, graph_mean=graph_mean)
@@ -45,7 +45,7 @@ def test_without_graph_mean_the_operators_are_the_bases():
 
 def test_graph_mean_is_per_graph_in_a_batch():
     graphs = [random_graph(4, 2.0, seed=1), path_graph(), random_graph(6, 2.0, seed=2)]
-    batched = dgl.batch(graphs)
+    batched = batch_graphs(graphs)
     x = torch.randn(13, 3, 2, dtype=torch.float64)
     pieces = x.split([4, 3, 6])
     expected = torch.cat([piece.mean(0, keepdim=True).expand_as(piece) for piece in pieces])
@@ -59,13 +59,13 @@ def test_batched_chebconv_with_graph_mean_equals_per_graph_calls():
     graphs = [random_graph(5, 2.0, seed=4), random_graph(6, 3.0, seed=5)]
     conv = ChebConv(2, 3, k=2, lambda_max=2.0, graph_mean=True).double()
     x = [torch.randn(g.num_nodes(), 4, 2, dtype=torch.float64) for g in graphs]
-    together = conv(dgl.batch(graphs), torch.cat(x))
+    together = conv(batch_graphs(graphs), torch.cat(x))
     separately = torch.cat([conv(g, part) for g, part in zip(graphs, x)])
     torch.testing.assert_close(together, separately, rtol=1e-12, atol=1e-12)
 
 
 def test_operator_diagonals_are_those_of_the_dense_operators():
-    graph = dgl.batch([random_graph(5, 2.0, seed=6), path_graph()])
+    graph = batch_graphs([random_graph(5, 2.0, seed=6), path_graph()])
     convs = [make_conv(kind, graph, graph_mean) for kind in ("cheb", "l3") for graph_mean in (False, True)]
     for conv in [*convs, NodewiseConv(2, 5).double()]:
         expected = conv.operator_matrices(graph).diagonal(dim1=1, dim2=2)

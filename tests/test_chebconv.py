@@ -3,14 +3,14 @@
 import copy
 import pickle
 
-import dgl
 import numpy as np
 import pytest
 import torch
 
+from dgl_iflow.graphs import to_dgl
 from dgl_iflow.layers import ChebConv, laplacian_lambda_max
 from dgl_iflow.layers.graph_operator import DENSE_MAX_NODES, DENSE_MAX_NODES_LEARNABLE
-from graphs import random_graph
+from graphs import make_graph, random_graph, requires_dgl
 
 
 def dense_scaled_laplacian(graph, weight=None, lambda_max=None) -> tuple[np.ndarray, float]:
@@ -59,7 +59,7 @@ def _conv(k=3, in_feats=2, out_feats=5, seed=0, **kwargs):
 def test_matches_dense_reference(num_nodes, weighted):
     g = random_graph(num_nodes, 3.0, seed=num_nodes)
     if num_nodes == 1:
-        g = dgl.graph(([0], [0]))
+        g = make_graph(([0], [0]))
     weight = torch.rand(g.num_edges(), dtype=torch.float64) + 0.1 if weighted else None
     conv = _conv(k=4)
     x = torch.randn(num_nodes, 3, 2, dtype=torch.float64)
@@ -69,7 +69,7 @@ def test_matches_dense_reference(num_nodes, weighted):
 
 def test_directed_graph_with_sources_and_isolated_nodes():
     # node 3 has out-edges only (zero in-degree), node 4 is isolated
-    g = dgl.graph(([0, 1, 3, 3, 2], [1, 2, 0, 2, 0]), num_nodes=5)
+    g = make_graph(([0, 1, 3, 3, 2], [1, 2, 0, 2, 0]), num_nodes=5)
     conv = _conv(k=3)
     x = torch.randn(5, 2, dtype=torch.float64)
     np.testing.assert_allclose(conv(g, x).detach().numpy(), dense_chebconv(conv, g, x), rtol=1e-5, atol=1e-5)
@@ -137,8 +137,9 @@ def test_bad_edge_weight_and_features():
         conv(g, torch.randn(6, 3, dtype=torch.float64))
 
 
+@requires_dgl
 def test_graph_data_unchanged():
-    g = random_graph(10, 3.0, seed=6)
+    g = to_dgl(random_graph(10, 3.0, seed=6))
     g.ndata["h"] = torch.arange(10.0)
     g.edata["w"] = torch.rand(g.num_edges())
     ndata, edata = g.ndata["h"].clone(), g.edata["w"].clone()
@@ -161,8 +162,9 @@ def test_state_dict_pickle_and_deepcopy_round_trips():
         torch.testing.assert_close(clone(g, x), out, rtol=0, atol=0)
 
 
+@requires_dgl
 def test_cache_follows_graph_mutation_and_dtype():
-    g = random_graph(9, 2.0, seed=9)
+    g = to_dgl(random_graph(9, 2.0, seed=9))
     conv = _conv()
     x = torch.randn(9, 2, dtype=torch.float64)
     before = conv(g, x)

@@ -9,10 +9,10 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 
-import dgl
 import pytest
 import torch
 
+from dgl_iflow.graphs import Graph
 from dgl_iflow import IGNN, JKOFlow
 from dgl_iflow.layers import ChebConv, L3Conv
 from dgl_iflow.transforms import (
@@ -32,20 +32,20 @@ def trained_like(transform: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     return transform
 
 
-def resblock(graph: dgl.DGLGraph, conv: str, logdet: str = "exact") -> InvertibleResBlock:
+def resblock(graph: Graph, conv: str, logdet: str = "exact") -> InvertibleResBlock:
     layer = L3Conv(D, 16, graph) if conv == "l3" else ChebConv(D, 16, k=3)
     residual = GraphResidual(layer, hidden_feats=(16,), lipschitz_coeff=0.9)
     return InvertibleResBlock(residual, logdet=logdet)
 
 
-def ode_block(graph: dgl.DGLGraph) -> JKOBlock:
+def ode_block(graph: Graph) -> JKOBlock:
     field = FieldSpec(feats=D, conv="l3", conv_feats=16, hidden_feats=(16,), graph=graph).build(output_scale=2.0)
     return trained_like(JKOBlock(field, 0.0, 0.5, steps=40, divergence="exact"))
 
 
 # name -> (builder, tolerance of forward log-det against the brute-force Jacobian).
 # The ODE block's log-det is the integrated divergence, exact for the ODE, O(S^-4) for RK4's map.
-TRANSFORMS: dict[str, tuple[Callable[[dgl.DGLGraph], GraphTransform], float]] = {
+TRANSFORMS: dict[str, tuple[Callable[[Graph], GraphTransform], float]] = {
     "resblock-l3": (lambda g: resblock(g, "l3"), 1e-10),
     "resblock-cheb": (lambda g: resblock(g, "cheb"), 1e-10),
     "node-affine": (lambda g: trained_like(NodeAffine(V, D)), 1e-12),
@@ -127,7 +127,7 @@ def test_dtype_follows_the_input(case, dtype):
 
 # -- both models -------------------------------------------------------------------
 
-def trained_jko(graph: dgl.DGLGraph, conv: str, num_classes: int | None = 2) -> JKOFlow:
+def trained_jko(graph: Graph, conv: str, num_classes: int | None = 2) -> JKOFlow:
     # RK4: the adaptive solver's step size follows the whole batch, so its samples interact slightly
     # and a per-sample brute-force Jacobian would not apply.
     model = JKOFlow(graph, D, num_classes, conv=conv, hidden_feats=(16, 16), steps=40, solver="rk4")
@@ -136,7 +136,7 @@ def trained_jko(graph: dgl.DGLGraph, conv: str, num_classes: int | None = 2) -> 
     return model
 
 
-MODELS: dict[str, Callable[[dgl.DGLGraph], torch.nn.Module]] = {
+MODELS: dict[str, Callable[[Graph], torch.nn.Module]] = {
     "ignn-l3": lambda g: IGNN(g, D, 2, conv="l3", num_blocks=2, hidden_feats=(16, 16), node_affine=True,
                               lipschitz_coeff=0.9),
     "ignn-cheb": lambda g: IGNN(g, D, 2, conv="cheb", num_blocks=2, hidden_feats=(16, 16), lipschitz_coeff=0.9,

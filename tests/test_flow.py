@@ -1,17 +1,17 @@
 """GraphFlow: per-block sums, reverse-order inverse, and the whole flow's Jacobian by brute force."""
 
-import dgl
-import pytest
 import torch
 
+from dgl_iflow.graphs import Graph
 from dgl_iflow.layers import ChebConv, L3Conv
 from dgl_iflow.transforms import FlowOutput, GraphFlow, GraphResidual, InvertibleResBlock
+from graphs import make_graph
 
 
-def small_graph() -> dgl.DGLGraph:
+def small_graph() -> Graph:
     src = torch.tensor([0, 1, 1, 2, 2, 3, 4, 4])
     dst = torch.tensor([1, 0, 2, 1, 3, 2, 3, 4])
-    return dgl.graph((src, dst), num_nodes=5)
+    return make_graph((src, dst), num_nodes=5)
 
 
 def make_flow(graph, num_blocks=3, seed=0) -> GraphFlow:

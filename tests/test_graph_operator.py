@@ -4,11 +4,12 @@ import copy
 import gc
 import pickle
 
-import dgl
 import pytest
 import torch
 
 from dgl_iflow.layers import graph_operator as go
+from dgl_iflow.graphs import to_dgl
+from graphs import make_graph, requires_dgl
 
 
 def test_threshold_switches_between_dense_and_sparse():
@@ -87,7 +88,7 @@ def test_sparse_pattern_sorts_merges_and_transposes():
 
 
 def test_check_features_names_the_expected_shape():
-    g = dgl.graph(([0, 1], [1, 2]))
+    g = make_graph(([0, 1], [1, 2]))
     go.check_features(g, torch.zeros(3, 5, 4), 4, "Layer")
     for bad in (torch.zeros(3, 5, 3), torch.zeros(4, 4), torch.zeros(3)):
         with pytest.raises(ValueError, match=r"Layer expects features of shape \(V, \*, 4\) with V = 3"):
@@ -103,13 +104,14 @@ class _Counter:
         return self.calls
 
 
+@requires_dgl
 def test_graph_memo_hits_same_graph_and_key_only():
     memo, build = go.GraphMemo(), _Counter()
-    g = dgl.graph(([0, 1], [1, 2]))
+    g = to_dgl(make_graph(([0, 1], [1, 2])))
     assert memo.get(g, ("cpu",), build) == 1
     assert memo.get(g, ("cpu",), build) == 1
     assert memo.get(g, ("other",), build) == 2  # another key
-    same_edges = dgl.graph(([0, 1], [1, 2]))
+    same_edges = to_dgl(make_graph(([0, 1], [1, 2])))
     assert memo.get(same_edges, ("other",), build) == 3  # another graph object
     g.add_edges([2], [0])  # in-place mutation
     assert memo.get(g, ("other",), build) == 4
@@ -120,18 +122,18 @@ def test_graph_memo_hits_same_graph_and_key_only():
 
 def test_graph_memo_holds_the_graph_weakly():
     memo = go.GraphMemo()
-    g = dgl.graph(([0], [1]))
+    g = make_graph(([0], [1]))
     memo.get(g, (), lambda: 1)
     ref = memo._graph_ref
     del g
     gc.collect()
     assert ref() is None
-    assert memo.get(dgl.graph(([0], [1])), (), lambda: 2) == 2
+    assert memo.get(make_graph(([0], [1])), (), lambda: 2) == 2
 
 
 def test_graph_memo_is_dropped_on_pickle_and_copy():
     memo = go.GraphMemo()
-    g = dgl.graph(([0], [1]))
+    g = make_graph(([0], [1]))
     memo.get(g, (), lambda: torch.ones(2))
     for clone in (pickle.loads(pickle.dumps(memo)), copy.deepcopy(memo), copy.copy(memo)):
         assert clone._value is None and clone._graph_ref is None

@@ -1,16 +1,16 @@
 """Early stopping of JKO-iFlow on validation data: blocks keep their best weights, growth stops
 at the first block that does not lower the validation NLL."""
-import dgl
 import pytest
 import torch
 
 from dgl_iflow import JKOConfig, JKOFlow
 from dgl_iflow.training import JKOTrainer
+from graphs import make_graph
 
 
 def problem(n, seed):
     generator = torch.Generator().manual_seed(seed)
-    graph = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
+    graph = make_graph(([0, 1, 1, 2], [1, 0, 2, 1]))
     y = torch.randint(0, 2, (n, 3), generator=generator)
     x = 2.0 * y.unsqueeze(-1).float() - 1.0 + 0.5 * torch.randn(n, 3, 2, generator=generator)
     return graph, x, y

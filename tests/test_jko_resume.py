@@ -1,9 +1,9 @@
 """A killed fit_jko resumes from its last finished block and ends as the uninterrupted run."""
-import dgl
 import pytest
 import torch
 
 from dgl_iflow import JKOConfig, JKOFlow, fit_jko
+from graphs import make_graph
 
 
 class Killed(RuntimeError):
@@ -12,7 +12,7 @@ class Killed(RuntimeError):
 
 def problem():
     generator = torch.Generator().manual_seed(0)
-    graph = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
+    graph = make_graph(([0, 1, 1, 2], [1, 0, 2, 1]))
     y = torch.randint(0, 2, (64, 3), generator=generator)
     x = 2.0 * y.unsqueeze(-1).float() - 1.0 + 0.5 * torch.randn(64, 3, 2, generator=generator)
     return graph, x, y
@@ -74,6 +74,6 @@ def test_resume_refuses_another_configuration(tmp_path):
     fit_jko(model, graph, x, y, config(tmp_path / "run.pt", max_blocks=1, min_blocks=1, reparametrize_rounds=0,
                                        refine_rounds=0))
     fresh = JKOFlow(graph, 2, 2, conv="l3", hidden_feats=(8, 8))
-    with pytest.raises(ValueError, match="another JKOConfig"):
+    with pytest.raises(ValueError, match=r"JKOConfig differs in lr [0-9.e-]+ -> 0\.5 \(saved -> given\)"):
         fit_jko(fresh, graph, x, y, config(tmp_path / "other.pt", max_blocks=1, min_blocks=1, reparametrize_rounds=0,
                                            refine_rounds=0, lr=0.5), resume_from=tmp_path / "run.pt")

@@ -1,18 +1,18 @@
 """Re-spacing and refinement stages are kept only when validation NLL improves; their figure."""
 import copy
 
-import dgl
 import pytest
 import torch
 
 from dgl_iflow import JKOConfig, JKOFlow, fit_jko
 from dgl_iflow.plots import jko_movements
 from dgl_iflow.training import JKOTrainer
+from graphs import make_graph
 
 
 def problem(n=96, seed=0):
     generator = torch.Generator().manual_seed(seed)
-    graph = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
+    graph = make_graph(([0, 1, 1, 2], [1, 0, 2, 1]))
     y = torch.randint(0, 2, (n, 3), generator=generator)
     x = 2.0 * y.unsqueeze(-1).float() - 1.0 + 0.5 * torch.randn(n, 3, 2, generator=generator)
     return graph, x, y

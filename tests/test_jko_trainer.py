@@ -153,12 +153,13 @@ def test_saved_memory_per_step_does_not_grow_with_the_block_index(trained):
 
 RSS_SCRIPT = textwrap.dedent("""
     import json, sys
-    import dgl, torch
+    import torch
     from dgl_iflow.models import JKOFlow
     from dgl_iflow.training import JKOConfig, fit_jko
     torch.set_num_threads(1)
     num_samples, width, num_blocks = 1024, 64, 4
-    graph = dgl.graph(([0], [0]), num_nodes=1)
+    from dgl_iflow.graphs import Graph
+    graph = Graph([0], [0], num_nodes=1)
     x = torch.randn(num_samples, 1, 2, generator=torch.Generator().manual_seed(0)) + 3.0
     model = JKOFlow(graph, 2, conv="node", hidden_feats=(width, width))
     def peak():

@@ -3,14 +3,13 @@
 import pickle
 from collections import deque
 
-import dgl
 import numpy as np
 import pytest
 import torch
 
 from dgl_iflow.layers import ChebConv, L3Conv, khop_pairs
 from dgl_iflow.layers.graph_operator import DENSE_MAX_NODES_LEARNABLE
-from graphs import path_graph, random_graph
+from graphs import make_graph, path_graph, random_graph
 
 
 def reach_mask(graph, order: int) -> np.ndarray:
@@ -130,12 +129,12 @@ def test_other_graph_is_rejected_and_same_edges_accepted():
     expected = conv(g, x)
     src, dst = g.edges()
     perm = torch.randperm(len(src), generator=torch.Generator().manual_seed(0))
-    same = dgl.graph((src[perm], dst[perm]), num_nodes=12)
+    same = make_graph((src[perm], dst[perm]), num_nodes=12)
     torch.testing.assert_close(conv(same, x), expected, rtol=0, atol=0)
 
-    more_nodes = dgl.graph((src, dst), num_nodes=13)
-    rewired = dgl.graph((torch.cat([src[:-1], (src[-1:] + 1) % 12]), dst), num_nodes=12)
-    extra_edge = dgl.graph((torch.cat([src, torch.tensor([0])]), torch.cat([dst, torch.tensor([5])])), num_nodes=12)
+    more_nodes = make_graph((src, dst), num_nodes=13)
+    rewired = make_graph((torch.cat([src[:-1], (src[-1:] + 1) % 12]), dst), num_nodes=12)
+    extra_edge = make_graph((torch.cat([src, torch.tensor([0])]), torch.cat([dst, torch.tensor([5])])), num_nodes=12)
     for bad in (rewired, extra_edge):
         with pytest.raises(ValueError, match=r"L3Conv was built for a graph with 12 nodes and \d+ edges"):
             conv(bad, x)
@@ -187,7 +186,7 @@ def test_chebconv_commutes_with_reflection_l3conv_does_not():
 
 def test_node_bias_is_a_bias_per_node_for_every_sample_shape():
     torch.manual_seed(0)
-    graph = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
+    graph = make_graph(([0, 1, 1, 2], [1, 0, 2, 1]))
     conv = L3Conv(2, 4, graph, orders=(0, 1), node_bias=True).double()
     with torch.no_grad():
         conv.bias.copy_(torch.randn(3, 4, dtype=torch.float64))

@@ -2,20 +2,20 @@
 
 import pickle
 
-import dgl
 import pytest
 import torch
 
+from dgl_iflow.graphs import Graph
 from dgl_iflow.layers import ChebConv, L3Conv
 from dgl_iflow.transforms import GraphResidual
 from dgl_iflow.layers.graph_operator import DENSE_MAX_NODES, DENSE_MAX_NODES_LEARNABLE
-from graphs import brute_force_jacobian
+from graphs import brute_force_jacobian, make_graph
 
 
-def small_graph() -> dgl.DGLGraph:
+def small_graph() -> Graph:
     src = torch.tensor([0, 1, 1, 2, 2, 3, 3, 4, 0, 4, 1])
     dst = torch.tensor([1, 0, 2, 1, 3, 2, 4, 3, 4, 0, 1])
-    return dgl.graph((src, dst), num_nodes=5)
+    return make_graph((src, dst), num_nodes=5)
 
 
 def make_conv(kind: str, graph, in_feats=2, out_feats=6):
@@ -98,11 +98,11 @@ class _WithJacobian(torch.nn.Module):
         return self.residual.forward_with_jacobian(graph, x)
 
 
-def sparse_cycle() -> dgl.DGLGraph:
+def sparse_cycle() -> Graph:
     """A cycle with more nodes than both dense thresholds: every operator is sparse."""
     num_nodes = max(DENSE_MAX_NODES, DENSE_MAX_NODES_LEARNABLE) + 4
     src = torch.arange(num_nodes)
-    return dgl.graph((torch.cat([src, (src + 1) % num_nodes]), torch.cat([(src + 1) % num_nodes, src])))
+    return make_graph((torch.cat([src, (src + 1) % num_nodes]), torch.cat([(src + 1) % num_nodes, src])))
 
 
 def test_jacobian_on_sparse_path():
@@ -275,7 +275,7 @@ def test_conv_vectors_restart_for_another_graph_size():
     g = small_graph()
     residual = blown_up("cheb", g, 0.8, (6,))
     residual(g, torch.randn(5, 2, dtype=torch.float64))
-    bigger = dgl.graph(([0, 1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 0]))
+    bigger = make_graph(([0, 1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6, 0]))
     residual(bigger, torch.randn(7, 2, dtype=torch.float64))
     assert residual._sn_conv_right.shape == (7, 2)
     assert max(exact_layer_norms(residual, bigger)) <= 0.8 * (1 + 1e-5)

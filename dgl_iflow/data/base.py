@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._backend import dgl
+from .. import graphs
+from ..graphs import GraphLike, as_graph
 
 #: Environment variable naming the data root when no ``root`` argument is given.
 DATA_ENV_VAR = "DGL_IFLOW_DATA"
@@ -194,17 +195,18 @@ def require_file(folder: Path, spec: DataFile, root: DataRoot, verify: bool) -> 
     return report.path
 
 
-def graph_from_edges(src: Tensor, dst: Tensor, num_nodes: int) -> dgl.DGLGraph:
-    """Build a graph whose edges ``src -> dst`` are deduplicated and sorted by ``(dst, src)``.
+def graph_from_edges(src: Tensor, dst: Tensor, num_nodes: int) -> GraphLike:
+    """Build a graph whose edges ``src -> dst`` are deduplicated and sorted by ``(dst, src)``, in
+    the form of :func:`dgl_iflow.graphs.graph_from_edges` (a ``DGLGraph`` where DGL imports).
 
     Sorting makes the edge ids independent of the order edges were generated in.
     """
     pairs = torch.unique(torch.stack([dst, src], dim=1), dim=0)  # sorts rows lexicographically
-    return dgl.graph((pairs[:, 1], pairs[:, 0]), num_nodes=num_nodes)
+    return graphs.graph_from_edges(pairs[:, 1], pairs[:, 0], num_nodes)
 
 
 def undirected_graph(pairs: list[tuple[int, int]], num_nodes: int,
-                     self_loops: bool) -> dgl.DGLGraph:
+                     self_loops: bool) -> GraphLike:
     """Symmetric graph with both directions of every pair, optionally a self-loop per node."""
     edges = torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2)
     src = torch.cat([edges[:, 0], edges[:, 1]])
@@ -275,7 +277,7 @@ class GraphDataset:
     ----------
     name : str
         Registry name of the data set.
-    graph : dgl.DGLGraph
+    graph : GraphLike
         Shared graph with V nodes; an edge ``src -> dst`` means ``dst`` aggregates ``src``.
     x : Tensor
         Shape (N, V, d), node features (converted to float32).
@@ -295,7 +297,7 @@ class GraphDataset:
         Folder of the real data files, ``None`` for synthetic data sets.
     """
 
-    def __init__(self, name: str, graph: dgl.DGLGraph, x: Tensor, y: Tensor,
+    def __init__(self, name: str, graph: GraphLike, x: Tensor, y: Tensor,
                  train_idx: Tensor, test_idx: Tensor, num_classes: int,
                  node_names: list[str], feature_names: list[str], info: dict[str, Any],
                  raw_path: Path | None = None) -> None:
@@ -305,8 +307,8 @@ class GraphDataset:
             raise ValueError(f"x must be (N, V, d) and y (N, V); got {tuple(x.shape)} "
                              f"and {tuple(y.shape)}")
         num_nodes = x.shape[1]
-        if graph.num_nodes() != num_nodes or len(node_names) != num_nodes:
-            raise ValueError(f"graph has {graph.num_nodes()} nodes and {len(node_names)} "
+        if as_graph(graph).num_nodes() != num_nodes or len(node_names) != num_nodes:
+            raise ValueError(f"graph has {as_graph(graph).num_nodes()} nodes and {len(node_names)} "
                              f"names but x has V = {num_nodes}")
         if len(feature_names) != x.shape[2]:
             raise ValueError(f"{len(feature_names)} feature names for d = {x.shape[2]}")

@@ -12,15 +12,15 @@ draws is printed beside it: the Monte-Carlo noise floor of the comparison.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from .._backend import dgl
+from ..graphs import GraphLike, as_graph
 from ..data import load_dataset
+from ..files import atomic_write_json
 from ..data.synthetic import CHORDAL_DELTA, chordal_mixing_operator
 from ..models import IGNN
 from ..training import TrainConfig, fit
@@ -35,9 +35,10 @@ LATENT_MEANS = ((0.0, CHORDAL_DELTA), (0.0, 0.0))
 SAMPLE_CHUNK = 1000
 
 
-def neighbourhood(graph: dgl.DGLGraph, node: int) -> list[int]:
+def neighbourhood(graph: GraphLike, node: int) -> list[int]:
     """``node`` and its in-neighbours, sorted."""
-    return sorted(set(graph.predecessors(node).tolist()) | {node})
+    src, dst = as_graph(graph).edges()
+    return sorted(set(src[dst == node].tolist()) | {node})
 
 
 def subgraph_covariance(x: Tensor, nodes: list[int]) -> Tensor:
@@ -119,7 +120,7 @@ def neighbourhood_errors(samples: Tensor, operator: Tensor, labels: Tensor, node
                 mean=float(mean_gap.norm() / true_cov.trace().sqrt()))
 
 
-def generate(model: IGNN, graph: dgl.DGLGraph, labels: Tensor, n: int, generator: torch.Generator) -> Tensor:
+def generate(model: IGNN, graph: GraphLike, labels: Tensor, n: int, generator: torch.Generator) -> Tensor:
     """``n`` samples of :math:`X \\mid Y` from ``model`` on ``graph``, ``(n, V, d)``, float64."""
     chunks = []
     for start in range(0, n, SAMPLE_CHUNK):
@@ -215,7 +216,7 @@ def run(out_dir: str | Path = "runs/chordal", p: int = 503, epochs: int = 10, nu
         covariances[conv] = subgraph_covariance(generated, neighbourhoods[figure_node])
         print(f"{CONV_NAMES[conv]} trained in {seconds:.0f} s ({model.logdet_mode} log-det)")
     print(_table(results, neighbourhoods))
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_json(out_dir / "results.json", results)
     errors = {conv: results[conv]["errors"][figure_node]["covariance"] for conv in CONV_NAMES}
     _plot(covariances, errors, neighbourhoods[figure_node], figure_node, out_dir / "covariances.png")
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'covariances.png'}")
@@ -235,9 +236,7 @@ def _table(results: dict, neighbourhoods: dict[int, list[int]]) -> str:
 
 def _plot(covariances: dict[str, Tensor], errors: dict[str, float], nodes: list[int], node: int, path: Path) -> None:
     """True and generated covariances side by side on one colour scale."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from .. import plots
 
     titles = {"true": "exact", **{conv: f"{CONV_NAMES[conv]}: rel. error {errors[conv]:.3f}" for conv in CONV_NAMES}}
     # A sequential scale from the lowest entry: the entries are (nearly) nonnegative, and a
@@ -245,14 +244,15 @@ def _plot(covariances: dict[str, Tensor], errors: dict[str, float], nodes: list[
     low = min(0.0, float(min(matrix.min() for matrix in covariances.values())))
     high = float(max(matrix.max() for matrix in covariances.values()))
     ticks = [f"{v}.x{feature + 1}" for v in nodes for feature in range(len(covariances["true"]) // len(nodes))]
-    figure, axes = plt.subplots(1, len(covariances), figsize=(4.2 * len(covariances) + 1.2, 4.6),
-                                layout="constrained")
+    figure = plots._figure(4.2 * len(covariances) + 1.2, 4.9)
+    axes = figure.subplots(1, len(covariances))
     for axis, (key, matrix) in zip(axes, covariances.items()):
         image = axis.imshow(matrix.numpy(), cmap="viridis", vmin=low, vmax=high)
         axis.set_title(titles[key], fontsize=12)
         axis.set_xticks(range(len(ticks)), ticks, rotation=90, fontsize=8)
         axis.set_yticks(range(len(ticks)), ticks, fontsize=8)
-    figure.colorbar(image, ax=axes, shrink=0.85, label="covariance")
+        axis.set_xlabel("node.feature")
+    axes[0].set_ylabel("node.feature")
+    figure.colorbar(image, ax=axes, shrink=0.85, label="covariance (squared feature units)")
     figure.suptitle(f"Cov(X | Y) on node {node} and its neighbours", fontsize=13)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    plots._save(figure, path)

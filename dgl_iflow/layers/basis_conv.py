@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
-from .._backend import dgl
+from ..graphs import GraphLike, as_graph
 from .graph_operator import check_features
 
 
@@ -72,41 +72,47 @@ class BasisConv(nn.Module, ABC):
             nn.init.zeros_(self.bias)
 
     @abstractmethod
-    def apply_bases(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
+    def apply_bases(self, graph: GraphLike, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
         """``(K, V, *, C_in)`` stack of :math:`A_k X`."""
 
     @abstractmethod
-    def basis_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
+    def basis_matrices(self, graph: GraphLike, edge_weight: Tensor | None = None) -> Tensor:
         """Dense ``(K, V, V)`` stack of the node operators :math:`A_k`."""
 
-    def operators(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
-        """``(K, V, *, C_in)`` stack of :math:`A_k X` over all operators, the graph mean included."""
-        bases = self.apply_bases(graph, feat, edge_weight)
+    def operators(self, graph: GraphLike, feat: Tensor, edge_weight: Tensor | None = None, **basis_options) -> Tensor:
+        """``(K, V, *, C_in)`` stack of :math:`A_k X` over all operators, the graph mean included;
+        ``basis_options`` go to the subclass's :meth:`apply_bases` (ChebConv's ``lambda_max``)."""
+        graph = as_graph(graph)
+        bases = self.apply_bases(graph, feat, edge_weight, **basis_options)
         if not self._graph_mean:
             return bases
         return torch.cat([bases, node_mean(graph, feat).unsqueeze(0)])
 
-    def operator_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
+    def operator_matrices(self, graph: GraphLike, edge_weight: Tensor | None = None) -> Tensor:
         """Dense ``(K, V, V)`` stack of all node operators, the graph mean included."""
+        graph = as_graph(graph)
         matrices = self.basis_matrices(graph, edge_weight)
         if not self._graph_mean:
             return matrices
         return torch.cat([matrices, node_mean_matrix(graph, matrices).unsqueeze(0)])
 
-    def operator_diagonals(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
+    def operator_diagonals(self, graph: GraphLike, edge_weight: Tensor | None = None) -> Tensor:
         r"""Diagonals :math:`(A_k)_{vv}` of all node operators, shape ``(K, V)``, differentiable.
 
         From the dense :meth:`operator_matrices`; a subclass with a cheaper way overrides it.
         """
+        graph = as_graph(graph)
         return self.operator_matrices(graph, edge_weight).diagonal(dim1=1, dim2=2)
 
-    def forward(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+    def forward(self, graph: GraphLike, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
         """Convolve node features.
 
         Parameters
         ----------
-        graph : DGLGraph
-            Graph with :math:`V` nodes; an edge ``u -> v`` lets node ``v`` read node ``u``.
+        graph : GraphLike
+            Graph with :math:`V` nodes, in any form of :mod:`dgl_iflow.graphs` (a ``DGLGraph``,
+            a PyTorch Geometric ``Data``, ``(edge_index, num_nodes)``, a ``Graph``); an edge
+            ``u -> v`` lets node ``v`` read node ``u``.
         feat : Tensor
             Node features of shape ``(V, *, C_in)``; ``*`` is any number of sample dimensions
             that share the graph.
@@ -118,6 +124,7 @@ class BasisConv(nn.Module, ABC):
         Tensor
             Shape ``(V, *, C_out)``.
         """
+        graph = as_graph(graph)
         return self.add_bias(self.linear_part(graph, feat, edge_weight))
 
     def add_bias(self, out: Tensor) -> Tensor:
@@ -129,13 +136,15 @@ class BasisConv(nn.Module, ABC):
             return out + self.bias
         return out + self.bias.reshape(self.bias.shape[0], *([1] * (out.dim() - 2)), self.bias.shape[1])
 
-    def linear_part(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
+    def linear_part(self, graph: GraphLike, feat: Tensor, edge_weight: Tensor | None = None,
+                    **basis_options) -> Tensor:
         r"""The bias-free part :math:`\sum_k (A_k X) W_k`, a linear map of ``feat``.
 
         :class:`GraphResidual` uses it to estimate the operator norm of the layer.
         """
+        graph = as_graph(graph)
         check_features(graph, feat, self._in_feats, type(self).__name__)
-        return torch.einsum("kn...i,kio->n...o", self.operators(graph, feat, edge_weight), self.weight)
+        return torch.einsum("kn...i,kio->n...o", self.operators(graph, feat, edge_weight, **basis_options), self.weight)
 
     def extra_repr(self) -> str:
         return (
@@ -144,14 +153,16 @@ class BasisConv(nn.Module, ABC):
         )
 
 
-def component_index(graph: dgl.DGLGraph, device: torch.device) -> tuple[Tensor, Tensor]:
+def component_index(graph: GraphLike, device: torch.device) -> tuple[Tensor, Tensor]:
     """Graph index of every node ``(V,)`` and node count of every graph ``(G,)`` of a batch."""
+    graph = as_graph(graph)
     counts = graph.batch_num_nodes().to(device)
     return torch.repeat_interleave(torch.arange(len(counts), device=device), counts), counts
 
 
-def node_mean(graph: dgl.DGLGraph, feat: Tensor) -> Tensor:
+def node_mean(graph: GraphLike, feat: Tensor) -> Tensor:
     """Mean of ``feat`` ``(V, *, C)`` over the nodes of each graph, broadcast back to its nodes."""
+    graph = as_graph(graph)
     if graph.batch_size == 1:
         return feat.mean(dim=0, keepdim=True).expand_as(feat)
     component, counts = component_index(graph, feat.device)
@@ -160,7 +171,7 @@ def node_mean(graph: dgl.DGLGraph, feat: Tensor) -> Tensor:
     return means[component]
 
 
-def node_mean_matrix(graph: dgl.DGLGraph, like: Tensor) -> Tensor:
+def node_mean_matrix(graph: GraphLike, like: Tensor) -> Tensor:
     r"""Dense ``(V, V)`` operator of :func:`node_mean`: :math:`1/V_g` within each graph ``g``."""
     component, counts = component_index(graph, like.device)
     same = component[:, None] == component[None, :]

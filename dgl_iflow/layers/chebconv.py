@@ -9,7 +9,7 @@ import scipy.sparse.linalg
 import torch
 from torch import Tensor
 
-from .._backend import dgl
+from ..graphs import Graph, GraphLike, as_graph
 from .basis_conv import BasisConv, component_index
 from .graph_operator import GraphMemo, node_matmul, operator_matrix
 
@@ -18,8 +18,9 @@ from .graph_operator import GraphMemo, node_matmul, operator_matrix
 _ZERO_LAPLACIAN = 1e-6
 
 
-def _normalized_adjacency_values(graph: dgl.DGLGraph, edge_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def _normalized_adjacency_values(graph: GraphLike, edge_weight: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Edges ``(dst, src)`` and values of :math:`D^{-1/2} A D^{-1/2}`, in-degrees weighted."""
+    graph = as_graph(graph)
     src, dst = graph.edges()
     src, dst = src.to(edge_weight.device), dst.to(edge_weight.device)
     degree = torch.zeros(graph.num_nodes(), dtype=edge_weight.dtype, device=edge_weight.device)
@@ -29,18 +30,21 @@ def _normalized_adjacency_values(graph: dgl.DGLGraph, edge_weight: Tensor) -> tu
     return dst, src, inv_sqrt[dst] * edge_weight * inv_sqrt[src]
 
 
-def laplacian_lambda_max(graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> list[float]:
+def laplacian_lambda_max(graph: GraphLike, edge_weight: Tensor | None = None) -> list[float]:
     r"""Largest real part of the eigenvalues of :math:`L = I - D^{-1/2} A D^{-1/2}`, per graph.
 
     For a batched graph (``dgl.batch``) one value per graph of the batch, as
     ``dgl.laplacian_lambda_max`` returns them: each graph's Laplacian is its own block. Dense
-    eigen-decomposition for small graphs, ARPACK for large ones.
+    eigen-decomposition for small graphs, ARPACK for large ones. ``edge_weight`` ``(E,)``
+    defaults to the graph's own; without either every edge weighs 1.
 
     Returns
     -------
     list of float
         ``graph.batch_size`` values; 0 for a graph without nodes.
     """
+    graph = as_graph(graph)
+    edge_weight = graph.edge_weight if edge_weight is None else edge_weight
     weight = torch.ones(graph.num_edges(), dtype=torch.float64) if edge_weight is None \
         else edge_weight.detach().to("cpu", torch.float64)
     dst, src, values = _normalized_adjacency_values(graph, weight)
@@ -65,6 +69,26 @@ def laplacian_lambda_max(graph: dgl.DGLGraph, edge_weight: Tensor | None = None)
             eigenvalues = scipy.sparse.linalg.eigs(laplacian, k=1, which="LR", return_eigenvectors=False)
         result.append(float(np.max(eigenvalues.real)))
     return result
+
+
+def _checked_lambda_max(lambda_max: float | Sequence[float]) -> float | tuple[float, ...]:
+    """One positive float, or a tuple of them (one per graph of a batch)."""
+    checked = float(lambda_max) if np.ndim(lambda_max) == 0 else tuple(float(v) for v in lambda_max)
+    if min(np.atleast_1d(checked), default=0.0) <= 0:
+        raise ValueError(f"lambda_max must be positive, got {lambda_max}")
+    return checked
+
+
+def _lambda_values(graph: Graph, edge_weight: Tensor | None, lambda_max: float | tuple[float, ...] | None) -> list[float]:
+    """One lambda_max per graph of the batch: the given ones, else computed."""
+    if lambda_max is None:
+        return laplacian_lambda_max(graph, edge_weight)
+    if isinstance(lambda_max, float):
+        return [lambda_max] * graph.batch_size
+    if len(lambda_max) != graph.batch_size:
+        raise ValueError(f"lambda_max gives {len(lambda_max)} values, but the graph is a batch of "
+                         f"{graph.batch_size} graph(s); give one value per graph, or a single float")
+    return list(lambda_max)
 
 
 class ChebConv(BasisConv):
@@ -110,9 +134,18 @@ class ChebConv(BasisConv):
     >>> conv(g, torch.randn(3, 10, 2)).shape
     torch.Size([3, 10, 4])
 
-    Without edge weights the scaled Laplacian is cached per graph object, device and dtype
-    (rebuilt when the graph gains nodes or edges). With edge weights it is rebuilt on every
-    call, differentiably; pass ``lambda_max`` then to skip the eigenvalue computation.
+    Without an ``edge_weight`` argument the scaled Laplacian is cached per graph object,
+    device, dtype and ``lambda_max`` (rebuilt when the graph is edited). With one it is rebuilt
+    on every call, differentiably; pass ``lambda_max`` then to skip the eigenvalue computation.
+
+    The constructor and the call take what DGL's ``ChebConv`` takes,
+    ``ChebConv(in_feats, out_feats, k)`` and ``forward(graph, feat, lambda_max=None)``, plus
+    ``edge_weight``. The differences: ``feat`` may carry sample dimensions ``(V, *, C_in)``,
+    and the activation is none unless given (DGL's is ReLU). PyTorch Geometric's ``ChebConv``
+    computes the same operator (its ``normalization="sym"``, ``K = k``) but is called
+    ``conv(x, edge_index, edge_weight)`` and assumes ``lambda_max = 2`` unless told; here the
+    graph comes first in any form (a ``Data``, ``(edge_index, num_nodes)``), its
+    ``edge_weight`` is used unless one is passed, and ``lambda_max`` is computed when absent.
     """
 
     def __init__(
@@ -126,17 +159,21 @@ class ChebConv(BasisConv):
         graph_mean: bool = False,
     ) -> None:
         super().__init__(in_feats, out_feats, num_bases=k, bias=bias, graph_mean=graph_mean)
-        if lambda_max is not None:
-            lambda_max = float(lambda_max) if np.ndim(lambda_max) == 0 else tuple(float(v) for v in lambda_max)
-            if min(np.atleast_1d(lambda_max), default=0.0) <= 0:
-                raise ValueError(f"lambda_max must be positive, got {lambda_max}")
-        self._lambda_max = lambda_max
+        self._lambda_max = None if lambda_max is None else _checked_lambda_max(lambda_max)
         self.activation = activation
         self._laplacian_memo = GraphMemo()
         self.reset_parameters()
 
-    def scaled_laplacian(self, graph: dgl.DGLGraph, like: Tensor, edge_weight: Tensor | None = None) -> Tensor:
-        r""":math:`\tilde L` as a ``(V, V)`` dense or sparse matrix on ``like``'s device and dtype."""
+    def scaled_laplacian(self, graph: GraphLike, like: Tensor, edge_weight: Tensor | None = None,
+                         lambda_max: float | Sequence[float] | None = None) -> Tensor:
+        r""":math:`\tilde L` as a ``(V, V)`` dense or sparse matrix on ``like``'s device and dtype.
+
+        ``edge_weight`` defaults to the graph's own; ``lambda_max`` to the constructor's.
+        """
+        graph = as_graph(graph)
+        lambda_max = self._lambda_max if lambda_max is None else _checked_lambda_max(lambda_max)
+        cached = edge_weight is None
+        edge_weight = graph.edge_weight if edge_weight is None else edge_weight
         if edge_weight is not None and edge_weight.shape != (graph.num_edges(),):
             raise ValueError(
                 f"edge_weight must have shape ({graph.num_edges()},) for a graph of "
@@ -146,48 +183,44 @@ class ChebConv(BasisConv):
         def build() -> Tensor:
             weight = torch.ones(graph.num_edges(), dtype=like.dtype, device=like.device) \
                 if edge_weight is None else edge_weight.to(like.dtype)
-            lambda_max = torch.tensor(self._lambda_values(graph, edge_weight), dtype=like.dtype, device=like.device)
+            lambdas = torch.tensor(_lambda_values(graph, edge_weight, lambda_max), dtype=like.dtype, device=like.device)
             # L = 0 (every node has only self-loops): any scale gives L~ = -I.
-            lambda_max = torch.where(lambda_max > _ZERO_LAPLACIAN, lambda_max, torch.full_like(lambda_max, 2.0))
+            lambdas = torch.where(lambdas > _ZERO_LAPLACIAN, lambdas, torch.full_like(lambdas, 2.0))
             dst, src, values = _normalized_adjacency_values(graph, weight)
             nodes = torch.arange(graph.num_nodes(), device=like.device)
             # Each graph of a batch is its own block of L~, scaled by its own lambda_max.
-            scale = (2.0 / lambda_max)[component_index(graph, like.device)[0]]
+            scale = (2.0 / lambdas)[component_index(graph, like.device)[0]]
             row = torch.cat([dst, nodes])
             col = torch.cat([src, nodes])
             entries = torch.cat([-scale[dst] * values, scale - 1.0])
             return operator_matrix(row, col, entries, (graph.num_nodes(), graph.num_nodes()))
 
-        if edge_weight is not None:
+        if not cached:
             return build()
-        return self._laplacian_memo.get(graph, (like.device, like.dtype), build)
+        return self._laplacian_memo.get(graph, (like.device, like.dtype, lambda_max), build)
 
-    def _lambda_values(self, graph: dgl.DGLGraph, edge_weight: Tensor | None) -> list[float]:
-        """One lambda_max per graph of the batch: the given ones, else computed."""
-        if self._lambda_max is None:
-            return laplacian_lambda_max(graph, edge_weight)
-        if isinstance(self._lambda_max, float):
-            return [self._lambda_max] * graph.batch_size
-        if len(self._lambda_max) != graph.batch_size:
-            raise ValueError(f"lambda_max gives {len(self._lambda_max)} values, but the graph is a batch of "
-                             f"{graph.batch_size} graph(s); give one value per graph, or a single float")
-        return list(self._lambda_max)
-
-    def apply_bases(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
+    def apply_bases(self, graph: GraphLike, feat: Tensor, edge_weight: Tensor | None,
+                    lambda_max: float | Sequence[float] | None = None) -> Tensor:
+        graph = as_graph(graph)
         if self._num_bases == 1:
             return feat.unsqueeze(0)
-        laplacian = self.scaled_laplacian(graph, feat, edge_weight)
+        laplacian = self.scaled_laplacian(graph, feat, edge_weight, lambda_max)
         terms = [feat, node_matmul(laplacian, feat)]
         for _ in range(2, self._num_bases):
             terms.append(2.0 * node_matmul(laplacian, terms[-1]) - terms[-2])
         return torch.stack(terms)
 
-    def basis_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
+    def basis_matrices(self, graph: GraphLike, edge_weight: Tensor | None = None) -> Tensor:
+        graph = as_graph(graph)
         identity = torch.eye(graph.num_nodes(), dtype=self.weight.dtype, device=self.weight.device)
         return self.apply_bases(graph, identity, edge_weight)
 
-    def forward(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None = None) -> Tensor:
-        out = super().forward(graph, feat, edge_weight)
+    def forward(self, graph: GraphLike, feat: Tensor, lambda_max: float | Sequence[float] | None = None,
+                edge_weight: Tensor | None = None) -> Tensor:
+        """Convolve node features ``(V, *, C_in)`` to ``(V, *, C_out)``; ``lambda_max`` for this
+        call (one value, or one per graph of a batch) overrides the constructor's, and
+        ``edge_weight`` ``(E,)`` the graph's own (see :meth:`BasisConv.forward`)."""
+        out = self.add_bias(self.linear_part(graph, feat, edge_weight, lambda_max=lambda_max))
         return out if self.activation is None else self.activation(out)
 
     def extra_repr(self) -> str:

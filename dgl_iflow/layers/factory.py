@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .._backend import dgl
+from ..graphs import GraphLike
 from .basis_conv import BasisConv
 from .chebconv import ChebConv
 from .l3conv import L3Conv
@@ -18,7 +18,7 @@ def make_conv(
     kind: str,
     in_feats: int,
     out_feats: int,
-    graph: dgl.DGLGraph | None = None,
+    graph: GraphLike | None = None,
     *,
     cheb_k: int = 3,
     lambda_max: float | None = None,

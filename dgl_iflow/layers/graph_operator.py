@@ -1,4 +1,4 @@
-"""Graph operators as torch tensors, built once from a ``DGLGraph``.
+"""Graph operators as torch tensors, built once from a graph's edge list.
 
 DGL's ``update_all`` costs 5-20x more than a dense torch matmul for the small graphs and
 many samples of this library (measured in ``benchmarks/layers.py``), ``torch.func`` cannot
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._backend import dgl
+from ..graphs import GraphLike, as_graph
 
 #: Graphs with at most this many nodes get dense operators with fixed values; larger ones
 #: get sparse ones (:class:`SparseOperator`).
@@ -82,7 +82,8 @@ def _csr(crow: Tensor, col: Tensor, values: Tensor, shape: tuple[int, int]) -> T
     with warnings.catch_warnings():
         # torch 2.2 flags every CSR tensor as beta; the two products used here are tested.
         warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
-        return torch.sparse_csr_tensor(crow, col, values, shape)
+        # The patterns are built sorted and unique here; checking them again at every product costs.
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
 class SparsePattern:
@@ -219,8 +220,9 @@ def dense_matrix(matrix: Tensor | SparseOperator) -> Tensor:
     return matrix.to_dense() if matrix.is_sparse else matrix
 
 
-def check_features(graph: dgl.DGLGraph, feat: Tensor, in_feats: int, layer: str) -> None:
+def check_features(graph: GraphLike, feat: Tensor, in_feats: int, layer: str) -> None:
     """Raise ``ValueError`` unless ``feat`` has shape ``(V, *, in_feats)`` for ``graph``."""
+    graph = as_graph(graph)
     if feat.dim() < 2 or feat.shape[0] != graph.num_nodes() or feat.shape[-1] != in_feats:
         raise ValueError(
             f"{layer} expects features of shape (V, *, {in_feats}) with V = {graph.num_nodes()} "
@@ -238,8 +240,9 @@ class GraphMemo:
     def __init__(self) -> None:
         self.clear()
 
-    def get(self, graph: dgl.DGLGraph, key: tuple, build: Callable[[], Any]) -> Any:
+    def get(self, graph: GraphLike, key: tuple, build: Callable[[], Any]) -> Any:
         """The value remembered for ``graph`` and ``key``, built and remembered if missing."""
+        graph = as_graph(graph)
         key = (graph.num_nodes(), graph.num_edges(), *key)
         if self._graph_ref is None or self._graph_ref() is not graph or self._key != key:
             self._value = build()

@@ -8,13 +8,14 @@ import scipy.sparse
 import torch
 from torch import Tensor, nn
 
-from .._backend import dgl
+from ..graphs import GraphLike, as_graph
 from .basis_conv import BasisConv
 from .graph_operator import GraphMemo, SparseOperator, SparsePattern, node_matmul, use_sparse
 
 
-def khop_pairs(graph: dgl.DGLGraph, order: int) -> tuple[np.ndarray, np.ndarray]:
+def khop_pairs(graph: GraphLike, order: int) -> tuple[np.ndarray, np.ndarray]:
     """``(v, u)`` pairs, sorted, with ``u`` reaching ``v`` in at most ``order`` hops (self included)."""
+    graph = as_graph(graph)
     num_nodes = graph.num_nodes()
     src, dst = (t.cpu().numpy() for t in graph.edges())
     step = scipy.sparse.coo_matrix(
@@ -28,7 +29,8 @@ def khop_pairs(graph: dgl.DGLGraph, order: int) -> tuple[np.ndarray, np.ndarray]
     return reach.row[order_index], reach.col[order_index]
 
 
-def _sorted_edges(graph: dgl.DGLGraph) -> Tensor:
+def _sorted_edges(graph: GraphLike) -> Tensor:
+    graph = as_graph(graph)
     src, dst = graph.edges()
     edges = torch.stack([dst.cpu(), src.cpu()]).long()
     order = torch.from_numpy(np.lexsort((edges[1].numpy(), edges[0].numpy())))
@@ -55,7 +57,7 @@ class L3Conv(BasisConv):
         Input feature size :math:`C_{in}`.
     out_feats : int
         Output feature size :math:`C_{out}`.
-    graph : DGLGraph
+    graph : GraphLike
         The graph the filters live on; an edge ``u -> v`` lets ``v`` read ``u``.
     orders : sequence of int
         Hop order :math:`o_m` of each basis; ``0`` is a per-node scalar.
@@ -82,12 +84,13 @@ class L3Conv(BasisConv):
         self,
         in_feats: int,
         out_feats: int,
-        graph: dgl.DGLGraph,
+        graph: GraphLike,
         orders: Sequence[int] = (0, 1, 2),
         bias: bool = True,
         node_bias: bool = False,
         graph_mean: bool = False,
     ) -> None:
+        graph = as_graph(graph)
         orders = tuple(int(o) for o in orders)
         if not orders or min(orders) < 0:
             raise ValueError(f"orders must be a non-empty sequence of hop counts >= 0, got {orders}")
@@ -133,10 +136,11 @@ class L3Conv(BasisConv):
             jitter = torch.rand_like(size) - 0.5
             self.filter_values.copy_((1.0 + jitter) / size)
 
-    def _check_graph(self, graph: dgl.DGLGraph) -> None:
+    def _check_graph(self, graph: GraphLike) -> None:
+        graph = as_graph(graph)
         self._graph_memo.get(graph, (), lambda: self._verify_graph(graph))
 
-    def _verify_graph(self, graph: dgl.DGLGraph) -> bool:
+    def _verify_graph(self, graph: GraphLike) -> bool:
         if graph.num_nodes() != self._num_nodes or graph.num_edges() != self.graph_edges.shape[1] \
                 or not torch.equal(_sorted_edges(graph), self.graph_edges.cpu()):
             raise ValueError(
@@ -167,14 +171,14 @@ class L3Conv(BasisConv):
             self._patterns[device] = SparsePattern(self.pair_index[0], self.pair_index[1], shape)
         return self._patterns[device]
 
-    def apply_bases(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
+    def apply_bases(self, graph: GraphLike, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
         if edge_weight is not None:
             raise ValueError("L3Conv learns its own filter on every pair; it takes no edge_weight")
         self._check_graph(graph)
         out = node_matmul(self.stacked_filters(), feat)
         return out.reshape(self._num_bases, self._num_nodes, *feat.shape[1:])
 
-    def basis_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
+    def basis_matrices(self, graph: GraphLike, edge_weight: Tensor | None = None) -> Tensor:
         self._check_graph(graph)
         return self._dense_filters().reshape(self._num_bases, self._num_nodes, self._num_nodes)
 

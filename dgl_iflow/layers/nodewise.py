@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._backend import dgl
+from ..graphs import GraphLike, as_graph
 from .basis_conv import BasisConv
 
 
@@ -41,12 +41,12 @@ class NodewiseConv(BasisConv):
         super().__init__(in_feats, out_feats, num_bases=1, bias=bias)
         self.reset_parameters()
 
-    def apply_bases(self, graph: dgl.DGLGraph, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
+    def apply_bases(self, graph: GraphLike, feat: Tensor, edge_weight: Tensor | None) -> Tensor:
         return feat.unsqueeze(0)
 
-    def basis_matrices(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
-        identity = torch.eye(graph.num_nodes(), dtype=self.weight.dtype, device=self.weight.device)
+    def basis_matrices(self, graph: GraphLike, edge_weight: Tensor | None = None) -> Tensor:
+        identity = torch.eye(as_graph(graph).num_nodes(), dtype=self.weight.dtype, device=self.weight.device)
         return identity.unsqueeze(0)
 
-    def operator_diagonals(self, graph: dgl.DGLGraph, edge_weight: Tensor | None = None) -> Tensor:
-        return torch.ones(1, graph.num_nodes(), dtype=self.weight.dtype, device=self.weight.device)
+    def operator_diagonals(self, graph: GraphLike, edge_weight: Tensor | None = None) -> Tensor:
+        return torch.ones(1, as_graph(graph).num_nodes(), dtype=self.weight.dtype, device=self.weight.device)

@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from .._backend import dgl
+from ..inputs import as_features, as_labels
+from ..graphs import Graph, GraphLike, as_graph, graph_from_edges
 from ..checkpoints import atomic_save, read_checkpoint
 from ..transforms import GraphFlow, InversionError, InversionWarning
 from ..transforms.base import check_finite
@@ -44,9 +45,10 @@ class FlowModel(nn.Module):
 
     Attributes
     ----------
-    graph : DGLGraph
-        The graph the model was built for and is saved with. Methods run on the graph they
-        are given, which must have as many nodes.
+    graph : GraphLike
+        The graph the model was built for and is saved with, as it was given (any form of
+        :mod:`dgl_iflow.graphs`). Methods run on the graph they are given, which must have as
+        many nodes.
     flow : GraphFlow
         :math:`F`.
     latent : NodeGaussianLatent or None
@@ -60,12 +62,12 @@ class FlowModel(nn.Module):
     #: Default relative residual every unit's inverse must reach in :meth:`generate`.
     inverse_tol: ClassVar[float]
 
-    def __init__(self, graph: dgl.DGLGraph, feats: int, conv: str) -> None:
+    def __init__(self, graph: GraphLike, feats: int, conv: str) -> None:
         super().__init__()
         if conv not in CONVS:
             raise ValueError(f"conv must be one of {CONVS}, got {conv!r}")
         self.graph = graph
-        self.num_nodes = graph.num_nodes()
+        self.num_nodes = as_graph(graph).num_nodes()
         self.feats = feats
         self.flatten = conv == "mlp"
         #: The convolution of :func:`~dgl_iflow.layers.make_conv` the blocks are built from.
@@ -104,19 +106,32 @@ class FlowModel(nn.Module):
         """Channels the transforms see: ``d``, or ``V d`` for a graph-free model."""
         return self.num_nodes * self.feats if self.flatten else self.feats
 
-    # -- checks and layout ---------------------------------------------------
+    # -- inputs, checks and layout --------------------------------------------
 
-    def check_graph(self, graph: dgl.DGLGraph) -> None:
-        """Raise ``ValueError`` unless ``graph`` has the model's number of nodes."""
+    def as_features(self, x: Any, name: str = "x") -> Tensor:
+        """Features as users hold them (a tensor of any float dtype, a NumPy array, nested lists)
+        in the model's dtype and on its device; ``TypeError`` in one line for anything else."""
+        return as_features(x, self.dtype, self.device, name)
+
+    def as_labels(self, y: Any, name: str = "y") -> Tensor | None:
+        """Labels as users hold them (integers of any width, whole-number floats, arrays, lists)
+        as int64 on the model's device; ``None`` stays ``None``."""
+        return None if y is None else as_labels(y, self.device, name)
+
+    def check_graph(self, graph: GraphLike) -> Graph:
+        """``graph`` as a :class:`~dgl_iflow.graphs.Graph`; ``ValueError`` unless it has the model's number of nodes."""
+        graph = as_graph(graph)
         if graph.num_nodes() != self.num_nodes:
             raise ValueError(
                 f"this {type(self).__name__} was built for a graph of {self.num_nodes} nodes, "
                 f"got one of {graph.num_nodes()}"
             )
+        return graph
 
-    def check_features(self, graph: dgl.DGLGraph, x: Tensor, name: str = "x") -> None:
-        """Raise ``ValueError`` unless ``x`` is a finite, non-empty ``(N, V, d)`` batch on ``graph``."""
-        self.check_graph(graph)
+    def check_features(self, graph: GraphLike, x: Tensor, name: str = "x") -> Graph:
+        """``graph`` as a :class:`~dgl_iflow.graphs.Graph`; ``ValueError`` unless ``x`` is a finite,
+        non-empty ``(N, V, d)`` batch on it."""
+        graph = self.check_graph(graph)
         if x.dim() != 3 or x.shape[1:] != (self.num_nodes, self.feats):
             raise ValueError(
                 f"{name} must have shape (N, V, d) = (N, {self.num_nodes}, {self.feats}), got {tuple(x.shape)}"
@@ -124,6 +139,7 @@ class FlowModel(nn.Module):
         if len(x) == 0:
             raise ValueError(f"{name} is an empty batch: shape {tuple(x.shape)}")
         check_finite(x, name)
+        return graph
 
     def check_labels(self, x: Tensor, y: Tensor | None) -> None:
         """Raise ``ValueError`` unless ``y`` holds ``(N, V)`` labels of ``x`` (``None`` without classes)."""
@@ -133,10 +149,10 @@ class FlowModel(nn.Module):
         if y is not None and y.shape != x.shape[:-1]:
             raise ValueError(f"labels must have shape (N, V) = {tuple(x.shape[:-1])}, got {tuple(y.shape)}")
 
-    def to_flow(self, graph: dgl.DGLGraph, x: Tensor) -> tuple[dgl.DGLGraph, Tensor]:
+    def to_flow(self, graph: Graph, x: Tensor) -> tuple[Graph, Tensor]:
         """The graph and layout the transforms run on: ``(V, N, d)``, or ``(1, N, V d)`` on one node."""
         if self.flatten:
-            return self._single_node_graph.to(x.device), to_nodes_first(x, flatten=True)
+            return self._single_node_graph, to_nodes_first(x, flatten=True)
         return graph, to_nodes_first(x)
 
     def from_flow(self, z: Tensor) -> Tensor:
@@ -145,17 +161,18 @@ class FlowModel(nn.Module):
 
     # -- densities -----------------------------------------------------------
 
-    def _encode(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool) -> tuple[Tensor, Tensor | None, Tensor]:
+    def _encode(self, graph: Graph, x: Tensor, logdet: bool) -> tuple[Tensor, Tensor | None, Tensor]:
         flow_graph, z = self.to_flow(graph, x)
         z, total, transport = self.flow.forward_with_transport(flow_graph, z, logdet)
         return self.from_flow(z), total, transport
 
-    def encode(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
+    def encode(self, graph: GraphLike, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None, Tensor]:
         """Latent :math:`H = F(X)` ``(N, V, d)``, log-det ``(N,)`` (``None`` unless ``logdet``) and transport cost ``(N,)``.
 
         The transport cost is :math:`\\sum_l \\|X_l - X_{l-1}\\|^2` over the blocks that count it.
         """
-        self.check_features(graph, x)
+        x = self.as_features(x)
+        graph = self.check_features(graph, x)
         return self._encode(graph, x, logdet)
 
     def potential(self, h: Tensor, y: Tensor | None = None) -> Tensor:
@@ -170,18 +187,19 @@ class FlowModel(nn.Module):
             return torch.zeros_like(h)
         return self.latent.centers(y).expand_as(h)
 
-    def log_prob(self, graph: dgl.DGLGraph, x: Tensor, y: Tensor | None = None) -> Tensor:
+    def log_prob(self, graph: GraphLike, x: Tensor, y: Tensor | None = None) -> Tensor:
         """:math:`\\log p(X \\mid Y)` (or :math:`\\log p(X)` without classes) per sample, ``(N,)``.
 
         Exact, or an unbiased estimate where the flow estimates its log-determinant.
         """
-        self.check_features(graph, x)
+        x, y = self.as_features(x), self.as_labels(y)
+        graph = self.check_features(graph, x)
         self.check_labels(x, y)
         h, logdet, _ = self._encode(graph, x, True)
         return -self.potential(h, y) + logdet
 
     @torch.no_grad()
-    def predict_proba(self, graph: dgl.DGLGraph, x: Tensor) -> Tensor:
+    def predict_proba(self, graph: GraphLike, x: Tensor) -> Tensor:
         """:math:`P(Y_v = k \\mid X)` for every node, ``(N, V, K)``."""
         latent = self._conditional_latent()
         h, _, _ = self.encode(graph, x, logdet=False)
@@ -196,12 +214,13 @@ class FlowModel(nn.Module):
 
     @torch.no_grad()
     def generate(
-        self, graph: dgl.DGLGraph, h: Tensor, tol: float | None = None, max_iter: int = 1000,
+        self, graph: GraphLike, h: Tensor, tol: float | None = None, max_iter: int = 1000,
         on_failure: str = "raise",
     ) -> Tensor:
         """:math:`F^{-1}(H)` for latents ``h`` ``(N, V, d)``, every unit's inverse to ``tol``
         (default :attr:`inverse_tol`) by :class:`~dgl_iflow.transforms.GraphTransform`'s failure policy."""
-        self.check_features(graph, h, "h")
+        h = self.as_features(h, "h")
+        graph = self.check_features(graph, h, "h")
         flow_graph, z = self.to_flow(graph, h)
         tol = self.inverse_tol if tol is None else tol
         x, _ = self.flow.inverse(flow_graph, z, tol=tol, max_iter=max_iter, on_failure=on_failure)
@@ -209,7 +228,7 @@ class FlowModel(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, graph: dgl.DGLGraph, y: Tensor | None = None, n: int = 1, generator: torch.Generator | None = None,
+        self, graph: GraphLike, y: Tensor | None = None, n: int = 1, generator: torch.Generator | None = None,
         tol: float | None = None, max_iter: int = 1000,
     ) -> Tensor:
         """``n`` samples ``(n, V, d)`` of :math:`X \\mid Y = y` for one label vector ``y`` ``(V,)``.
@@ -217,7 +236,7 @@ class FlowModel(nn.Module):
         Unconditional models take ``y=None`` and sample :math:`F^{-1}(Z)`, :math:`Z \\sim N(0, I)`.
         Raises :class:`~dgl_iflow.transforms.InversionError` if an inverse misses ``tol``.
         """
-        self.check_graph(graph)
+        graph, y = self.check_graph(graph), self.as_labels(y)
         if self.latent is None:
             if y is not None:
                 raise ValueError(f"an unconditional {type(self).__name__} samples without labels: pass y=None")
@@ -233,7 +252,7 @@ class FlowModel(nn.Module):
 
     @torch.no_grad()
     def round_trip_error(
-        self, graph: dgl.DGLGraph, x: Tensor, relative: bool = False, max_iter: int = 1000,
+        self, graph: GraphLike, x: Tensor, relative: bool = False, max_iter: int = 1000,
     ) -> Tensor:
         """Error of :math:`F^{-1}(F(X))` per sample, ``(N,)``: its largest absolute entry, or with
         ``relative`` :math:`\\|F^{-1}(F(X)) - X\\| / \\|X\\|`; ``inf`` where an inverse diverges.
@@ -241,6 +260,7 @@ class FlowModel(nn.Module):
         Every unit's inverse may use ``max_iter`` iterations; one that misses its tolerance is
         measured as it stands rather than raising.
         """
+        x = self.as_features(x)
         h, _, _ = self.encode(graph, x, logdet=False)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", InversionWarning)  # the error is what is asked for
@@ -255,7 +275,7 @@ class FlowModel(nn.Module):
 
     @torch.no_grad()
     def uncertainty_set(
-        self, graph: dgl.DGLGraph, y: Tensor, level: float = 0.9, num_points: int = 200,
+        self, graph: GraphLike, y: Tensor, level: float = 0.9, num_points: int = 200,
         generator: torch.Generator | None = None, max_iter: int = 1000,
     ) -> Tensor:
         r"""Points ``(num_points, V, d)`` on the boundary of the feature-space uncertainty set of :math:`X \mid Y = y`.
@@ -267,7 +287,7 @@ class FlowModel(nn.Module):
         otherwise), for plotting.
         """
         latent = self._conditional_latent()
-        centers, scales = latent.confidence_region(y.to(latent.means.device), level)
+        centers, scales = latent.confidence_region(self.as_labels(y).to(latent.means.device), level)
         if self.feats == 2:
             angle = torch.linspace(0, 2 * math.pi, num_points, dtype=centers.dtype, device=centers.device)
             direction = torch.stack([angle.cos(), angle.sin()], -1).unsqueeze(1).expand(-1, self.num_nodes, -1)
@@ -279,10 +299,11 @@ class FlowModel(nn.Module):
         return self.generate(graph, centers + (scales @ direction.unsqueeze(-1)).squeeze(-1), max_iter=max_iter)
 
     @torch.no_grad()
-    def in_uncertainty_set(self, graph: dgl.DGLGraph, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
+    def in_uncertainty_set(self, graph: GraphLike, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
         """Whether each node of each sample lies in its uncertainty set, bool ``(N, V)``."""
         latent = self._conditional_latent()
-        self.check_features(graph, x)
+        x, y = self.as_features(x), self.as_labels(y)
+        graph = self.check_features(graph, x)
         self.check_labels(x, y)
         h, _, _ = self._encode(graph, x, False)
         return latent.contains(h, y, level)
@@ -298,10 +319,14 @@ class FlowModel(nn.Module):
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything :meth:`from_checkpoint` needs: format, configuration, dtype, graph, structure and weights."""
-        src, dst = self.graph.edges()
+        graph = as_graph(self.graph)
+        src, dst = graph.edges()
+        saved_graph = dict(num_nodes=self.num_nodes, src=src.cpu(), dst=dst.cpu())
+        if graph.edge_weight is not None:
+            saved_graph["edge_weight"] = graph.edge_weight.detach().cpu()
         return dict(
             format=self.checkpoint_format, config=self.config, dtype=str(self.dtype).removeprefix("torch."),
-            graph=dict(num_nodes=self.num_nodes, src=src.cpu(), dst=dst.cpu()),
+            graph=saved_graph,
             structure=self.checkpoint_structure(), state_dict=self.state_dict(),
         )
 
@@ -310,7 +335,7 @@ class FlowModel(nn.Module):
         atomic_save({**self.checkpoint(), **extra}, path)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: dict[str, Any], graph: dgl.DGLGraph | None = None) -> FlowModel:
+    def from_checkpoint(cls, checkpoint: dict[str, Any], graph: GraphLike | None = None) -> FlowModel:
         """Rebuild the model saved in ``checkpoint`` (on its own graph unless one is given), in the saved dtype."""
         if not hasattr(cls, "checkpoint_format"):
             raise TypeError("FlowModel is the base class: load a concrete model, IGNN.load or JKOFlow.load")
@@ -319,10 +344,10 @@ class FlowModel(nn.Module):
                              f"expected {cls.checkpoint_format!r}")
         saved = checkpoint["graph"]
         if graph is None:
-            graph = dgl.graph((saved["src"], saved["dst"]), num_nodes=saved["num_nodes"])
-        elif graph.num_nodes() != saved["num_nodes"]:
+            graph = graph_from_edges(saved["src"], saved["dst"], saved["num_nodes"], saved.get("edge_weight"))
+        elif as_graph(graph).num_nodes() != saved["num_nodes"]:
             raise ValueError(f"the checkpoint's model was built for a graph of {saved['num_nodes']} nodes, "
-                             f"got one of {graph.num_nodes()}")
+                             f"got one of {as_graph(graph).num_nodes()}")
         # Building draws initial weights that the saved ones replace: the caller's stream stays put.
         with torch.random.fork_rng():
             model = cls(graph, **checkpoint["config"])
@@ -333,7 +358,7 @@ class FlowModel(nn.Module):
         return model
 
     @classmethod
-    def load(cls, path: str | os.PathLike, graph: dgl.DGLGraph | None = None) -> FlowModel:
+    def load(cls, path: str | os.PathLike, graph: GraphLike | None = None) -> FlowModel:
         """Read a model written by :meth:`save`, without running code from the file.
 
         Raises :class:`~dgl_iflow.checkpoints.CheckpointError` for a file that is unreadable,

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .._backend import dgl
+from ..graphs import GraphLike
 from ..layers import make_conv
 from ..transforms import GraphFlow, GraphMeanLinear, GraphResidual, InvertibleResBlock, NodeAffine
 from .base import FlowModel
@@ -33,7 +33,7 @@ class IGNN(FlowModel):
 
     Parameters
     ----------
-    graph : DGLGraph
+    graph : GraphLike
         The shared graph of :math:`V` nodes.
     feats : int
         Node feature size :math:`d`.
@@ -109,7 +109,7 @@ class IGNN(FlowModel):
 
     def __init__(
         self,
-        graph: dgl.DGLGraph,
+        graph: GraphLike,
         feats: int,
         num_classes: int,
         *,
@@ -137,7 +137,7 @@ class IGNN(FlowModel):
         super().__init__(graph, feats, conv)
         if graph_mean_linear and self.flatten:
             raise ValueError('graph_mean_linear needs a graph: conv="mlp" sees one node')
-        num_nodes = graph.num_nodes()
+        num_nodes = self.num_nodes
         self.config = dict(
             feats=feats, num_classes=num_classes, conv=conv, num_blocks=num_blocks,
             hidden_feats=list(hidden_feats), orders=list(orders), cheb_k=cheb_k,
@@ -173,7 +173,7 @@ class IGNN(FlowModel):
 
     def loss(
         self,
-        graph: dgl.DGLGraph,
+        graph: GraphLike,
         x: Tensor,
         y: Tensor,
         classification_weight: float = 0.1,
@@ -185,7 +185,8 @@ class IGNN(FlowModel):
         sample), ``ce`` (cross-entropy of the latent posterior, per node), ``transport``
         (summed over blocks) and ``barrier`` (trainable means only).
         """
-        self.check_features(graph, x)
+        x, y = self.as_features(x), self.as_labels(y)
+        graph = self.check_features(graph, x)
         self.check_labels(x, y)
         h, logdet, transport = self._encode(graph, x, True)
         nll = -(self.latent.log_prob(h, y) + logdet).mean()

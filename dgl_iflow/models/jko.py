@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._backend import dgl
+from ..graphs import GraphLike
 from ..transforms.ode_block import JKOBlock
 from ..transforms.velocity import FieldSpec
 from .base import FlowModel
@@ -37,7 +37,7 @@ class JKOFlow(FlowModel):
 
     Parameters
     ----------
-    graph : DGLGraph
+    graph : GraphLike
         The shared graph of :math:`V` nodes.
     feats : int
         Node feature size :math:`d`.
@@ -78,7 +78,7 @@ class JKOFlow(FlowModel):
 
     def __init__(
         self,
-        graph: dgl.DGLGraph,
+        graph: GraphLike,
         feats: int,
         num_classes: int | None = None,
         *,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import torch
 from torch import Tensor, nn
@@ -671,6 +672,9 @@ class NodeGaussianLatent(nn.Module):
         ).movedim(0, -2)
         drawn = centers + self.sigma * noise
         joint = self._joint_rows(y)
+        if self.joint_means is not None and (joint is None or not bool(joint[0].all())):
+            warnings.warn("a label vector never seen in training has no joint Gaussian: its latents are drawn "
+                          "from the per-node law instead, which ignores the correlations between nodes", stacklevel=2)
         if joint is None:
             return drawn
         mask, rows = joint

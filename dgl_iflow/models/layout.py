@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .._backend import dgl
+from ..graphs import Graph
 
 
-def single_node_graph() -> dgl.DGLGraph:
+def single_node_graph() -> Graph:
     """One node with a self-loop: the graph a flattened sample lives on."""
-    return dgl.graph(([0], [0]), num_nodes=1)
+    return Graph([0], [0], num_nodes=1)
 
 
 def to_nodes_first(x: Tensor, flatten: bool = False) -> Tensor:

@@ -3,9 +3,12 @@ backward pass of a mini-batch in chunks."""
 from __future__ import annotations
 
 import gc
+import math
+import numbers
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -63,6 +66,65 @@ def check_lr_schedule(name: str) -> None:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {name!r}")
 
 
+# -- configurations that check themselves -----------------------------------------------------
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_count(config: Any, name: str, minimum: int = 1, optional: bool = False) -> None:
+    """Raise ``ValueError`` unless ``config.<name>`` is an integer ``>= minimum`` (or ``None`` if ``optional``)."""
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    if not _is_whole(value) or value < minimum:
+        also = " or None" if optional else ""
+        raise ValueError(f"{type(config).__name__}.{name} must be an integer >= {minimum}{also}, got {value!r}")
+
+
+def check_number(config: Any, name: str, low: float = 0.0, high: float = math.inf, low_open: bool = True,
+                 high_open: bool = True, optional: bool = False) -> None:
+    """Raise ``ValueError`` unless ``config.<name>`` is a finite number in the interval from
+    ``low`` to ``high`` (open or closed at each end; ``None`` passes if ``optional``)."""
+    value = getattr(config, name)
+    if optional and value is None:
+        return
+    inside = _is_real(value) and math.isfinite(value) \
+        and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not inside:
+        if high == math.inf:
+            where = f"> {low:g}" if low_open else f">= {low:g}"
+        else:
+            where = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        also = " or None" if optional else ""
+        raise ValueError(f"{type(config).__name__}.{name} must be a number {where}{also}, got {value!r}")
+
+
+def check_device(config: Any) -> None:
+    """Raise ``ValueError`` unless ``config.device`` names a torch device such as ``"cpu"`` or ``"cuda:0"``."""
+    try:
+        torch.device(config.device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{type(config).__name__}.device must name a torch device such as 'cpu', 'cuda' or "
+                         f"'cuda:1', got {config.device!r}") from None
+
+
+def config_differences(saved: Mapping[str, Any], given: Mapping[str, Any], ignore: Iterable[str] = ()) -> str:
+    """The settings that differ between a saved configuration and a given one, ``""`` if none.
+
+    One ``name old -> new`` per difference, in the given configuration's order, comma-separated:
+    the part of a one-line error that says exactly what to change back.
+    """
+    ignored = set(ignore)
+    names = [*given, *(name for name in saved if name not in given)]
+    return ", ".join(f"{name} {saved.get(name, '(absent)')!r} -> {given.get(name, '(absent)')!r}"
+                     for name in names if name not in ignored and saved.get(name) != given.get(name))
+
+
 def lr_scheduler(
     optimizer: torch.optim.Optimizer, name: str, steps: int, final_fraction: float
 ) -> torch.optim.lr_scheduler.LRScheduler:
@@ -72,6 +134,24 @@ def lr_scheduler(
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     lr = optimizer.param_groups[0]["lr"]
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=lr * final_fraction)
+
+
+def respan_lr_schedule(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                       steps: int) -> None:
+    """Make a resumed schedule of :func:`lr_scheduler` end at step ``steps`` instead of its own end.
+
+    A cosine schedule continues from the step it reached on the cosine that spans ``steps``
+    (the rate jumps there, up for a run that had ended); stepped past its own end it would
+    instead rise again. A constant schedule is left as it is.
+    """
+    if not isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) or scheduler.T_max == steps:
+        return
+    scheduler.T_max = steps
+    # The scheduler computes each rate from the last one, so the last one is put on the new curve.
+    position = math.pi * scheduler.last_epoch / steps
+    for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = scheduler.eta_min + (base - scheduler.eta_min) * (1 + math.cos(position)) / 2
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def backward_in_chunks(batch_loss: Callable[[Tensor], dict[str, Tensor]], batch: Tensor,

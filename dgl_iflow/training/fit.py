@@ -6,18 +6,20 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .._backend import dgl
+from ..graphs import GraphLike
 from ..checkpoints import rng_state, set_rng_state
 from ..models import IGNN
+from ..progress import progress_bar
 from ..transforms import InversionError
-from .common import backward_in_chunks, check_lr_schedule, frozen_gc, lr_scheduler, seeded
+from .common import (backward_in_chunks, check_count, check_device, check_lr_schedule, check_number,
+                     config_differences, frozen_gc, lr_scheduler, respan_lr_schedule, seeded)
 
 
 @dataclass
@@ -74,7 +76,8 @@ class TrainConfig:
     checkpoint_path : str, optional
         Written atomically after every epoch, with optimizer, schedule and RNG states.
     progress : bool
-        Show a tqdm bar with the loss terms.
+        Report progress and the loss terms on stderr: a tqdm bar on a terminal, otherwise a
+        rate-limited plain line and one at the end (:func:`~dgl_iflow.progress.progress_bar`).
     device : str
         Where to train.
     """
@@ -97,6 +100,32 @@ class TrainConfig:
     checkpoint_path: str | None = None
     progress: bool = True
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError``, one line naming the setting, unless every setting is in range.
+
+        Runs when the configuration is built, and again in :func:`fit` for one changed since.
+        """
+        check_count(self, "epochs")
+        check_count(self, "batch_size")
+        check_count(self, "chunk_size", optional=True)
+        check_number(self, "lr")
+        check_number(self, "weight_decay", low_open=False)
+        check_lr_schedule(self.lr_schedule)
+        check_number(self, "classification_weight", low_open=False)
+        check_number(self, "transport_weight", low_open=False)
+        check_count(self, "inversion_check_samples", minimum=0)
+        check_count(self, "inversion_check_iterations")
+        check_number(self, "inversion_rescale", high=1.0)
+        check_count(self, "final_check_repeats", minimum=0)
+        check_count(self, "patience", optional=True)
+        check_count(self, "seed", minimum=0)
+        if self.seed >= 2**32:  # NumPy's legacy seed is 32 bits
+            raise ValueError(f"TrainConfig.seed must be below 2**32, got {self.seed}")
+        check_device(self)
 
 
 @dataclass
@@ -128,7 +157,7 @@ class TrainHistory:
         return self.epochs[-1]
 
 
-def _check_samples(model: IGNN, graph: dgl.DGLGraph, x: Tensor, y: Tensor, name: str) -> None:
+def _check_samples(model: IGNN, graph: GraphLike, x: Tensor, y: Tensor, name: str) -> None:
     model.check_features(graph, x, f"{name} features")
     model.check_labels(x, y)
     bad = (y < 0) | (y >= model.num_classes)
@@ -138,7 +167,7 @@ def _check_samples(model: IGNN, graph: dgl.DGLGraph, x: Tensor, y: Tensor, name:
 
 @torch.no_grad()
 def repair_invertibility(
-    model: IGNN, graph: dgl.DGLGraph, latents: Callable[[], Tensor], factor: float = 0.9,
+    model: IGNN, graph: GraphLike, latents: Callable[[], Tensor], factor: float = 0.9,
     tol: float = 1e-5, max_iter: int = 100, max_rounds: int = 50,
 ) -> int:
     """Shrink the blocks whose fixed-point inverse fails on the latents ``latents()`` returns.
@@ -173,7 +202,7 @@ _VALIDATION_CHUNK = 4096
 
 
 @torch.no_grad()
-def _validation_nll(model: IGNN, graph: dgl.DGLGraph, x: Tensor, y: Tensor, seed: int) -> float:
+def _validation_nll(model: IGNN, graph: GraphLike, x: Tensor, y: Tensor, seed: int) -> float:
     """Mean NLL per sample of ``x`` given ``y``."""
     # The log-determinant estimator draws probes: the same ones every epoch make epochs
     # comparable, and the training streams stay where they are.
@@ -185,7 +214,7 @@ def _validation_nll(model: IGNN, graph: dgl.DGLGraph, x: Tensor, y: Tensor, seed
 
 def fit(
     model: IGNN,
-    graph: dgl.DGLGraph,
+    graph: GraphLike,
     x_train: Tensor,
     y_train: Tensor,
     config: TrainConfig | None = None,
@@ -202,8 +231,8 @@ def fit(
     ----------
     model : IGNN
         Trained in place.
-    graph : DGLGraph
-        The graph of every sample.
+    graph : GraphLike
+        The graph of every sample, in any form of :mod:`dgl_iflow.graphs`.
     x_train : Tensor
         ``(N, V, d)`` training features (sample-first, as the data sets give them).
     y_train : Tensor
@@ -230,21 +259,22 @@ def fit(
     TrainHistory
     """
     config = config or TrainConfig()
+    graph = model.check_graph(graph)  # converted once, not at every mini-batch
+    x_train, y_train = model.as_features(x_train, "x_train"), model.as_labels(y_train, "y_train")
+    if x_val is not None:
+        x_val, y_val = model.as_features(x_val, "x_val"), model.as_labels(y_val, "y_val")
     _check_samples(model, graph, x_train, y_train, "training")
     if x_val is not None:
         _check_samples(model, graph, x_val, y_val, "validation")
-    check_lr_schedule(config.lr_schedule)
-    if config.patience is not None:
-        if config.patience < 1:
-            raise ValueError(f"patience must be at least 1 epoch, got {config.patience}")
-        if x_val is None:
-            raise ValueError("patience stops on the validation NLL: pass x_val and y_val")
+    config.validate()
+    if config.patience is not None and x_val is None:
+        raise ValueError("patience stops on the validation NLL: pass x_val and y_val")
     with seeded(config.seed), frozen_gc():
         return _train(model, graph, x_train, y_train, config, x_val, y_val, resume_from, callback, make_batch_loss)
 
 
 def _train(
-    model: IGNN, graph: dgl.DGLGraph, x_train: Tensor, y_train: Tensor, config: TrainConfig,
+    model: IGNN, graph: GraphLike, x_train: Tensor, y_train: Tensor, config: TrainConfig,
     x_val: Tensor | None, y_val: Tensor | None, resume_from: str | os.PathLike | None,
     callback: Callable[[int, dict[str, float]], None] | None,
     make_batch_loss: Callable[..., Callable[[Tensor], dict[str, Tensor]]] | None,
@@ -275,12 +305,22 @@ def _train(
     start_epoch = 0
     if resume_from is not None:
         checkpoint = model.load_weights(resume_from)
-        unchecked = dict(checkpoint_path=None, progress=None, device=None, chunk_size=None)
-        if {**checkpoint.get("train_config", {}), **unchecked} != {**dataclasses.asdict(config), **unchecked}:
-            raise ValueError(f"checkpoint {resume_from} was written with another TrainConfig: "
-                             f"{checkpoint.get('train_config')}")
+        # Settings that do not change the result may differ; epochs may grow (checked below).
+        unchecked = ("checkpoint_path", "progress", "device", "chunk_size", "epochs")
+        differences = config_differences(checkpoint.get("train_config", {}), dataclasses.asdict(config), unchecked)
+        if differences:
+            raise ValueError(f"cannot resume from checkpoint {resume_from}: its TrainConfig differs in "
+                             f"{differences} (saved -> given); resume with the saved settings, where only "
+                             f"epochs may grow, or train afresh without resume_from")
+        if checkpoint["epoch"] > config.epochs:
+            raise ValueError(f"cannot resume from checkpoint {resume_from} with epochs={config.epochs}: it has "
+                             f"trained {checkpoint['epoch']} epochs already; pass epochs >= {checkpoint['epoch']}")
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        respan_lr_schedule(optimizer, scheduler, config.epochs)  # when epochs grew
+        if checkpoint["epoch"] < config.epochs:
+            # Joint Gaussians a finished run fitted belong to its last weights, as in a fresh run.
+            model.latent.clear_label_vector_gaussians()
         history = TrainHistory(**checkpoint["history"])
         best_state = checkpoint["best_state"]
         start_epoch = checkpoint["epoch"]
@@ -296,7 +336,11 @@ def _train(
     def repair(repeats: int) -> int:
         def check_latents() -> Tensor:
             encoded = model.encode(graph, x_check, logdet=False)[0]
-            drawn = model.latent.sample(y_check.repeat(repeats, 1))
+            with warnings.catch_warnings():
+                # Validation label vectors unseen in training are meant to be checked under the
+                # node law; the latent's warning about that fallback is for users' sampling.
+                warnings.filterwarnings("ignore", message=".*never seen in training")
+                drawn = model.latent.sample(y_check.repeat(repeats, 1))
             return torch.cat([encoded, drawn])
 
         return repair_invertibility(model, graph, check_latents, config.inversion_rescale,
@@ -324,7 +368,8 @@ def _train(
     num_samples = len(x_train)
     checks = config.inversion_check_samples > 0
     end_epoch = start_epoch if history.stopped_early else config.epochs
-    bar = tqdm(range(start_epoch, end_epoch), desc="train", disable=not config.progress, unit="epoch")
+    bar = progress_bar(range(start_epoch, end_epoch), total=config.epochs, initial=start_epoch, desc="train",
+                       disable=not config.progress, unit="epoch")
     for epoch in bar:
         model.train()
         started = time.perf_counter()

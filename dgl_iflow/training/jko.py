@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .._backend import dgl
+from ..graphs import GraphLike
 from ..checkpoints import rng_state, set_rng_state
-from .common import check_lr_schedule, frozen_gc, lr_scheduler, seeded
+from ..progress import Progress, progress_bar
+from .common import (check_count, check_device, check_lr_schedule, check_number, config_differences, frozen_gc,
+                     lr_scheduler, seeded)
 from ..transforms.ode_block import JKOBlock
 from ..models import JKOFlow
 from .jko_schedule import refine, reparametrize, step_size
@@ -95,7 +96,8 @@ class JKOConfig:
         Written atomically after every finished block: the model and what the trainer needs
         to resume there (``fit_jko(..., resume_from=path)``) with identical results.
     progress : bool
-        Show a tqdm bar per pass.
+        Report each pass on stderr: a tqdm bar on a terminal, otherwise a rate-limited plain
+        line and one at the pass's end (:func:`~dgl_iflow.progress.progress_bar`).
     device : str
         Where to train.
     """
@@ -126,6 +128,29 @@ class JKOConfig:
     checkpoint_path: str | None = None
     progress: bool = True
     device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError``, one line naming the setting, unless every setting is in range."""
+        for name in ("h0", "rho", "h_max", "lr"):
+            check_number(self, name)
+        check_number(self, "tol", low_open=False)
+        check_number(self, "eta", high=1.0, high_open=False)
+        check_number(self, "grad_clip", optional=True)
+        check_number(self, "round_trip_tol", optional=True)
+        for name in ("max_blocks", "iterations", "batch_size", "eval_every", "check_samples", "max_steps",
+                     "push_batch_size"):
+            check_count(self, name)
+        for name in ("min_blocks", "reparametrize_rounds", "refine_rounds", "seed"):
+            check_count(self, name, minimum=0)
+        check_count(self, "retrain_iterations", optional=True)
+        check_count(self, "patience", optional=True)
+        check_lr_schedule(self.lr_schedule)
+        if self.seed >= 2**32:  # NumPy's legacy seed is 32 bits
+            raise ValueError(f"JKOConfig.seed must be below 2**32, got {self.seed}")
+        check_device(self)
 
 
 @dataclass
@@ -340,8 +365,8 @@ class JKOTrainer:
     model : JKOFlow
         Trained in place. :meth:`grow` needs it without blocks; :meth:`retrain` retrains the
         blocks it has.
-    graph : DGLGraph
-        The graph of every sample.
+    graph : GraphLike
+        The graph of every sample, in any form of :mod:`dgl_iflow.graphs`.
     x_train : Tensor
         ``(N, V, d)`` features, sample-first as the data sets give them.
     y_train : Tensor, optional
@@ -358,7 +383,7 @@ class JKOTrainer:
     def __init__(
         self,
         model: JKOFlow,
-        graph: dgl.DGLGraph,
+        graph: GraphLike,
         x_train: Tensor,
         y_train: Tensor | None = None,
         config: JKOConfig | None = None,
@@ -371,7 +396,8 @@ class JKOTrainer:
         counts = {name: getattr(self.config, name) for name in ("iterations", "batch_size", "max_blocks")}
         if min(counts.values()) < 1 or (self.config.retrain_iterations or 1) < 1:
             raise ValueError(f"iterations, retrain_iterations, batch_size and max_blocks must be >= 1, got {counts}")
-        model.check_features(graph, x_train, "x_train")
+        x_train, y_train = model.as_features(x_train, "x_train"), model.as_labels(y_train, "y_train")
+        graph = model.check_features(graph, x_train, "x_train")
         model.check_labels(x_train, y_train)
         self.model = model.to(self.config.device)
         self.callback = callback
@@ -385,6 +411,7 @@ class JKOTrainer:
         self.validation = None
         self.validation_data: _Position | None = None
         if x_val is not None:
+            x_val, y_val = model.as_features(x_val, "x_val"), model.as_labels(y_val, "y_val")
             model.check_features(graph, x_val, "x_val")
             model.check_labels(x_val, y_val)
             self.validation = (x_val.to(self.config.device, model.dtype),
@@ -415,7 +442,7 @@ class JKOTrainer:
         return batch.to(self.config.device)
 
     def _train_block(
-        self, block: JKOBlock, cache: _Position, iterations: int, bar: tqdm, validation: _Position | None,
+        self, block: JKOBlock, cache: _Position, iterations: int, bar: Progress, validation: _Position | None,
     ) -> tuple[float, int, int]:
         """Adam on ``block`` alone, stopped early on ``validation`` under ``patience``.
 
@@ -494,7 +521,7 @@ class JKOTrainer:
 
     def _fit_block(
         self, stage: str, index: int, block: JKOBlock, cache: _Position, validation: _Position | None,
-        iterations: int, bar: tqdm,
+        iterations: int, bar: Progress,
     ) -> tuple[_Position, _Position | None]:
         """Train ``block``, check its round trip, record it; the training and validation samples after it."""
         started = time.perf_counter()
@@ -524,9 +551,9 @@ class JKOTrainer:
         return (["grow"] + [f"reparametrize {r}" for r in range(1, self.config.reparametrize_rounds + 1)]
                 + [f"refine {r}" for r in range(1, self.config.refine_rounds + 1)])
 
-    def _bar(self, stage: str, total: int, done: int = 0) -> tqdm:
-        return tqdm(total=total, initial=done, desc=f"JKO {stage}", unit="batch", disable=not self.config.progress,
-                    leave=False)
+    def _bar(self, stage: str, total: int, done: int = 0) -> Progress:
+        return progress_bar(total=total, initial=done, desc=f"JKO {stage}", unit="batch",
+                            disable=not self.config.progress, leave=False)
 
     @contextlib.contextmanager
     def _training_solver(self):
@@ -675,9 +702,11 @@ class JKOTrainer:
         """Load the model and trainer state saved at ``path``; returns the stage and block to continue at."""
         checkpoint = self.model.load_weights(path)
         state = checkpoint["trainer"]
-        unchecked = dict(checkpoint_path=None, progress=None)
-        if {**state["config"], **unchecked} != {**dataclasses.asdict(self.config), **unchecked}:
-            raise ValueError(f"checkpoint {path} was written with another JKOConfig: {state['config']}")
+        differences = config_differences(state["config"], dataclasses.asdict(self.config),
+                                         ("checkpoint_path", "progress"))
+        if differences:
+            raise ValueError(f"cannot resume from checkpoint {path}: its JKOConfig differs in {differences} "
+                             f"(saved -> given); resume with the saved settings, or train afresh")
         self.history = JKOHistory([BlockRecord(**record) for record in state["history"]],
                                   [StageDecision(**decision) for decision in state["decisions"]],
                                   [BlockRecord(**record) for record in state["discarded"]])
@@ -706,7 +735,7 @@ class JKOTrainer:
 
 def fit_jko(
     model: JKOFlow,
-    graph: dgl.DGLGraph,
+    graph: GraphLike,
     x_train: Tensor,
     y_train: Tensor | None = None,
     config: JKOConfig | None = None,
@@ -722,8 +751,8 @@ def fit_jko(
     ----------
     model : JKOFlow
         Trained in place.
-    graph : DGLGraph
-        The graph of every sample.
+    graph : GraphLike
+        The graph of every sample, in any form of :mod:`dgl_iflow.graphs`.
     x_train : Tensor
         ``(N, V, d)`` features.
     y_train : Tensor, optional

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import Tensor, nn
 
-from .._backend import dgl
+from ..graphs import GraphLike, as_graph
 
 ON_FAILURE = ("raise", "warn")
 
@@ -63,12 +63,12 @@ class GraphTransform(nn.Module, ABC):
     counts_transport: bool = True
 
     @abstractmethod
-    def forward(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
+    def forward(self, graph: GraphLike, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
         """``T(x)`` and :math:`\\log|\\det J_T(x)|`; see the class docstring."""
 
     @abstractmethod
     def inverse(
-        self, graph: dgl.DGLGraph, y: Tensor, logdet: bool = False, *,
+        self, graph: GraphLike, y: Tensor, logdet: bool = False, *,
         tol: float = 1e-6, max_iter: int = 200, on_failure: str = "raise",
     ) -> tuple[Tensor, Tensor | None]:
         """``T^{-1}(y)`` and :math:`\\log|\\det J_{T^{-1}}(y)|`; see the class docstring."""
@@ -76,12 +76,13 @@ class GraphTransform(nn.Module, ABC):
     def set_logdet_mode(self, mode: str) -> None:
         """``"exact"`` or ``"estimator"``, for units that offer both; others compute it exactly."""
 
-    def initialize_from_data(self, graph: dgl.DGLGraph, x: Tensor) -> None:
+    def initialize_from_data(self, graph: GraphLike, x: Tensor) -> None:
         """Data-dependent initialization on the unit's input ``x`` ``(V, N, D)``; most units have none."""
 
 
-def check_node_features(graph: dgl.DGLGraph, x: Tensor, feats: int, name: str, owner: str) -> None:
+def check_node_features(graph: GraphLike, x: Tensor, feats: int, name: str, owner: str) -> None:
     """Raise ``ValueError`` unless ``x`` has shape ``(V, *, feats)`` for the ``V`` nodes of ``graph``."""
+    graph = as_graph(graph)
     if x.dim() < 2 or x.shape[0] != graph.num_nodes() or x.shape[-1] != feats:
         raise ValueError(
             f"{owner}: {name} must have shape (V, *, {feats}) with V = {graph.num_nodes()} nodes, got {tuple(x.shape)}"

@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .._backend import dgl
+from ..graphs import GraphLike
 from .base import GraphTransform
 
 
@@ -39,7 +39,7 @@ class GraphFlow(GraphTransform):
         super().__init__()
         self.blocks = nn.ModuleList(blocks)
 
-    def forward_with_transport(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> FlowOutput:
+    def forward_with_transport(self, graph: GraphLike, x: Tensor, logdet: bool = True) -> FlowOutput:
         """The latent ``z`` of ``x`` (both ``(V, *, D)``), the summed log-det and transport cost per sample."""
         total = torch.zeros(x.shape[1:-1], dtype=x.dtype, device=x.device) if logdet else None
         transport = torch.zeros(x.shape[1:-1], dtype=x.dtype, device=x.device)
@@ -52,13 +52,13 @@ class GraphFlow(GraphTransform):
             x = y
         return FlowOutput(x, total, transport)
 
-    def forward(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
+    def forward(self, graph: GraphLike, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
         """Every unit in order; see :class:`GraphTransform`."""
         z, total, _ = self.forward_with_transport(graph, x, logdet)
         return z, total
 
     def inverse(
-        self, graph: dgl.DGLGraph, y: Tensor, logdet: bool = False, *,
+        self, graph: GraphLike, y: Tensor, logdet: bool = False, *,
         tol: float = 1e-6, max_iter: int = 200, on_failure: str = "raise",
     ) -> tuple[Tensor, Tensor | None]:
         """Every unit's inverse in reverse order, each to ``tol``; see :class:`GraphTransform`."""
@@ -70,7 +70,7 @@ class GraphFlow(GraphTransform):
         return y, total
 
     @torch.no_grad()
-    def initialize_from_data(self, graph: dgl.DGLGraph, x: Tensor) -> None:
+    def initialize_from_data(self, graph: GraphLike, x: Tensor) -> None:
         """Initialize every unit in order on what reaches it from ``x`` ``(V, N, D)``.
 
         ``x`` goes through the flow only as far as the last unit with an initialization of its own.

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._backend import dgl
+from ..graphs import GraphLike, as_graph
 from ..layers.basis_conv import node_mean
 from .base import GraphTransform, check_node_features
 
@@ -70,10 +70,11 @@ class GraphMeanLinear(GraphTransform):
         nn.init.eye_(self.deviation_map)
         self.initialized.fill_(False)
 
-    def _check_input(self, graph: dgl.DGLGraph, x: Tensor, name: str) -> None:
+    def _check_input(self, graph: GraphLike, x: Tensor, name: str) -> None:
         check_node_features(graph, x, self.mean_map.shape[0], name, "GraphMeanLinear")
 
-    def _logdet(self, graph: dgl.DGLGraph, x: Tensor, sign: float, wanted: bool) -> Tensor | None:
+    def _logdet(self, graph: GraphLike, x: Tensor, sign: float, wanted: bool) -> Tensor | None:
+        graph = as_graph(graph)
         if not wanted:
             return None
         graphs = graph.batch_size
@@ -81,8 +82,9 @@ class GraphMeanLinear(GraphTransform):
         total = total + (x.shape[0] - graphs) * torch.linalg.slogdet(self.deviation_map).logabsdet
         return sign * total.expand(x.shape[1:-1])
 
-    def forward(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
+    def forward(self, graph: GraphLike, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
         """``y`` of the shape ``(V, *, D)`` of ``x``, and the log-det ``(*,)`` (``None`` unless ``logdet``)."""
+        graph = as_graph(graph)
         self._check_input(graph, x, "x")
         mean = node_mean(graph, x)
         y = mean @ self.mean_map + (x - mean) @ self.deviation_map
@@ -90,17 +92,18 @@ class GraphMeanLinear(GraphTransform):
 
     @torch.no_grad()
     def inverse(
-        self, graph: dgl.DGLGraph, y: Tensor, logdet: bool = False, *,
+        self, graph: GraphLike, y: Tensor, logdet: bool = False, *,
         tol: float = 1e-6, max_iter: int = 200, on_failure: str = "raise",
     ) -> tuple[Tensor, Tensor | None]:
         """Exact inverse (``tol``, ``max_iter``, ``on_failure`` unused) and its log-det."""
+        graph = as_graph(graph)
         self._check_input(graph, y, "y")
         mean = node_mean(graph, y)
         x = _solve_right(mean, self.mean_map) + _solve_right(y - mean, self.deviation_map)
         return x, self._logdet(graph, y, -1.0, logdet)
 
     @torch.no_grad()
-    def initialize_from_data(self, graph: dgl.DGLGraph, x: Tensor) -> None:
+    def initialize_from_data(self, graph: GraphLike, x: Tensor) -> None:
         r"""Whiten the mean and the deviations of ``x`` ``(V, N, D)``, once.
 
         Sets :math:`A = \Sigma_{\bar X}^{-1/2}` and :math:`B = \Sigma_{X - \bar X}^{-1/2}` (the
@@ -109,6 +112,7 @@ class GraphMeanLinear(GraphTransform):
         identity covariance on ``x``. Graphs of one node have no deviations: :math:`B` stays
         the identity.
         """
+        graph = as_graph(graph)
         self._check_input(graph, x, "x")
         if self.initialized:
             return

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._backend import dgl
+from ..graphs import GraphLike, as_graph
 from .base import GraphTransform
 
 
@@ -55,7 +55,8 @@ class NodeAffine(GraphTransform):
         nn.init.zeros_(self.log_scale)
         nn.init.zeros_(self.shift)
 
-    def _check_input(self, graph: dgl.DGLGraph, x: Tensor, name: str) -> None:
+    def _check_input(self, graph: GraphLike, x: Tensor, name: str) -> None:
+        graph = as_graph(graph)
         num_nodes, feats = self.log_scale.shape
         if graph.num_nodes() != num_nodes or x.dim() < 2 or x.shape[0] != num_nodes or x.shape[-1] != feats:
             raise ValueError(
@@ -70,7 +71,7 @@ class NodeAffine(GraphTransform):
     def _logdet(self, x: Tensor, sign: float, wanted: bool) -> Tensor | None:
         return sign * self.log_scale.sum().expand(x.shape[1:-1]) if wanted else None
 
-    def forward(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
+    def forward(self, graph: GraphLike, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
         """``y`` of the shape ``(V, *, D)`` of ``x``, and the log-det ``(*,)`` (``None`` unless ``logdet``)."""
         self._check_input(graph, x, "x")
         y = x * self._broadcast(self.log_scale, x).exp() + self._broadcast(self.shift, x)
@@ -78,7 +79,7 @@ class NodeAffine(GraphTransform):
 
     @torch.no_grad()
     def inverse(
-        self, graph: dgl.DGLGraph, y: Tensor, logdet: bool = False, *,
+        self, graph: GraphLike, y: Tensor, logdet: bool = False, *,
         tol: float = 1e-6, max_iter: int = 200, on_failure: str = "raise",
     ) -> tuple[Tensor, Tensor | None]:
         """Exact inverse (``tol``, ``max_iter``, ``on_failure`` unused) and its log-det."""

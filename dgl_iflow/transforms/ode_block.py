@@ -9,7 +9,7 @@ import torch
 import torchdiffeq
 from torch import Tensor, nn
 
-from .._backend import dgl
+from ..graphs import GraphLike, as_graph
 from .base import GraphTransform, InversionError, InversionWarning, check_finite, check_on_failure
 from .divergence import autograd_divergence, hutchinson_divergence, make_probes
 
@@ -122,12 +122,13 @@ class JKOBlock(GraphTransform):
         self.set_divergence(state["divergence"])
         self.set_solver(state["solver"], state["rtol"], state["atol"])
 
-    def _check_input(self, graph: dgl.DGLGraph, x: Tensor, name: str) -> None:
+    def _check_input(self, graph: GraphLike, x: Tensor, name: str) -> None:
+        graph = as_graph(graph)
         if x.dim() < 2 or x.shape[0] != graph.num_nodes():
             raise ValueError(f"{name} must have shape (V, *, D) with V = {graph.num_nodes()}, got {tuple(x.shape)}")
 
     def _integrate(
-        self, graph: dgl.DGLGraph, x: Tensor, t_start: float, t_end: float, with_divergence: bool
+        self, graph: GraphLike, x: Tensor, t_start: float, t_end: float, with_divergence: bool
     ) -> tuple[Tensor, Tensor | None]:
         """From ``t_start`` to ``t_end`` (either order) on ``x`` of shape ``(V, B, D)``."""
         create_graph = torch.is_grad_enabled()
@@ -169,14 +170,14 @@ class JKOBlock(GraphTransform):
         end_x, end_logdet = torchdiffeq.odeint(lambda t, state: velocity(state[0], t), (x, logdet), times, **options)
         return end_x[-1], end_logdet[-1]
 
-    def _run(self, graph: dgl.DGLGraph, x: Tensor, forward: bool, logdet: bool) -> tuple[Tensor, Tensor | None]:
+    def _run(self, graph: GraphLike, x: Tensor, forward: bool, logdet: bool) -> tuple[Tensor, Tensor | None]:
         self._check_input(graph, x, "x" if forward else "z")
         flat = x.reshape(x.shape[0], -1, x.shape[-1])
         start, end = (self.t0, self.t1) if forward else (self.t1, self.t0)
         out, ld = self._integrate(graph, flat, start, end, logdet)
         return out.reshape(x.shape), None if ld is None else ld.reshape(x.shape[1:-1])
 
-    def forward(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
+    def forward(self, graph: GraphLike, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
         """Map ``x(t0)`` of shape ``(V, *, D)`` to ``x(t1)``.
 
         Returns
@@ -188,7 +189,7 @@ class JKOBlock(GraphTransform):
         return self._run(graph, x, forward=True, logdet=logdet)
 
     def inverse(
-        self, graph: dgl.DGLGraph, y: Tensor, logdet: bool = False, *,
+        self, graph: GraphLike, y: Tensor, logdet: bool = False, *,
         tol: float = 1e-6, max_iter: int = 200, on_failure: str = "raise",
     ) -> tuple[Tensor, Tensor | None]:
         r"""Map ``x(t1)`` back to ``x(t0)`` by integrating from ``t1`` to ``t0``, checked.
@@ -220,7 +221,7 @@ class JKOBlock(GraphTransform):
         return x, inverse_logdet
 
     @torch.no_grad()
-    def round_trip_error(self, graph: dgl.DGLGraph, x: Tensor, relative: bool = False) -> Tensor:
+    def round_trip_error(self, graph: GraphLike, x: Tensor, relative: bool = False) -> Tensor:
         """Largest absolute error of ``inverse(forward(x))`` per sample, shape ``(*,)``; with
         ``relative``, :math:`\\|x - T^{-1}(T(x))\\| / \\|x\\|` per sample instead.
 

@@ -6,7 +6,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .._backend import dgl
+from ..graphs import GraphLike
 from .base import GraphTransform, InversionError, InversionWarning, check_finite, check_node_features, check_on_failure
 from .logdet import exact_logdet, power_series_logdet
 from .residual import GraphResidual
@@ -77,10 +77,10 @@ class InvertibleResBlock(GraphTransform):
             raise ValueError(f"logdet must be one of {LOGDET_MODES}, got {mode!r}")
         self.logdet_mode = mode
 
-    def _check_input(self, graph: dgl.DGLGraph, x: Tensor, name: str) -> None:
+    def _check_input(self, graph: GraphLike, x: Tensor, name: str) -> None:
         check_node_features(graph, x, self.residual.feats, name, type(self).__name__)
 
-    def forward(self, graph: dgl.DGLGraph, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
+    def forward(self, graph: GraphLike, x: Tensor, logdet: bool = True) -> tuple[Tensor, Tensor | None]:
         """Map ``x`` of shape ``(V, *, D)`` to ``y`` of the same shape.
 
         Returns
@@ -110,14 +110,14 @@ class InvertibleResBlock(GraphTransform):
         if last.bias is not None:
             last.bias.mul_(factor)
 
-    def transport_cost(self, graph: dgl.DGLGraph, x: Tensor) -> Tensor:
+    def transport_cost(self, graph: GraphLike, x: Tensor) -> Tensor:
         r"""Squared displacement :math:`\|g(X)\|^2` per sample, shape ``(*,)``."""
         self._check_input(graph, x, "x")
         return self.residual(graph, x).pow(2).sum(dim=(0, -1))
 
     @torch.no_grad()
     def inverse(
-        self, graph: dgl.DGLGraph, y: Tensor, logdet: bool = False, *,
+        self, graph: GraphLike, y: Tensor, logdet: bool = False, *,
         tol: float = 1e-6, max_iter: int = 200, on_failure: str = "raise",
     ) -> tuple[Tensor, Tensor | None]:
         r"""Solve :math:`x + g(x) = y` by the fixed-point iteration :math:`x \leftarrow y - g(x)`.
@@ -177,7 +177,7 @@ class InvertibleResBlock(GraphTransform):
         warnings.warn(message, InversionWarning, stacklevel=2)
         return x, self._inverse_logdet(graph, x, logdet)
 
-    def _inverse_logdet(self, graph: dgl.DGLGraph, x: Tensor, wanted: bool) -> Tensor | None:
+    def _inverse_logdet(self, graph: GraphLike, x: Tensor, wanted: bool) -> Tensor | None:
         return -self.forward(graph, x, logdet=True)[1] if wanted else None
 
     def extra_repr(self) -> str:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._backend import dgl
+from ..graphs import GraphLike, as_graph
 from ..layers.basis_conv import BasisConv
 from . import spectral_norm
 from .body import ConvMLP
@@ -109,12 +109,13 @@ class GraphResidual(ConvMLP):
         finally:
             self._frozen = previous
 
-    def layer_scales(self, graph: dgl.DGLGraph) -> tuple[Tensor | float, list[Tensor | float]]:
+    def layer_scales(self, graph: GraphLike) -> tuple[Tensor | float, list[Tensor | float]]:
         r"""Factors :math:`\min(1, c / \hat\sigma)` of the convolution and of each linear layer.
 
         All ones without ``lipschitz_coeff``. Differentiable through :math:`\hat\sigma` (the
         singular vectors are constants), and advancing the power iteration in training mode.
         """
+        graph = as_graph(graph)
         if self.lipschitz_coeff is None:
             return 1.0, [1.0] * len(self.linears)
         coeff = self.lipschitz_coeff
@@ -145,7 +146,7 @@ class GraphResidual(ConvMLP):
         self._sn_conv_left = state.get("conv_left", weight.new_zeros(0, self.conv.out_feats)).to(weight.device)
         self._sn_conv_right = state.get("conv_right", weight.new_zeros(0, self.conv.in_feats)).to(weight.device)
 
-    def lipschitz_bound(self, graph: dgl.DGLGraph) -> float:
+    def lipschitz_bound(self, graph: GraphLike) -> float:
         r"""Upper bound :math:`\prod_l \|W_l\|_2` on :math:`\mathrm{Lip}(g)` with the current
         scaling, from norms computed exactly (dense SVD of the linear layers and of the
         convolution's ``(V C_{out}, V C_{in})`` matrix: for small graphs only)."""
@@ -155,7 +156,7 @@ class GraphResidual(ConvMLP):
             return spectral_norm.norm_product(self.conv, graph, conv_scale, weights, scales)
 
     # ------------------------------------------------------------------ evaluation
-    def forward(self, graph: dgl.DGLGraph, x: Tensor) -> Tensor:
+    def forward(self, graph: GraphLike, x: Tensor) -> Tensor:
         """:math:`g(X)` for ``x`` of shape ``(V, *, D)``; same shape out."""
         conv_scale, scales = self.layer_scales(graph)
         hidden = self.conv.add_bias(_scaled(self.conv.linear_part(graph, x), conv_scale))
@@ -163,7 +164,7 @@ class GraphResidual(ConvMLP):
             hidden = F.linear(activation(hidden), _scaled(linear.weight, scale), linear.bias)
         return hidden
 
-    def forward_with_jacobian(self, graph: dgl.DGLGraph, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward_with_jacobian(self, graph: GraphLike, x: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`g(X)` and its Jacobian per sample.
 
         Parameters
@@ -182,7 +183,7 @@ class GraphResidual(ConvMLP):
         size = x.shape[0] * x.shape[-1]
         return out.reshape(x.shape), jacobian.reshape(*x.shape[1:-1], size, size)
 
-    def _factors(self, graph: dgl.DGLGraph, x: Tensor) -> tuple[Tensor, Tensor]:
+    def _factors(self, graph: GraphLike, x: Tensor) -> tuple[Tensor, Tensor]:
         """:math:`g(X)` ``(V, B, D)`` and the factors :math:`P` ``(V, B, D, K, D)`` of
         :func:`~dgl_iflow.transforms.jacobian.conv_mlp_factors`, for ``x`` ``(V, *, D)``."""
         conv_scale, scales = self.layer_scales(graph)
@@ -194,7 +195,7 @@ class GraphResidual(ConvMLP):
             [linear.bias for linear in self.linears],
         )
 
-    def forward_with_jvp(self, graph: dgl.DGLGraph, x: Tensor) -> tuple[Tensor, JacobianVectorProduct]:
+    def forward_with_jvp(self, graph: GraphLike, x: Tensor) -> tuple[Tensor, JacobianVectorProduct]:
         r""":math:`g(X)` and the map :math:`v \mapsto J_g(X)\, v`, without the dense Jacobian.
 
         The products go through the factors of :func:`~dgl_iflow.transforms.jacobian.conv_mlp_factors`:

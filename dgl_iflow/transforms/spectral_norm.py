@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .._backend import dgl
+from ..graphs import GraphLike
 from ..layers.basis_conv import BasisConv
 
 #: Power iterations run when a singular-vector estimate is (re)started, and their stopping rule.
@@ -62,7 +62,7 @@ def linear_scale(weight: Tensor, left: Tensor, right: Tensor, coeff: float, step
     return coeff / sigma.clamp_min(coeff)
 
 
-def conv_scale(conv: BasisConv, graph: dgl.DGLGraph, left: Tensor, right: Tensor, coeff: float, steps: int) -> Tensor:
+def conv_scale(conv: BasisConv, graph: GraphLike, left: Tensor, right: Tensor, coeff: float, steps: int) -> Tensor:
     r""":math:`\min(1, c / \hat\sigma)` of ``conv.linear_part`` as a linear map on :math:`\mathbb{R}^{V \times C_{in}}`,
     with vectors ``(V, C_out)``, ``(V, C_in)``."""
     dtype = conv.weight.dtype
@@ -82,7 +82,7 @@ def conv_scale(conv: BasisConv, graph: dgl.DGLGraph, left: Tensor, right: Tensor
 
 
 def norm_product(
-    conv: BasisConv, graph: dgl.DGLGraph, conv_scale: Tensor | float,
+    conv: BasisConv, graph: GraphLike, conv_scale: Tensor | float,
     weights: Sequence[Tensor], scales: Sequence[Tensor | float],
 ) -> float:
     r""":math:`\prod_l \|W_l\|_2` over the scaled convolution and linear layers, from norms computed

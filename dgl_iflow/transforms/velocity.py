@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .._backend import dgl
-from ..layers import CONVS, make_conv
+from ..graphs import GraphLike
+from ..layers.factory import CONVS, make_conv
 from ..layers.basis_conv import BasisConv
 from .body import ConvMLP
 
@@ -73,14 +73,14 @@ class GraphVelocityField(ConvMLP):
     def _biases(self) -> list[Tensor]:
         return [self.conv.bias, *(linear.bias for linear in self.linears)]
 
-    def forward(self, graph: dgl.DGLGraph, x: Tensor, t: float | Tensor) -> Tensor:
+    def forward(self, graph: GraphLike, x: Tensor, t: float | Tensor) -> Tensor:
         """:math:`f_\\theta(x, t)` for ``x`` of shape ``(V, *, D)``; same shape out."""
         z = self.conv(graph, x) + t * self.time_weights[0]
         for activation, linear, time_weight in zip(self.activations, self.linears, self.time_weights[1:]):
             z = linear(activation(z)) + t * time_weight
         return self.output_scale * z
 
-    def divergence_context(self, graph: dgl.DGLGraph) -> Tensor:
+    def divergence_context(self, graph: GraphLike) -> Tensor:
         r"""Self-loop weight :math:`\sum_k (A_k)_{vv} W_k`, shape ``(V, D, H_0)``.
 
         Constant along one integration, so blocks compute it once per call.
@@ -88,7 +88,7 @@ class GraphVelocityField(ConvMLP):
         return torch.einsum("kv,kdh->vdh", self.conv.operator_diagonals(graph), self.conv.weight)
 
     def forward_with_divergence(
-        self, graph: dgl.DGLGraph, x: Tensor, t: float | Tensor, context: Tensor
+        self, graph: GraphLike, x: Tensor, t: float | Tensor, context: Tensor
     ) -> tuple[Tensor, Tensor]:
         """:math:`f_\\theta(x, t)` and its exact divergence.
 
@@ -160,7 +160,7 @@ class FieldSpec:
         One bias per node in ``"l3"`` (see ``L3Conv``).
     activation : str
         ``"tanh"``, ``"softplus"``, ``"lipswish"`` or ``"elu"``.
-    graph : DGLGraph, optional
+    graph : GraphLike, optional
         The graph of ``"l3"``.
     """
 
@@ -173,7 +173,7 @@ class FieldSpec:
     lambda_max: float | None = None
     node_bias: bool = False
     activation: str = "tanh"
-    graph: dgl.DGLGraph | None = field(default=None, repr=False)
+    graph: GraphLike | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.conv not in CONVS:
