@@ -177,7 +177,7 @@ def test_cli_download_then_list(server, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv(MIRROR_ENV_VAR, f"{url}/good")
     assert main(["datasets", "--data-root", str(tmp_path), "traffic", "--no-progress"]) == 0
     listing = capsys.readouterr().out
-    assert "traffic          PROBLEM" in listing and "--download" in listing
+    assert "traffic          not downloaded" in listing and "--download" in listing
     assert main(["datasets", "--data-root", str(tmp_path), "--download", "--no-progress"]) == 0
     listing = capsys.readouterr().out
     for module in MODULES.values():

@@ -1,6 +1,7 @@
 """Joint latent Gaussians per training label vector, against closed forms, scipy and Monte Carlo."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -99,8 +100,13 @@ def test_samples_have_the_fitted_law_and_the_node_law_keeps_its_draws():
     torch.testing.assert_close(drawn.mean(0), mean, atol=0.02, rtol=0)
     torch.testing.assert_close(torch.cov(drawn.T), cov, atol=0.03, rtol=0)
     unseen = torch.tensor([1, 0, 1])
-    torch.testing.assert_close(latent.sample(unseen, 5, generator=torch.Generator().manual_seed(3)),
-                               _latent().sample(unseen, 5, generator=torch.Generator().manual_seed(3)))
+    with pytest.warns(UserWarning, match="never seen in training .* per-node law"):
+        fallback = latent.sample(unseen, 5, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(fallback, _latent().sample(unseen, 5, generator=torch.Generator().manual_seed(3)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a label vector with its own Gaussian, and a latent without any: silent
+        latent.sample(key, 5)
+        _latent().sample(unseen, 5)
 
 
 def test_posterior_is_bayes_over_the_label_vectors_under_their_gaussians():

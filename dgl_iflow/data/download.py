@@ -20,8 +20,7 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
+from ..progress import progress_bar
 from .base import DataFile, DataFileError, DataRoot, FileReport, inspect_file, resolve_root
 
 #: Environment variable naming a mirror that serves ``<folder>/<file name>``.
@@ -79,7 +78,8 @@ def download_file(url: str, folder: Path, spec: DataFile, progress: bool = True)
     spec : DataFile
         Name, size and sha256 the file must have.
     progress : bool
-        Show a tqdm bar of the bytes received.
+        Report the bytes received on stderr: a tqdm bar on a terminal, otherwise a
+        rate-limited plain line and one at the end (:func:`~dgl_iflow.progress.progress_bar`).
 
     Returns
     -------
@@ -107,7 +107,7 @@ def download_file(url: str, folder: Path, spec: DataFile, progress: bool = True)
             temporary = Path(name)
             digest = hashlib.sha256()
             received = 0
-            with os.fdopen(handle, "wb") as file, tqdm(
+            with os.fdopen(handle, "wb") as file, progress_bar(
                     total=spec.size, unit="B", unit_scale=True, unit_divisor=1024,
                     desc=spec.name, disable=not progress, leave=False) as bar:
                 # Read one byte past the published size, so an oversized answer stops there.

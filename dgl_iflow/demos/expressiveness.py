@@ -15,7 +15,6 @@ whatever the training. An L3Conv flow has a filter per node and is not bound by 
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from torch import Tensor
 from .. import metrics
 from ..data import load_dataset
 from ..data.base import GraphDataset
+from ..files import atomic_write_json, atomic_write_text
 from ..models import IGNN
 from ..training import TrainConfig, fit
 from ..training.common import seed_everything
@@ -34,6 +34,10 @@ from ..training.common import seed_everything
 THREE_NODE_LATENT_MEANS = ((0.0, 1.5), (0.0, -1.5))
 THREE_NODE_LATENT_SIGMA = 0.375 ** 0.5
 REFLECTION = (2, 1, 0)
+#: How the figure names the models.
+CONV_LABELS = {"cheb": "ChebConv", "l3": "L3Conv"}
+#: True samples in the figure: small dots, dark enough to show on top of the generated clouds.
+TRUE_COLOUR = "#1a1a1a"
 
 
 @dataclass
@@ -106,30 +110,48 @@ def format_table(results: dict[str, list[LabelVectorResult]]) -> str:
 
 
 def plot_fixed_label_vectors(dataset: GraphDataset, models: dict[str, IGNN], path: Path, num_samples: int = 500) -> None:
-    """Scatter true vs generated features of nodes 0 and 2 for the reflection-fixed label vectors."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Scatter true vs generated features of nodes 0 and 2 for the reflection-fixed label vectors.
+
+    One row per model, one column per label vector. Generated samples are a coloured cloud, one
+    colour and marker per node, so a model that cannot tell node 0 from node 2 (ChebConv, by the
+    reflection) puts both colours on both clusters; true samples are small black dots on top,
+    each node's cluster named at its foot, so they stay visible where generation is right.
+    Columns share their axes, so the two models compare directly.
+    """
+    from .. import plots
 
     x_test, y_test = dataset.split("test")
     fixed = [labels for labels in itertools.product((0, 1), repeat=3) if labels[0] == labels[2]]
-    figure, axes = plt.subplots(len(models), len(fixed), figsize=(4 * len(fixed), 3.6 * len(models)), squeeze=False)
+    nodes = {node: plots._style(style) for node, style in ((0, 0), (2, 3))}  # blue circles, red diamonds
+    figure = plots._figure(4.0 * len(fixed), 3.8 * len(models) + 0.8)
+    axes = figure.subplots(len(models), len(fixed), sharex=True, sharey="col", squeeze=False)
     for row, (name, model) in enumerate(models.items()):
         for column, labels in enumerate(fixed):
             axis = axes[row, column]
             label_vector = torch.tensor(labels)
             real = x_test[(y_test == label_vector).all(dim=1)]
             generated = model.sample(dataset.graph, label_vector, num_samples)
-            for node, colour in ((0, "tab:blue"), (2, "tab:red")):
-                axis.scatter(*real[:, node].T, s=6, c=colour, alpha=0.35, label=f"true node {node}")
-                axis.scatter(*generated[:, node].T, s=6, c=colour, marker="x", alpha=0.5, label=f"generated node {node}")
-            axis.set_title(f"{name}: Y = {labels}")
-            if row == 0 and column == 0:
-                axis.legend(fontsize=7, markerscale=2)
+            for node, (colour, marker) in nodes.items():
+                axis.scatter(*generated[:, node].T, s=12, color=colour, marker=marker, alpha=0.35, linewidths=0,
+                             zorder=1)
+            for node in nodes:
+                axis.scatter(*real[:, node].T, s=3, color=TRUE_COLOUR, alpha=0.7, linewidths=0, zorder=2)
+                axis.annotate(f"true node {node}", (float(real[:, node, 0].mean()), float(real[:, node, 1].min())),
+                              xytext=(0, -3), textcoords="offset points", ha="center", va="top", fontsize=7,
+                              color=TRUE_COLOUR, zorder=3,
+                              bbox=dict(boxstyle="round,pad=0.15", facecolor="white", edgecolor="none", alpha=0.8))
+            axis.set_title(f"{CONV_LABELS.get(name, name)}: Y = {labels}", fontsize=10)
+            axis.grid(alpha=0.25)
+            axis.margins(y=0.12)  # room for the node names under the clusters
+    for axis in axes[-1]:  # x is shared by all panels, y only within a column
+        axis.set_xlabel(dataset.feature_names[0])
+    for axis in axes.flat:
+        axis.set_ylabel(dataset.feature_names[1])
+    handles = [plots._key_entry(TRUE_COLOUR, "o", "true samples (test rows with that Y)", size=3)]
+    handles += [plots._key_entry(colour, marker, f"generated, node {node}") for node, (colour, marker) in nodes.items()]
+    plots._key_below(figure, handles, columns=3)
     figure.suptitle("3-node path graph: nodes 0 and 2 for label vectors fixed by the reflection 0<->2")
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    plots._save(figure, path)
 
 
 def run(out_dir: str | Path = "runs/expressiveness", epochs: int = 60, num_blocks: int = 6,
@@ -155,8 +177,8 @@ def run(out_dir: str | Path = "runs/expressiveness", epochs: int = 60, num_block
     for name, values in summary.items():
         print(f"{name:5} worst node-0/2 mean error {values['worst_fixed_error']:.3f}, "
               f"mean node-0/2 MMD^2 {values['mean_fixed_mmd']:.4f}, trained in {values['train_seconds']:.1f} s")
-    (out_dir / "table.txt").write_text(table + "\n")
-    (out_dir / "results.json").write_text(json.dumps(dict(summary=summary, bound=bound), indent=2))
+    atomic_write_text(out_dir / "table.txt", table + "\n")
+    atomic_write_json(out_dir / "results.json", dict(summary=summary, bound=bound))
     plot_fixed_label_vectors(dataset, models, out_dir / "generated.png", num_samples)
     print(f"wrote {out_dir / 'table.txt'}, {out_dir / 'results.json'}, {out_dir / 'generated.png'}")
     return dict(summary=summary, bound=bound, results=results)

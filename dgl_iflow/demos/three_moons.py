@@ -10,6 +10,7 @@ import torch
 
 from .. import metrics
 from ..data import load_dataset
+from ..files import atomic_write_json
 from ..models import IGNN
 from ..training import TrainConfig, fit
 from ..training.common import seed_everything
@@ -67,28 +68,36 @@ def evaluate(model: IGNN, dataset, level: float = 0.9, seed: int = 0) -> dict:
 
 
 def plot(model: IGNN, dataset, generated: dict, path: Path, level: float = 0.9) -> None:
-    """Test points, generated points and the ``level`` uncertainty set of every class."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Test points, generated points and the ``level`` uncertainty set of every class.
+
+    Left the held-out points, right the generated ones in front of the held-out ones in grey;
+    one colour and marker per class, its uncertainty set a line of the same colour in both.
+    """
+    from .. import plots
 
     x_test, y_test = dataset.split("test")
-    figure, axes = plt.subplots(1, 2, figsize=(11, 5), sharex=True, sharey=True)
-    colours = ("tab:blue", "tab:orange", "tab:green")
-    for k, colour in enumerate(colours[: model.num_classes]):
+    figure = plots._figure(11.0, 5.6)
+    axes = figure.subplots(1, 2, sharex=True, sharey=True)
+    axes[1].scatter(*x_test[:, 0].T, s=4, color=plots.REAL_GREY, alpha=0.5, linewidths=0, zorder=1)
+    handles = []
+    for k in range(model.num_classes):
+        colour, marker = plots._style(k)
         real = x_test[y_test[:, 0] == k, 0]
-        axes[0].scatter(*real.T, s=6, c=colour, label=f"test, class {k}")
-        axes[1].scatter(*generated[k][:, 0].T, s=6, c=colour, marker="x", label=f"generated, class {k}")
+        axes[0].scatter(*real.T, s=9, color=colour, marker=marker, alpha=0.7, linewidths=0, zorder=2)
+        axes[1].scatter(*generated[k][:, 0].T, s=9, color=colour, marker=marker, alpha=0.7, linewidths=0, zorder=2)
         boundary = model.uncertainty_set(dataset.graph, torch.tensor([k]), level, num_points=300)[:, 0]
         for axis in axes:
-            axis.plot(*boundary.T, c=colour, lw=1.5)
-    axes[0].set_title(f"held-out data and {level:.0%} uncertainty sets")
-    axes[1].set_title("generated X | Y")
+            axis.plot(*boundary.T, color=colour, linewidth=1.5, zorder=3)
+        handles.append(plots._key_entry(colour, marker, f"class {k}: points and {level:.0%} set", linestyle="-"))
+    handles.append(plots._key_entry(plots.REAL_GREY, "o", "held-out points, behind the generated ones", size=4))
+    axes[0].set_title(f"held-out data and {level:.0%} uncertainty sets", fontsize=11)
+    axes[1].set_title("generated X | Y", fontsize=11)
     for axis in axes:
-        axis.legend(fontsize=7, markerscale=2)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+        axis.set_xlabel(dataset.feature_names[0])
+        axis.set_ylabel(dataset.feature_names[1])
+        axis.grid(alpha=0.25)
+    plots._key_below(figure, handles)
+    plots._save(figure, path)
 
 
 def run(out_dir: str | Path = "runs/three_moons", epochs: int = 100, num_blocks: int = 10, seed: int = 0,
@@ -104,7 +113,7 @@ def run(out_dir: str | Path = "runs/three_moons", epochs: int = 100, num_blocks:
         mmd_null=result["mmd_null"], train_seconds=seconds,
         samples_per_second=num_train * epochs / seconds,
     )
-    (out_dir / "report.json").write_text(json.dumps(asdict(report), indent=2))
+    atomic_write_json(out_dir / "report.json", asdict(report))
     print(json.dumps(asdict(report), indent=2))
     plot(model, dataset, result["generated"], out_dir / "three_moons.png")
     return report
