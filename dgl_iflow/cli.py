@@ -379,15 +379,21 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from .progress import progress_bar
-
     from . import metrics
+    from .checkpoints import read_checkpoint
     from .files import atomic_write_text
     from .models import IGNN
+    from .progress import progress_bar
 
     out = None if args.out is None else _output(args.out, "--out")
-    model = IGNN.load(args.checkpoint).eval()
+    checkpoint = read_checkpoint(args.checkpoint)
+    model = IGNN.from_checkpoint(checkpoint).eval()
     dataset = _dataset(args)
+    trained_on = checkpoint.get("data_units")
+    if trained_on is not None and not torch.allclose(trained_on["mean"], _data_units(dataset)["mean"]):
+        # The standardization is fitted on the training part: another split gives other statistics.
+        raise ValueError(f"{args.data or args.dataset} is not split or scaled as when {args.checkpoint} was trained "
+                         "(give the --test-fraction, --edges and --undirected that train had: its run.json lists them)")
     x_test, y_test = dataset.split("test")
     graph = dataset.graph
     torch.manual_seed(args.seed)

@@ -84,7 +84,22 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+    _sync_folder(folder)
     return path
+
+
+def _sync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: a crash right after it keeps the new name."""
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform without folder handles
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass  # some file systems refuse fsync on folders; the rename itself is still atomic
+    finally:
+        os.close(handle)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
@@ -114,8 +129,10 @@ def replacing_folder(target: str | os.PathLike) -> Iterator[Path]:
 
     When the block ends normally, whatever was at ``target`` is moved aside, the new folder is
     renamed to ``target`` and the old one is deleted: the target holds the old folder or the
-    new one, never a mix. When the block raises (an error or an interrupt), the new folder is
-    deleted and ``target`` is left as it was.
+    new one, never a mix (between the two renames it is briefly absent; a crash exactly there
+    leaves the old run whole under the hidden name ``.NAME.old-XXXXXXXX``). When the block
+    raises (an error or an interrupt), the new folder is deleted and ``target`` is left as it
+    was.
 
     Yields
     ------
@@ -146,5 +163,6 @@ def replacing_folder(target: str | os.PathLike) -> Iterator[Path]:
             os.rename(old, target)
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _sync_folder(target.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)

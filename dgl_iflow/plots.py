@@ -64,7 +64,7 @@ def _save(figure: Figure, path: str | os.PathLike) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     # Atomically: an interrupted run leaves the old figure or the new one, never half a PNG.
-    save_figure(figure, out, dpi=DPI, format="png")
+    save_figure(figure, out, dpi=DPI)  # in the format the suffix names
     return out
 
 

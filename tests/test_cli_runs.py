@@ -212,6 +212,12 @@ def test_evaluate_takes_your_own_data_too(own_data, tmp_path, capsys):
                  "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["dataset"] == "ring.npz" and 0 <= report["node_accuracy"] <= 1
+    # Data whose training part has other statistics (another file, or another split of it): one line.
+    with np.load(root / "ring.npz") as ring:
+        np.savez(tmp_path / "moved.npz", **{**ring, "x": ring["x"] + 1.0})
+    assert main(["evaluate", "--checkpoint", str(own_data["checkpoint"]), "--data", str(tmp_path / "moved.npz"),
+                 "--edges", str(root / "ring.txt"), "--undirected", "--top", "2", "--no-progress"]) == 1
+    assert "is not split or scaled as when" in capsys.readouterr().err
 
 
 # -- help and listings ---------------------------------------------------------------------------

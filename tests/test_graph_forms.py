@@ -196,3 +196,65 @@ def test_jko_flow_trains_and_scores_the_same(form):
         fit_jko(model, g, x, None, config)
         scores.append(model.log_prob(g, x))
     assert_same(*scores)
+
+
+def test_conversions_are_forgotten_with_their_graphs():
+    import gc
+
+    from dgl_iflow import graphs
+
+    edge_index = torch.tensor([[0, 1, 2], [1, 2, 0]])
+    graph = as_graph((edge_index, 3))
+    assert any(entry[2] is graph for entry in graphs._converted.values())
+    del edge_index
+    gc.collect()
+    assert not any(entry[2] is graph for entry in graphs._converted.values())
+
+
+@pytest.mark.skipif(not HAS_PYG, reason="needs PyTorch Geometric: pip install 'dgl_iflow[pyg]'")
+def test_a_pyg_batch_keeps_its_trailing_empty_graph():
+    from torch_geometric.data import Batch, Data
+
+    parts = [Data(edge_index=torch.tensor([[0], [1]]), num_nodes=2), Data(edge_index=torch.zeros(2, 0, dtype=torch.long),
+                                                                          num_nodes=0)]
+    graph = as_graph(Batch.from_data_list(parts))
+    assert graph.batch_size == 2 and graph.batch_num_nodes().tolist() == [2, 0]
+
+
+@pytest.mark.skipif(not dgl_available(), reason="needs DGL itself: pip install 'dgl_iflow[dgl]'")
+def test_dgl_weights_of_shape_e_by_1_are_read_as_e():
+    import dgl
+
+    g = dgl.graph(([0, 1], [1, 0]))
+    g.edata["weight"] = torch.tensor([[0.5], [2.0]])
+    assert as_graph(g).edge_weight.tolist() == [0.5, 2.0]
+
+
+def test_learnable_graph_weights_get_a_gradient_at_every_step():
+    reference = reference_graph()
+    weight = reference.edge_weight.clone().requires_grad_()
+    graph = (reference.edge_index, V, weight)
+    conv = ChebConv(D, 3, k=3, lambda_max=2.0).double()
+    x = torch.randn(V, B, D, dtype=torch.float64)
+    for _ in range(2):
+        weight.grad = None
+        conv(graph, x).sum().backward()
+        assert weight.grad is not None and weight.grad.abs().sum() > 0
+
+
+def test_edge_weights_given_where_lambda_max_goes_are_refused():
+    reference = reference_graph()
+    with pytest.raises(TypeError, match="lambda_max third"):
+        ChebConv(D, 3, k=3).double()(reference, torch.randn(V, D, dtype=torch.float64), reference.edge_weight)
+
+
+def test_a_model_on_a_batch_of_graphs_reloads_with_its_batch(tmp_path):
+    graph = batch_graphs([reference_graph(3), reference_graph(3, seed=1)])
+    torch.manual_seed(0)
+    model = IGNN(graph, feats=2, num_classes=2, conv="cheb", num_blocks=1, hidden_feats=(8,), graph_mean=True).double()
+    x, y = toy_data(8)
+    x, y = torch.cat([x, x], 1).double(), torch.cat([y, y], 1)
+    model.save(tmp_path / "model.pt")
+    restored = IGNN.load(tmp_path / "model.pt")
+    assert as_graph(restored.graph).batch_size == 2
+    assert_same(restored.log_prob(restored.graph, x, y), model.log_prob(graph, x, y))

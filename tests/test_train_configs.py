@@ -134,3 +134,13 @@ def test_fit_says_which_settings_differ_and_refuses_fewer_epochs(tmp_path):
     assert "only epochs may grow" in message and "epochs 2" not in message and "\n" not in message
     with pytest.raises(ValueError, match="it has trained 2 epochs already; pass epochs >= 2"):
         fit(other, path_graph(), x, y, dataclasses.replace(config, epochs=1), resume_from=tmp_path / "run.pt")
+
+
+def test_fit_refuses_to_extend_a_finished_run_with_patience(tmp_path):
+    x, y = toy_data(60)
+    model, config = small_run(tmp_path, 2, patience=5)
+    fit(model, path_graph(), x, y, config, x_val=x[:20], y_val=y[:20])
+    other, _ = small_run(tmp_path, 2)
+    with pytest.raises(ValueError, match="a run with patience ends on its best epoch's weights"):
+        fit(other, path_graph(), x, y, dataclasses.replace(config, epochs=4), resume_from=tmp_path / "run.pt",
+            x_val=x[:20], y_val=y[:20])

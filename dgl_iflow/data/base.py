@@ -195,7 +195,7 @@ def require_file(folder: Path, spec: DataFile, root: DataRoot, verify: bool) -> 
     return report.path
 
 
-def graph_from_edges(src: Tensor, dst: Tensor, num_nodes: int) -> GraphLike:
+def sorted_graph(src: Tensor, dst: Tensor, num_nodes: int) -> GraphLike:
     """Build a graph whose edges ``src -> dst`` are deduplicated and sorted by ``(dst, src)``, in
     the form of :func:`dgl_iflow.graphs.graph_from_edges` (a ``DGLGraph`` where DGL imports).
 
@@ -214,7 +214,7 @@ def undirected_graph(pairs: list[tuple[int, int]], num_nodes: int,
     if self_loops:
         nodes = torch.arange(num_nodes)
         src, dst = torch.cat([src, nodes]), torch.cat([dst, nodes])
-    return graph_from_edges(src, dst, num_nodes)
+    return sorted_graph(src, dst, num_nodes)
 
 
 def stratified_split(groups: Tensor, test_fraction: float,

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import GraphDataset, graph_from_edges, stratified_split
+from .base import GraphDataset, sorted_graph, stratified_split
 
 TEST_FRACTION = 0.2
 FEATURE_NAMES = ["x1", "x2"]
@@ -25,7 +25,7 @@ def _single_node_dataset(name: str, points: Tensor, labels: Tensor, num_classes:
     train_idx, test_idx = stratified_split(labels, TEST_FRACTION, generator)
     loop = torch.zeros(1, dtype=torch.int64)
     return GraphDataset(
-        name=name, graph=graph_from_edges(loop, loop, 1), x=points.unsqueeze(1),
+        name=name, graph=sorted_graph(loop, loop, 1), x=points.unsqueeze(1),
         y=labels.unsqueeze(1), train_idx=train_idx, test_idx=test_idx,
         num_classes=num_classes, node_names=["0"], feature_names=list(FEATURE_NAMES),
         info={**info, "test_fraction": TEST_FRACTION, "split": "stratified by class"})

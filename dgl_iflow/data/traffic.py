@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .base import (DataFile, DataFileError, GraphDataset, graph_from_edges, require_file,
+from .base import (DataFile, DataFileError, GraphDataset, sorted_graph, require_file,
                    resolve_root)
 from .download import fetch_files
 
@@ -188,7 +188,7 @@ def traffic(root: str | os.PathLike | None = None, verify: bool = True,
         "graph": f"each sensor aggregates itself and its {NEIGHBORHOOD_SIZE - 1} nearest sensors",
     }
     return GraphDataset(
-        name="traffic", graph=graph_from_edges(src, dst, len(sensors)),
+        name="traffic", graph=sorted_graph(src, dst, len(sensors)),
         x=torch.from_numpy(x), y=torch.from_numpy(y),
         train_idx=torch.arange(num_train), test_idx=torch.arange(num_train, len(current)),
         num_classes=2, node_names=[str(s) for s in sensors], feature_names=list(FEATURE_NAMES),

@@ -198,7 +198,8 @@ def load_graph_data(
     ValueError
         For a bad suffix or ``test_fraction``.
     """
-    from ..graphs import graph_from_edges
+    from ..graphs import as_graph
+    from .base import sorted_graph
 
     path = Path(path)
     entries = _read_entries(path)
@@ -243,9 +244,7 @@ def load_graph_data(
     src, dst = torch.from_numpy(edge_index[0]), torch.from_numpy(edge_index[1])
     if undirected:
         src, dst = torch.cat([src, dst]), torch.cat([dst, src])
-    # Duplicates dropped and edges sorted by (dst, src), as the built-in data sets' graphs are.
-    pairs = torch.unique(torch.stack([dst, src], dim=1), dim=0)
-    graph = graph_from_edges(pairs[:, 1], pairs[:, 0], num_nodes)
+    graph = sorted_graph(src, dst, num_nodes)  # as the built-in data sets' graphs are
 
     is_test, split_rule = _split(entries.get("split"), num_samples, test_fraction, seed, path)
     if is_test.all() or not is_test.any():
@@ -261,7 +260,7 @@ def load_graph_data(
         [f"x{feature + 1}" for feature in range(num_features)]
     info = {
         "files": [str(path)] + ([] if edges is None else [str(edges)]),
-        "graph": f"{len(pairs)} edges from {source}" + (", both directions" if undirected else ""),
+        "graph": f"{as_graph(graph).num_edges()} edges from {source}" + (", both directions" if undirected else ""),
         "split": split_rule,
         "scaler": {"fit_on": "training part, per node and feature", "ddof": 0, "mean": mean.tolist(),
                    "std": std.tolist()},

@@ -70,13 +70,15 @@ def as_graph(graph: GraphLike) -> Graph:
     return converted
 
 
-def graph_from_edges(src: Any, dst: Any, num_nodes: int, edge_weight: Tensor | None = None) -> GraphLike:
-    """The graph ``src[e] -> dst[e]`` on ``num_nodes`` nodes in the form users of this
-    installation hold: a ``DGLGraph`` where DGL imports, else a :class:`Graph`.
+def graph_from_edges(src: Any, dst: Any, num_nodes: int, edge_weight: Tensor | None = None,
+                     batch_num_nodes: Any = None) -> GraphLike:
+    """The graph ``src[e] -> dst[e]`` on ``num_nodes`` nodes (with its edge weights and batch,
+    see :class:`Graph`) in the form users of this installation hold: a ``DGLGraph`` where DGL
+    imports, else a :class:`Graph`.
 
     The data sets and :meth:`~dgl_iflow.models.base.FlowModel.load` build their graphs here.
     """
-    graph = Graph(src, dst, num_nodes, edge_weight)
+    graph = Graph(src, dst, num_nodes, edge_weight, batch_num_nodes)
     return to_dgl(graph) if dgl_available() else graph
 
 

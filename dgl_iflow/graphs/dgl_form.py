@@ -85,11 +85,9 @@ def to_dgl(graph: Graph) -> Any:
     dgl = import_dgl()
     src, dst = graph.edges()
     if graph.batch_size > 1:
-        counts = graph.batch_num_nodes().tolist()
-        offsets = torch.cumsum(torch.tensor([0] + counts[:-1]), 0).tolist()
-        component = torch.repeat_interleave(torch.arange(len(counts)), graph.batch_num_nodes())[dst.cpu()]
+        component = graph.node_graph_index()[dst.cpu()]
         parts = []
-        for index, (count, offset) in enumerate(zip(counts, offsets)):
+        for index, (count, offset) in enumerate(zip(graph.batch_num_nodes().tolist(), graph.node_offsets().tolist())):
             mask = component == index
             part = dgl.graph((src.cpu()[mask] - offset, dst.cpu()[mask] - offset), num_nodes=count)
             if graph.edge_weight is not None:
@@ -103,7 +101,11 @@ def to_dgl(graph: Graph) -> Any:
 
 
 def _edge_weight(graph: Any) -> Tensor | None:
-    return graph.edata[EDGE_WEIGHT_KEY] if EDGE_WEIGHT_KEY in graph.edata else None
+    if EDGE_WEIGHT_KEY not in graph.edata:
+        return None
+    weight = graph.edata[EDGE_WEIGHT_KEY]
+    # DGL's layers take weights as (E,) or (E, 1) alike.
+    return weight.squeeze(1) if weight.dim() == 2 and weight.shape[1] == 1 else weight
 
 
 class DGLForm:

@@ -1,6 +1,7 @@
 """A plain ``(edge_index, num_nodes)`` pair, or ``(edge_index, num_nodes, edge_weight)``, at the graph door."""
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 from torch import Tensor
@@ -23,13 +24,18 @@ class EdgeIndexForm:
         return obj[0]
 
     def signature(self, obj: Any) -> tuple:
-        return int(obj[1]), tensor_identity(obj[0]), tensor_identity(obj[2] if len(obj) == 3 else None)
+        return _node_count(obj[1]), tensor_identity(obj[0]), tensor_identity(obj[2] if len(obj) == 3 else None)
 
     def to_graph(self, obj: Any) -> Graph:
-        edge_index, num_nodes = obj[0], obj[1]
+        edge_index = obj[0]
         if edge_index.dim() != 2 or edge_index.shape[0] != 2:
             raise ValueError(f"edge_index must have shape (2, E), got {tuple(edge_index.shape)}")
-        if isinstance(num_nodes, bool) or not isinstance(num_nodes, int) and not (
-                isinstance(num_nodes, Tensor) and num_nodes.numel() == 1):
-            raise ValueError(f"give a graph as (edge_index, num_nodes) with an integer node count, got {num_nodes!r}")
-        return Graph(edge_index[0], edge_index[1], int(num_nodes), obj[2] if len(obj) == 3 else None)
+        return Graph(edge_index[0], edge_index[1], _node_count(obj[1]), obj[2] if len(obj) == 3 else None)
+
+
+def _node_count(value: Any) -> int:
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"give a graph as (edge_index, num_nodes) with an integer node count, got {value!r}")
+    return int(value)

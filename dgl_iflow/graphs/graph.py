@@ -54,32 +54,36 @@ class Graph:
             if edge_weight.shape != src.shape or not edge_weight.is_floating_point():
                 raise ValueError(f"edge_weight must be a float tensor of shape ({len(src)},), one weight per "
                                  f"edge, got {edge_weight.dtype} of shape {tuple(edge_weight.shape)}")
-        counts = torch.tensor([num_nodes]) if batch_num_nodes is None else _node_index(batch_num_nodes, "batch_num_nodes")
+        counts = torch.tensor([num_nodes]) if batch_num_nodes is None \
+            else _node_index(batch_num_nodes, "batch_num_nodes").cpu()
         if counts.dim() != 1 or len(counts) == 0 or int(counts.sum()) != num_nodes or bool((counts < 0).any()):
             raise ValueError(f"batch_num_nodes must be non-negative node counts summing to {num_nodes}, "
                              f"got {counts.tolist()}")
-        if len(counts) > 1 and len(src):
-            component = torch.repeat_interleave(torch.arange(len(counts)), counts)
-            if not torch.equal(component[src.cpu()], component[dst.cpu()]):
-                raise ValueError("an edge joins two graphs of the batch; each edge must stay within its own graph")
-        self._src, self._dst, self._num_nodes = src, dst, num_nodes
-        self.edge_weight = edge_weight
+        self._num_nodes = num_nodes
         self._batch_num_nodes = counts
+        # A copy, not a view of the user's tensors: the graph stays as built, and holds nothing
+        # that keeps the user's graph object (the conversion's anchor) alive.
+        self._edge_index = torch.stack([src, dst])
+        self.edge_weight = edge_weight
+        if len(counts) > 1 and len(src):
+            component = self.node_graph_index().to(src.device)
+            if not torch.equal(component[src], component[dst]):
+                raise ValueError("an edge joins two graphs of the batch; each edge must stay within its own graph")
 
     def num_nodes(self) -> int:
         return self._num_nodes
 
     def num_edges(self) -> int:
-        return len(self._src)
+        return self._edge_index.shape[1]
 
     def edges(self) -> tuple[Tensor, Tensor]:
         """``(src, dst)``, each of shape ``(E,)``."""
-        return self._src, self._dst
+        return self._edge_index[0], self._edge_index[1]
 
     @property
     def edge_index(self) -> Tensor:
         """``(2, E)``: sources in the first row, destinations in the second, as PyTorch Geometric has them."""
-        return torch.stack([self._src, self._dst])
+        return self._edge_index
 
     @property
     def batch_size(self) -> int:
@@ -87,17 +91,25 @@ class Graph:
         return len(self._batch_num_nodes)
 
     def batch_num_nodes(self) -> Tensor:
-        """Node count of every graph of the batch, ``(G,)``."""
+        """Node count of every graph of the batch, ``(G,)``, on the CPU."""
         return self._batch_num_nodes
+
+    def node_graph_index(self) -> Tensor:
+        """The graph of the batch every node belongs to, ``(V,)``, on the CPU."""
+        return torch.repeat_interleave(torch.arange(len(self._batch_num_nodes)), self._batch_num_nodes)
+
+    def node_offsets(self) -> Tensor:
+        """The index of every graph's first node, ``(G,)``, on the CPU."""
+        return torch.cumsum(self._batch_num_nodes, 0) - self._batch_num_nodes
 
     @property
     def device(self) -> torch.device:
-        return self._src.device
+        return self._edge_index.device
 
     def to(self, device: torch.device | str) -> Graph:
         """The same graph with its tensors on ``device``."""
         weight = None if self.edge_weight is None else self.edge_weight.to(device)
-        return Graph(self._src.to(device), self._dst.to(device), self._num_nodes, weight, self._batch_num_nodes)
+        return Graph(*self._edge_index.to(device), self._num_nodes, weight, self._batch_num_nodes)
 
     def __repr__(self) -> str:
         batch = f", batch_size={self.batch_size}" if self.batch_size > 1 else ""
@@ -110,7 +122,7 @@ def batch(graphs: Sequence[Graph]) -> Graph:
     ``dgl.batch``. Edge weights are kept when every graph has them."""
     if not graphs:
         raise ValueError("batch needs at least one graph")
-    offsets = torch.cumsum(torch.tensor([0] + [g.num_nodes() for g in graphs[:-1]]), 0)
+    offsets = torch.cumsum(torch.tensor([0] + [g.num_nodes() for g in graphs[:-1]]), 0).tolist()
     src = torch.cat([g.edges()[0].cpu() + offset for g, offset in zip(graphs, offsets)])
     dst = torch.cat([g.edges()[1].cpu() + offset for g, offset in zip(graphs, offsets)])
     weights = [g.edge_weight for g in graphs]

@@ -22,7 +22,7 @@ def to_pyg(graph: Graph) -> Any:
         data.edge_weight = graph.edge_weight
     if graph.batch_size > 1:
         counts = graph.batch_num_nodes()
-        data.batch = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        data.batch = graph.node_graph_index()
         data.ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
     return data
 
@@ -42,13 +42,15 @@ class PyGForm:
 
     def signature(self, obj: Any) -> tuple:
         return (obj.num_nodes, tensor_identity(obj.edge_index), tensor_identity(getattr(obj, "edge_weight", None)),
-                tensor_identity(getattr(obj, "batch", None)))
+                tensor_identity(getattr(obj, "batch", None)), tensor_identity(getattr(obj, "ptr", None)))
 
     def to_graph(self, obj: Any) -> Graph:
         if obj.edge_index is None:
             raise ValueError("this PyTorch Geometric graph has no edge_index")
-        batch = getattr(obj, "batch", None)
+        batch, ptr = getattr(obj, "batch", None), getattr(obj, "ptr", None)
         counts = None
-        if batch is not None:
+        if ptr is not None:  # a Batch: its graphs' node counts, trailing empty graphs included
+            counts = ptr.cpu().diff()
+        elif batch is not None:
             counts = torch.bincount(batch.cpu(), minlength=int(batch.max()) + 1 if len(batch) else 1)
         return Graph(obj.edge_index[0], obj.edge_index[1], obj.num_nodes, getattr(obj, "edge_weight", None), counts)

@@ -24,7 +24,7 @@ class BasisConv(nn.Module, ABC):
 
     With ``graph_mean=True`` one more operator joins the subclass's bases: the mean over the
     nodes of each graph, :math:`A_{K+1} = \frac{1}{V} \mathbf{1}\mathbf{1}^\top` (block-wise
-    for a :func:`dgl.batch` of graphs). It is a graph-wide channel: every node reads a summary
+    for a batch of graphs: ``dgl.batch``, a PyG ``Batch``, :func:`dgl_iflow.graphs.batch`). It is a graph-wide channel: every node reads a summary
     of all the others in one layer, which local bases need as many layers as the diameter for
     (traffic sensors all follow the time of day). It commutes with every node permutation,
     so it keeps a spectral layer spectral.
@@ -156,8 +156,7 @@ class BasisConv(nn.Module, ABC):
 def component_index(graph: GraphLike, device: torch.device) -> tuple[Tensor, Tensor]:
     """Graph index of every node ``(V,)`` and node count of every graph ``(G,)`` of a batch."""
     graph = as_graph(graph)
-    counts = graph.batch_num_nodes().to(device)
-    return torch.repeat_interleave(torch.arange(len(counts), device=device), counts), counts
+    return graph.node_graph_index().to(device), graph.batch_num_nodes().to(device)
 
 
 def node_mean(graph: GraphLike, feat: Tensor) -> Tensor:

@@ -33,7 +33,7 @@ def _normalized_adjacency_values(graph: GraphLike, edge_weight: Tensor) -> tuple
 def laplacian_lambda_max(graph: GraphLike, edge_weight: Tensor | None = None) -> list[float]:
     r"""Largest real part of the eigenvalues of :math:`L = I - D^{-1/2} A D^{-1/2}`, per graph.
 
-    For a batched graph (``dgl.batch``) one value per graph of the batch, as
+    For a batched graph (``dgl.batch``, a PyG ``Batch``) one value per graph of the batch, as
     ``dgl.laplacian_lambda_max`` returns them: each graph's Laplacian is its own block. Dense
     eigen-decomposition for small graphs, ARPACK for large ones. ``edge_weight`` ``(E,)``
     defaults to the graph's own; without either every edge weighs 1.
@@ -51,10 +51,8 @@ def laplacian_lambda_max(graph: GraphLike, edge_weight: Tensor | None = None) ->
     # Edges never cross graphs of a batch, so an edge belongs to the graph of its destination.
     edge_component = component_index(graph, dst.device)[0][dst].cpu().numpy()
     values, dst, src = values.numpy(), dst.cpu().numpy(), src.cpu().numpy()
-    sizes = graph.batch_num_nodes().tolist()
-    offsets = np.cumsum([0, *sizes[:-1]])
     result = []
-    for component, (num_nodes, offset) in enumerate(zip(sizes, offsets)):
+    for component, (num_nodes, offset) in enumerate(zip(graph.batch_num_nodes().tolist(), graph.node_offsets().tolist())):
         if num_nodes == 0:
             result.append(0.0)
             continue
@@ -112,7 +110,7 @@ class ChebConv(BasisConv):
         Number of Chebyshev terms :math:`K` (filter order :math:`K - 1`).
     lambda_max : float or sequence of float, optional
         Largest eigenvalue of the normalized Laplacian: one value for every graph, or one per
-        graph of a batched graph (``dgl.batch``), as ``dgl.laplacian_lambda_max`` lists them.
+        graph of a batched graph (``dgl.batch``, a PyG ``Batch``), as ``dgl.laplacian_lambda_max`` lists them.
         Computed from the graph (and the edge weights, taken as constants) when absent, per
         graph of a batch, so that each graph's output does not depend on what it was batched
         with. A computed value of zero (a graph whose nodes have only self-loops,
@@ -127,16 +125,18 @@ class ChebConv(BasisConv):
 
     Examples
     --------
-    >>> import dgl, torch
+    >>> import torch
+    >>> from dgl_iflow.graphs import Graph
     >>> from dgl_iflow.layers import ChebConv
-    >>> g = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
+    >>> g = Graph([0, 1, 1, 2], [1, 0, 2, 1])  # or a DGLGraph, a PyG Data, (edge_index, V)
     >>> conv = ChebConv(2, 4, k=3)
     >>> conv(g, torch.randn(3, 10, 2)).shape
     torch.Size([3, 10, 4])
 
-    Without an ``edge_weight`` argument the scaled Laplacian is cached per graph object,
-    device, dtype and ``lambda_max`` (rebuilt when the graph is edited). With one it is rebuilt
-    on every call, differentiably; pass ``lambda_max`` then to skip the eigenvalue computation.
+    The scaled Laplacian is cached per graph object, device, dtype and ``lambda_max`` (rebuilt
+    when the graph is edited), unless the weights may change between calls: weights passed as
+    ``edge_weight``, or graph weights that require grad, rebuild it on every call,
+    differentiably; pass ``lambda_max`` then to skip the eigenvalue computation.
 
     The constructor and the call take what DGL's ``ChebConv`` takes,
     ``ChebConv(in_feats, out_feats, k)`` and ``forward(graph, feat, lambda_max=None)``, plus
@@ -172,8 +172,9 @@ class ChebConv(BasisConv):
         """
         graph = as_graph(graph)
         lambda_max = self._lambda_max if lambda_max is None else _checked_lambda_max(lambda_max)
-        cached = edge_weight is None
         edge_weight = graph.edge_weight if edge_weight is None else edge_weight
+        # Weights that learn give a new operator at every step; fixed ones one per graph.
+        cached = edge_weight is None or (edge_weight is graph.edge_weight and not edge_weight.requires_grad)
         if edge_weight is not None and edge_weight.shape != (graph.num_edges(),):
             raise ValueError(
                 f"edge_weight must have shape ({graph.num_edges()},) for a graph of "
@@ -220,6 +221,9 @@ class ChebConv(BasisConv):
         """Convolve node features ``(V, *, C_in)`` to ``(V, *, C_out)``; ``lambda_max`` for this
         call (one value, or one per graph of a batch) overrides the constructor's, and
         ``edge_weight`` ``(E,)`` the graph's own (see :meth:`BasisConv.forward`)."""
+        if isinstance(lambda_max, Tensor) and lambda_max.dim() == 1 and lambda_max.is_floating_point():
+            raise TypeError("ChebConv.forward takes lambda_max third, as DGL's does; pass edge weights as "
+                            "edge_weight=..., or keep them on the graph")
         out = self.add_bias(self.linear_part(graph, feat, edge_weight, lambda_max=lambda_max))
         return out if self.activation is None else self.activation(out)
 

@@ -231,10 +231,12 @@ def check_features(graph: GraphLike, feat: Tensor, in_feats: int, layer: str) ->
 
 
 class GraphMemo:
-    """One value remembered per graph object, held weakly, and a key such as device and dtype.
+    """One value remembered per graph, held weakly, and a key such as device and dtype.
 
-    A graph that is garbage-collected, or mutated in place so that its node or edge count
-    changes, misses the memo. The memo is dropped on pickling and copying.
+    The graph is the :class:`~dgl_iflow.graphs.Graph` that :func:`~dgl_iflow.graphs.as_graph`
+    gives for the user's graph object: the same one while that object lives unedited, a new
+    one once it is edited or garbage-collected, which then misses the memo. The memo is dropped
+    on pickling and copying.
     """
 
     def __init__(self) -> None:
@@ -243,7 +245,6 @@ class GraphMemo:
     def get(self, graph: GraphLike, key: tuple, build: Callable[[], Any]) -> Any:
         """The value remembered for ``graph`` and ``key``, built and remembered if missing."""
         graph = as_graph(graph)
-        key = (graph.num_nodes(), graph.num_edges(), *key)
         if self._graph_ref is None or self._graph_ref() is not graph or self._key != key:
             self._value = build()
             self._graph_ref = weakref.ref(graph)

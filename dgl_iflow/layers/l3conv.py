@@ -72,9 +72,10 @@ class L3Conv(BasisConv):
 
     Examples
     --------
-    >>> import dgl, torch
+    >>> import torch
+    >>> from dgl_iflow.graphs import Graph
     >>> from dgl_iflow.layers import L3Conv
-    >>> g = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
+    >>> g = Graph([0, 1, 1, 2], [1, 0, 2, 1])  # or a DGLGraph, a PyG Data, (edge_index, V)
     >>> conv = L3Conv(2, 4, g, orders=(0, 1, 2))
     >>> conv(g, torch.randn(3, 10, 2)).shape
     torch.Size([3, 10, 4])

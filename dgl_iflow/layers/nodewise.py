@@ -29,9 +29,10 @@ class NodewiseConv(BasisConv):
 
     Examples
     --------
-    >>> import dgl, torch
+    >>> import torch
+    >>> from dgl_iflow.graphs import Graph
     >>> from dgl_iflow.layers import NodewiseConv
-    >>> g = dgl.graph(([0, 1], [1, 2]))
+    >>> g = Graph([0, 1], [1, 2])  # or a DGLGraph, a PyG Data, (edge_index, V)
     >>> conv = NodewiseConv(2, 4)
     >>> conv(g, torch.randn(3, 10, 2)).shape
     torch.Size([3, 10, 4])

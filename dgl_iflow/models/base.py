@@ -324,6 +324,8 @@ class FlowModel(nn.Module):
         saved_graph = dict(num_nodes=self.num_nodes, src=src.cpu(), dst=dst.cpu())
         if graph.edge_weight is not None:
             saved_graph["edge_weight"] = graph.edge_weight.detach().cpu()
+        if graph.batch_size > 1:
+            saved_graph["batch_num_nodes"] = graph.batch_num_nodes()
         return dict(
             format=self.checkpoint_format, config=self.config, dtype=str(self.dtype).removeprefix("torch."),
             graph=saved_graph,
@@ -344,7 +346,8 @@ class FlowModel(nn.Module):
                              f"expected {cls.checkpoint_format!r}")
         saved = checkpoint["graph"]
         if graph is None:
-            graph = graph_from_edges(saved["src"], saved["dst"], saved["num_nodes"], saved.get("edge_weight"))
+            graph = graph_from_edges(saved["src"], saved["dst"], saved["num_nodes"], saved.get("edge_weight"),
+                                     saved.get("batch_num_nodes"))
         elif as_graph(graph).num_nodes() != saved["num_nodes"]:
             raise ValueError(f"the checkpoint's model was built for a graph of {saved['num_nodes']} nodes, "
                              f"got one of {as_graph(graph).num_nodes()}")

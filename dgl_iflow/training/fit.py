@@ -315,6 +315,12 @@ def _train(
         if checkpoint["epoch"] > config.epochs:
             raise ValueError(f"cannot resume from checkpoint {resume_from} with epochs={config.epochs}: it has "
                              f"trained {checkpoint['epoch']} epochs already; pass epochs >= {checkpoint['epoch']}")
+        saved_epochs = checkpoint.get("train_config", {}).get("epochs", checkpoint["epoch"])
+        finished = checkpoint["history"]["stopped_early"] or checkpoint["epoch"] >= saved_epochs
+        if config.patience is not None and finished and checkpoint["epoch"] < config.epochs:
+            # Its weights are the best epoch's, its optimizer state the last epoch's: they do not go on together.
+            raise ValueError(f"cannot extend checkpoint {resume_from}: a run with patience ends on its best "
+                             "epoch's weights, not its last; train afresh with more epochs")
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         respan_lr_schedule(optimizer, scheduler, config.epochs)  # when epochs grew

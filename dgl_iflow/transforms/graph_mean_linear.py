@@ -27,7 +27,7 @@ class GraphMeanLinear(GraphTransform):
     sensors follow the time of day) the mean carries most of the variance; this layer gives it
     its own scale, where residual blocks could only rescale it a factor of at most
     :math:`1 \pm \mathrm{Lip}(g)` per block. It costs :math:`O(V D^2)`, so it scales with the graph.
-    On a ``dgl.batch`` of :math:`G` graphs the mean is each graph's own (as the graph-mean
+    On a batch of :math:`G` graphs (``dgl.batch``, a PyG ``Batch``) the mean is each graph's own (as the graph-mean
     operator of the convolutions), and the log-det has :math:`G` and :math:`V - G` in place of
     1 and :math:`V - 1`.
 
@@ -42,9 +42,10 @@ class GraphMeanLinear(GraphTransform):
 
     Examples
     --------
-    >>> import dgl, torch
+    >>> import torch
+    >>> from dgl_iflow.graphs import Graph
     >>> from dgl_iflow.transforms import GraphMeanLinear
-    >>> g = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
+    >>> g = Graph([0, 1, 1, 2], [1, 0, 2, 1])  # or a DGLGraph, a PyG Data, (edge_index, V)
     >>> layer = GraphMeanLinear(2)
     >>> layer.initialize_from_data(g, torch.randn(3, 100, 2))
     >>> y, logdet = layer(g, torch.randn(3, 5, 2))
@@ -120,10 +121,9 @@ class GraphMeanLinear(GraphTransform):
         if data.shape[1] < 2:
             raise ValueError(f"initialize_from_data needs at least 2 samples, got {data.shape[1]}")
         mean = node_mean(graph, data)
-        counts = graph.batch_num_nodes().to(data.device)
-        graph_means = mean[counts.cumsum(0) - counts]  # at each graph's first node
+        graph_means = mean[graph.node_offsets().to(data.device)]  # at each graph's first node
         self.mean_map.copy_(_inverse_sqrt(torch.cov(graph_means.reshape(-1, data.shape[-1]).T)))
-        if data.shape[0] > len(counts):
+        if data.shape[0] > graph.batch_size:
             self.deviation_map.copy_(_inverse_sqrt(torch.cov((data - mean).reshape(-1, data.shape[-1]).T)))
         self.initialized.fill_(True)
 

@@ -29,9 +29,10 @@ class NodeAffine(GraphTransform):
 
     Examples
     --------
-    >>> import dgl, torch
+    >>> import torch
+    >>> from dgl_iflow.graphs import Graph
     >>> from dgl_iflow.transforms import NodeAffine
-    >>> g = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
+    >>> g = Graph([0, 1, 1, 2], [1, 0, 2, 1])  # or a DGLGraph, a PyG Data, (edge_index, V)
     >>> layer = NodeAffine(3, 2)
     >>> y, logdet = layer(g, torch.randn(3, 5, 2))
     >>> logdet.shape

@@ -38,10 +38,11 @@ class InvertibleResBlock(GraphTransform):
 
     Examples
     --------
-    >>> import dgl, torch
+    >>> import torch
+    >>> from dgl_iflow.graphs import Graph
     >>> from dgl_iflow.layers import ChebConv
     >>> from dgl_iflow.transforms import GraphResidual, InvertibleResBlock
-    >>> g = dgl.graph(([0, 1, 1, 2], [1, 0, 2, 1]))
+    >>> g = Graph([0, 1, 1, 2], [1, 0, 2, 1])  # or a DGLGraph, a PyG Data, (edge_index, V)
     >>> block = InvertibleResBlock(GraphResidual(ChebConv(2, 16, k=2), hidden_feats=(16,)))
     >>> x = torch.randn(3, 5, 2)
     >>> y, logdet = block(g, x)
