@@ -175,5 +175,5 @@ def backward_in_chunks(batch_loss: Callable[[Tensor], dict[str, Tensor]], batch:
         terms = batch_loss(chunk)
         (terms["loss"] * share).backward()
         for key, value in terms.items():
-            totals[key] = totals.get(key, 0.0) + float(value) * share
+            totals[key] = totals.get(key, 0.0) + float(value.detach()) * share
     return totals

@@ -471,10 +471,10 @@ class JKOTrainer:
                 torch.nn.utils.clip_grad_norm_(block.parameters(), config.grad_clip)
             optimizer.step()
             schedule.step()
-            late_losses.append(float(loss))
+            late_losses.append(loss.item())
             trained += 1
             bar.update(1)
-            bar.set_postfix(block=len(self.history.records), loss=f"{float(loss):.4g}")
+            bar.set_postfix(block=len(self.history.records), loss=f"{loss.item():.4g}")
             measure = trained % config.eval_every == 0 or trained == iterations
             if stopping is not None and measure and stopping.update(self._objective(block, validation), block):
                 bar.total -= iterations - trained
