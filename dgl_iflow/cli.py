@@ -448,6 +448,21 @@ def _csv_text(samples: torch.Tensor, node_names: Sequence[str], feature_names: S
     return buffer.getvalue()
 
 
+def _real_rows(units: dict[str, Any] | None, labels: torch.Tensor, standardized: bool) -> torch.Tensor | None:
+    """The test rows of the model's built-in data set with label vector ``labels``, in the units
+    the samples are written in, for the figure; ``None`` for other data or no such row."""
+    from .data import list_datasets, load_dataset
+    from .data.scaling import to_data_units
+
+    if units is None or units["dataset"] not in list_datasets():
+        return None
+    x_test, y_test = load_dataset(units["dataset"]).split("test")
+    rows = x_test[(y_test == labels).all(dim=1)]
+    if not len(rows):
+        return None
+    return rows if standardized or not units["standardized"] else to_data_units(rows, units["mean"], units["std"])
+
+
 def _sample(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -488,8 +503,9 @@ def _sample(args: argparse.Namespace) -> None:
             plot_units = "standardized units"
         else:
             plot_units = None if units is None else f"{units['dataset']} units"
-        plots.generated_samples(samples, out, labels=labels, feature_names=features[:2],
-                                node_names=units["node_names"] if units else None, units=plot_units)
+        plots.generated_samples(samples, out, labels=labels, real=_real_rows(units, labels, args.standardized),
+                                feature_names=features[:2], node_names=units["node_names"] if units else None,
+                                units=plot_units)
     elif suffix == ".csv":
         atomic_write_text(out, _csv_text(samples, nodes, features))
     elif suffix == ".npy":

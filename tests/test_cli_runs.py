@@ -268,3 +268,15 @@ def test_lr_after_extension_follows_the_new_cosine(tmp_path, capsys):
     assert lrs[0] == pytest.approx(floor)  # the 1-epoch run ended at the floor
     for epoch, lr in enumerate(lrs[1:], start=2):
         assert lr == pytest.approx(floor + (0.01 - floor) * (1 + math.cos(math.pi * epoch / 4)) / 2), epoch
+
+
+def test_the_sample_figure_draws_the_real_rows_of_that_label_vector():
+    from dgl_iflow.cli import _data_units, _real_rows
+    from dgl_iflow.data import load_dataset
+
+    dataset = load_dataset("three_node")
+    labels = torch.tensor([0, 1, 0])
+    rows = _real_rows(_data_units(dataset), labels, standardized=False)
+    x_test, y_test = dataset.split("test")
+    assert torch.equal(rows, x_test[(y_test == labels).all(dim=1)]) and len(rows) > 0
+    assert _real_rows(None, labels, standardized=False) is None  # your own data: not reloaded
