@@ -376,22 +376,25 @@ def node_log_loss(proba: ArrayLike, y: ArrayLike, eps: float = 1e-15) -> float:
 
 
 def uncertainty_coverage(
-    latent: NodeGaussianLatent, h: Tensor, y: Tensor, level: float
+    latent: NodeGaussianLatent, h: Tensor, y: Tensor, level: float, per_node: bool = False
 ) -> float:
-    """Fraction of latents inside their label's ``level`` confidence ball.
+    """Fraction of whole latent samples inside their ``level`` set (``latent.contains``), or with
+    ``per_node`` the fraction of node latents inside their node's set (``latent.node_contains``).
 
     Close to ``level`` when the latents really follow ``latent``.
 
     Parameters
     ----------
     latent : NodeGaussianLatent
-        The latent distribution; only its ``contains`` method is used.
+        The latent distribution.
     h : Tensor
         ``(*, V, d)`` latents, e.g. ``(N, V, d)`` from ``model.encode``.
     y : Tensor
         ``(*, V)`` labels, the leading shape of ``h``.
     level : float
         Nominal coverage in ``(0, 1)``.
+    per_node : bool
+        Count nodes, each against its own set, instead of whole samples.
 
     Returns
     -------
@@ -402,7 +405,8 @@ def uncertainty_coverage(
             f"expected h (*, V, d) and y (*, V) of the same leading shape, "
             f"got {tuple(h.shape)} and {tuple(torch.as_tensor(y).shape)}"
         )
-    return float(latent.contains(h, y, level).double().mean())
+    inside = latent.node_contains(h, y, level) if per_node else latent.contains(h, y, level)
+    return float(inside.double().mean())
 
 
 def reconstruction_error(x: ArrayLike, x_rec: ArrayLike) -> dict[str, float]:

@@ -294,7 +294,8 @@ def test_conditional_model_has_the_interface_of_ignn():
     torch.testing.assert_close(proba.sum(-1), torch.ones(7, 4))
     assert model.sample(graph, torch.tensor([0, 1, 2, 0]), 5).shape == (5, 4, 2)
     assert model.uncertainty_set(graph, torch.tensor([0, 1, 2, 0]), num_points=6).shape == (6, 4, 2)
-    assert model.in_uncertainty_set(graph, batch_x, batch_y).shape == (7, 4)
+    assert model.in_uncertainty_set(graph, batch_x, batch_y).shape == (7,)
+    assert model.in_node_uncertainty_sets(graph, batch_x, batch_y).shape == (7, 4)
     for name in ("log_prob", "sample", "predict_proba", "generate", "encode", "uncertainty_set",
                  "in_uncertainty_set", "round_trip_error", "save", "load", "load_weights", "checkpoint",
                  "from_checkpoint", "to_flow", "from_flow"):

@@ -164,18 +164,25 @@ def test_confidence_regions_are_the_node_marginals_ellipsoids():
     h, y = _rows()
     latent.fit_label_vector_gaussians(h, y, pseudo_count=1.0)
     labels = torch.tensor([[0, 1, 1], [1, 0, 1]])
-    centers, scales = latent.confidence_region(labels, 0.9)
+    centers, scales = latent.node_confidence_regions(labels, 0.9)
     assert centers.shape == (2, NODES, DIM) and scales.shape == (2, NODES, DIM, DIM)
     _, cov = _direct(h, y, latent, 1.0, [0, 1, 1])
     for v in range(NODES):
         block = cov[DIM * v:DIM * (v + 1), DIM * v:DIM * (v + 1)]
         torch.testing.assert_close(scales[0, v] @ scales[0, v].T, chi2.ppf(0.9, DIM) * block)
-    radius = latent.confidence_radius(0.9)
+    radius = latent.node_confidence_radius(0.9)
     torch.testing.assert_close(scales[1], radius * torch.eye(DIM, dtype=torch.float64).expand(NODES, -1, -1))
     drawn = latent.sample(labels[0], 20000, generator=torch.Generator().manual_seed(9))
-    inside = latent.contains(drawn, labels[0], 0.9)
+    inside = latent.node_contains(drawn, labels[0], 0.9)
     assert inside.shape == (20000, NODES)
     assert abs(inside.double().mean().item() - 0.9) < 3 * math.sqrt(0.09 / inside.numel())
+    # The joint Gaussian's whole-sample set holds 0.9 of its draws, the per-node sets together fewer.
+    whole = latent.contains(drawn, labels[0], 0.9)
+    assert whole.shape == (20000,)
+    assert abs(whole.double().mean().item() - 0.9) < 3 * math.sqrt(0.09 / whole.numel())
+    centers, scales = latent.confidence_region(labels[0], 0.9)
+    _, cov = _direct(h, y, latent, 1.0, [0, 1, 1])
+    torch.testing.assert_close(scales @ scales.T, chi2.ppf(0.9, NODES * DIM) * cov)
 
 
 def test_state_travels_with_the_module_and_fit_label_vectors_drops_it():
@@ -227,10 +234,13 @@ def test_fit_ends_with_joint_gaussians_that_the_model_uses_and_drops_them_to_tra
     assert len(latent.label_vectors) == 8
     samples = model.sample(graph, y[0], 50, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (50, 3, 2) and torch.isfinite(samples).all()
-    boundary = model.uncertainty_set(graph, y[0], level=0.9, num_points=16)
-    centers, scales = latent.confidence_region(y[0], 0.9)
+    boundary = model.node_uncertainty_sets(graph, y[0], level=0.9, num_points=16)
+    centers, scales = latent.node_confidence_regions(y[0], 0.9)
     unit = torch.linalg.solve_triangular(scales, (model.encode(graph, boundary, logdet=False)[0] - centers)
                                          .unsqueeze(-1), upper=False).squeeze(-1)
     torch.testing.assert_close(unit.norm(dim=-1), torch.ones(16, 3), atol=1e-4, rtol=0)
+    boundary = model.uncertainty_set(graph, y[0], level=0.9, num_points=16)
+    distance = latent.whitened_distance(model.encode(graph, boundary, logdet=False)[0], y[0])
+    torch.testing.assert_close(distance, torch.full_like(distance, latent.confidence_radius(0.9)), atol=1e-4, rtol=0)
     fit(model, graph, x, y, TrainConfig(epochs=1, batch_size=30, progress=False, inversion_check_samples=0))
     assert latent.pseudo_count is None

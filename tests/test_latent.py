@@ -145,26 +145,42 @@ def test_seeded_samples_are_drawn_nodes_first_as_before(latent):
 def test_confidence_radius_closed_form_in_two_dimensions():
     latent = NodeGaussianLatent(2, 2, sigma=1.3)
     for level in (0.5, 0.9, 0.99):
-        assert latent.confidence_radius(level) == pytest.approx(
+        assert latent.node_confidence_radius(level) == pytest.approx(
             1.3 * math.sqrt(-2 * math.log(1 - level)), rel=1e-12
         )
 
 
-def test_confidence_radius_monte_carlo_coverage():
+def test_node_confidence_radius_monte_carlo_coverage():
     latent = NodeGaussianLatent(3, 4, sigma=0.6, num_nodes=10).double()
     y = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(9))
     h = latent.sample(y, 2000, generator=torch.Generator().manual_seed(10))
-    inside = latent.contains(h, y, 0.9)
+    inside = latent.node_contains(h, y, 0.9)
     assert inside.shape == (2000, 10) and inside.dtype == torch.bool
-    assert torch.equal(latent.contains(h, y.expand(2000, -1), 0.9), inside)
+    assert torch.equal(latent.node_contains(h, y.expand(2000, -1), 0.9), inside)
     se = math.sqrt(0.9 * 0.1 / inside.numel())
     assert abs(inside.double().mean().item() - 0.9) < 3 * se
-    centers, scales = latent.confidence_region(y, 0.9)
+    centers, scales = latent.node_confidence_regions(y, 0.9)
     assert centers.shape == (10, 4) and scales.shape == (10, 4, 4)
     torch.testing.assert_close(centers, latent.means[y])
     radius = 0.6 * math.sqrt(chi2.ppf(0.9, 4))
-    assert latent.confidence_radius(0.9) == pytest.approx(radius)
+    assert latent.node_confidence_radius(0.9) == pytest.approx(radius)
     torch.testing.assert_close(scales, radius * torch.eye(4, dtype=torch.float64).expand(10, -1, -1))
+
+
+@pytest.mark.parametrize("level", [0.5, 0.9, 0.95])
+def test_joint_region_holds_its_level_of_whole_samples(level):
+    latent = NodeGaussianLatent(3, 4, sigma=0.6, num_nodes=10).double()
+    y = torch.randint(0, 3, (10,), generator=torch.Generator().manual_seed(9))
+    n = 20000
+    h = latent.sample(y, n, generator=torch.Generator().manual_seed(10))
+    inside = latent.contains(h, y, level)
+    assert inside.shape == (n,)
+    assert abs(inside.double().mean().item() - level) < 3 * math.sqrt(level * (1 - level) / n)
+    assert latent.confidence_radius(level) == pytest.approx(math.sqrt(chi2.ppf(level, 40)))
+    torch.testing.assert_close(latent.whitened_distance(h, y), (h - latent.means[y]).flatten(1).norm(dim=1) / 0.6)
+    centers, scales = latent.confidence_region(y, level)
+    assert centers.shape == (10, 4) and scales.shape == (40, 40)
+    torch.testing.assert_close(scales, latent.confidence_radius(level) * 0.6 * torch.eye(40, dtype=torch.float64))
 
 
 def test_default_separation_formula_and_growth():
@@ -312,13 +328,13 @@ def test_shape_and_value_errors(latent):
     ):
         latent.log_prob(torch.zeros(4, 2, 3), torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match=r"labels of shape \(4, 3\) do not match"):
-        latent.contains(torch.zeros(4, 2, 3), torch.zeros(4, 3, dtype=torch.long), 0.9)
+        latent.node_contains(torch.zeros(4, 2, 3), torch.zeros(4, 3, dtype=torch.long), 0.9)
     bad = torch.zeros(4, 3)
     bad[1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"h of shape \(4, 3\) contains NaN or inf"):
         latent.posterior(bad)
     with pytest.raises(ValueError, match=r"level must lie in \(0, 1\), got 1.5"):
-        latent.confidence_radius(1.5)
+        latent.node_confidence_radius(1.5)
 
 
 def test_extra_repr_lists_configuration(latent):

@@ -320,16 +320,19 @@ def test_uncertainty_coverage_matches_level():
     h = latent.sample(y, 3000, generator=torch.Generator().manual_seed(12))
     assert h.shape == (3000, 8, 2)
     labels = y.expand(3000, 8)
-    coverage = metrics.uncertainty_coverage(latent, h, labels, 0.8)
+    coverage = metrics.uncertainty_coverage(latent, h, labels, 0.8, per_node=True)
     assert abs(coverage - 0.8) < 3 * math.sqrt(0.8 * 0.2 / h[..., 0].numel())
-    assert metrics.uncertainty_coverage(latent, h + 10.0, labels, 0.8) == 0.0
+    assert metrics.uncertainty_coverage(latent, h + 10.0, labels, 0.8, per_node=True) == 0.0
+    whole = metrics.uncertainty_coverage(latent, h, labels, 0.8)
+    assert abs(whole - 0.8) < 3 * math.sqrt(0.8 * 0.2 / len(h))
     # Moving node 0's latents away leaves the other 7 nodes' coverage: the node axis is 1.
     moved = h.clone()
     moved[:, 0] += 10.0
-    inside = latent.contains(h, labels, 0.8)
+    inside = latent.node_contains(h, labels, 0.8)
     assert inside.shape == (3000, 8)
-    assert metrics.uncertainty_coverage(latent, moved, labels, 0.8) == pytest.approx(
+    assert metrics.uncertainty_coverage(latent, moved, labels, 0.8, per_node=True) == pytest.approx(
         float(inside[:, 1:].double().sum()) / inside.numel(), rel=1e-12)
+    assert metrics.uncertainty_coverage(latent, moved, labels, 0.8) == 0.0  # whole samples moved out
     with pytest.raises(ValueError, match=r"same leading shape, got \(3000, 8, 2\) and \(8,\)"):
         metrics.uncertainty_coverage(latent, h, y, 0.8)
 

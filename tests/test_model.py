@@ -1,8 +1,11 @@
 """IGNN against brute-force Jacobians and Bayes' rule; checkpoints; bad input."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+from scipy.stats import chi2
 
 from dgl_iflow import IGNN
 from dgl_iflow.checkpoints import atomic_save
@@ -93,20 +96,42 @@ def test_sample_inverts_the_flow(conv):
     assert torch.allclose(model.encode(graph, x, logdet=False)[0], h, atol=1e-6)
 
 
-def test_uncertainty_set_boundary_maps_to_latent_sphere():
+def test_node_uncertainty_sets_boundary_maps_to_latent_spheres():
     model = small_model("l3")
     graph = path_graph()
     y = torch.tensor([0, 1, 1])
-    boundary = model.uncertainty_set(graph, y, level=0.9, num_points=40)
+    boundary = model.node_uncertainty_sets(graph, y, level=0.9, num_points=40)
     assert boundary.shape == (40, 3, 2)
     h = model.encode(graph, boundary, logdet=False)[0]
-    radius = model.latent.confidence_radius(0.9)
+    radius = model.latent.node_confidence_radius(0.9)
     distance = (h - model.latent.means[y]).norm(dim=-1)
     assert distance.shape == (40, 3)
     assert torch.allclose(distance, torch.full_like(distance, radius), atol=1e-5)
-    inside = model.in_uncertainty_set(graph, model.sample(graph, y, 2000), y.expand(2000, -1), 0.9)
+    inside = model.in_node_uncertainty_sets(graph, model.sample(graph, y, 2000), y.expand(2000, -1), 0.9)
     assert inside.shape == (2000, 3) and inside.dtype == torch.bool
     assert abs(inside.double().mean().item() - 0.9) < 0.03
+
+
+@pytest.mark.parametrize("level", [0.5, 0.9, 0.95])
+def test_uncertainty_set_holds_its_level_of_the_models_own_samples(level):
+    """The joint set holds ``level`` of whole samples (Monte Carlo within 3 binomial standard
+    errors), where the product of the per-node sets holds far less; its boundary lies on the
+    latent sphere of radius sqrt(chi2_{Vd}^{-1}(level))."""
+    model = small_model("l3").double()
+    graph = path_graph()
+    y = torch.tensor([0, 1, 1])
+    n = 4000
+    torch.manual_seed(5)
+    samples = model.sample(graph, y, n)
+    inside = model.in_uncertainty_set(graph, samples, y.expand(n, -1), level)
+    assert inside.shape == (n,) and inside.dtype == torch.bool
+    assert abs(inside.double().mean().item() - level) < 3 * math.sqrt(level * (1 - level) / n)
+    every_node = model.in_node_uncertainty_sets(graph, samples, y.expand(n, -1), level).all(dim=1)
+    assert every_node.double().mean().item() < level - 0.05  # about level ** 3 for independent nodes
+    boundary = model.uncertainty_set(graph, y, level=level, num_points=30, generator=torch.Generator().manual_seed(1))
+    h = model.encode(graph, boundary, logdet=False)[0]
+    distance = model.latent.whitened_distance(h, y)
+    torch.testing.assert_close(distance, torch.full_like(distance, math.sqrt(chi2.ppf(level, 6))), atol=1e-6, rtol=0)
 
 
 def test_mlp_baseline_mixes_all_nodes():

@@ -278,16 +278,53 @@ class FlowModel(nn.Module):
         self, graph: GraphLike, y: Tensor, level: float = 0.9, num_points: int = 200,
         generator: torch.Generator | None = None, max_iter: int = 1000,
     ) -> Tensor:
-        r"""Points ``(num_points, V, d)`` on the boundary of the feature-space uncertainty set of :math:`X \mid Y = y`.
+        r"""Whole samples ``(num_points, V, d)`` on the boundary of the set holding ``level`` of :math:`X \mid Y = y`.
 
-        The set is :math:`F^{-1}` of the product over nodes of the latent regions that hold
-        ``level`` of each node's mass (:meth:`NodeGaussianLatent.confidence_region`: balls
-        :math:`\|H_v - \mu_{y_v}\| \le r` under the node law); its boundary points have every
-        node on its region's boundary (directions evenly spaced for :math:`d = 2`, uniform
-        otherwise), for plotting.
+        The set is :math:`F^{-1}` of the latent ellipsoid :math:`\{h : \lVert L^{-1}(h - c) \rVert
+        \le \sqrt{\chi^2_{V d}{}^{-1}(\text{level})}\}` over all :math:`V d` coordinates
+        (:meth:`NodeGaussianLatent.confidence_region`): the latent given ``y`` is Gaussian, so the
+        ellipsoid holds exactly ``level`` of its mass, and the flow, a bijection, carries that to
+        exactly ``level`` of the model's samples. Boundary directions are evenly spaced when
+        :math:`V d = 2`, uniform on the sphere otherwise. Per-node sets:
+        :meth:`node_uncertainty_sets`.
         """
         latent = self._conditional_latent()
         centers, scales = latent.confidence_region(self.as_labels(y).to(latent.means.device), level)
+        size = scales.shape[-1]
+        if size == 2:
+            angle = torch.linspace(0, 2 * math.pi, num_points, dtype=centers.dtype, device=centers.device)
+            direction = torch.stack([angle.cos(), angle.sin()], -1)
+        else:
+            direction = torch.randn(num_points, size, generator=generator, dtype=centers.dtype, device=centers.device)
+            direction = direction / direction.norm(dim=-1, keepdim=True)
+        offsets = (scales @ direction.unsqueeze(-1)).squeeze(-1).unflatten(-1, centers.shape[-2:])
+        return self.generate(graph, centers + offsets, max_iter=max_iter)
+
+    @torch.no_grad()
+    def in_uncertainty_set(self, graph: GraphLike, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
+        """Whether each whole sample lies in its ``level`` set (:meth:`uncertainty_set`), bool ``(N,)``."""
+        latent = self._conditional_latent()
+        x, y = self.as_features(x), self.as_labels(y)
+        graph = self.check_features(graph, x)
+        self.check_labels(x, y)
+        h, _, _ = self._encode(graph, x, False)
+        return latent.contains(h, y, level)
+
+    @torch.no_grad()
+    def node_uncertainty_sets(
+        self, graph: GraphLike, y: Tensor, level: float = 0.9, num_points: int = 200,
+        generator: torch.Generator | None = None, max_iter: int = 1000,
+    ) -> Tensor:
+        r"""Points ``(num_points, V, d)`` with every node on the boundary of its own ``level`` set.
+
+        Node :math:`v`'s set holds ``level`` of node :math:`v`'s latent mass
+        (:meth:`NodeGaussianLatent.node_confidence_regions`: the ball
+        :math:`\|H_v - \mu_{y_v}\| \le r` under the node law), so a whole sample lies in all
+        ``V`` of them less often than ``level``: use :meth:`uncertainty_set` for that. Directions
+        are evenly spaced for :math:`d = 2`, uniform otherwise; for plotting each node's set.
+        """
+        latent = self._conditional_latent()
+        centers, scales = latent.node_confidence_regions(self.as_labels(y).to(latent.means.device), level)
         if self.feats == 2:
             angle = torch.linspace(0, 2 * math.pi, num_points, dtype=centers.dtype, device=centers.device)
             direction = torch.stack([angle.cos(), angle.sin()], -1).unsqueeze(1).expand(-1, self.num_nodes, -1)
@@ -299,14 +336,14 @@ class FlowModel(nn.Module):
         return self.generate(graph, centers + (scales @ direction.unsqueeze(-1)).squeeze(-1), max_iter=max_iter)
 
     @torch.no_grad()
-    def in_uncertainty_set(self, graph: GraphLike, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
-        """Whether each node of each sample lies in its uncertainty set, bool ``(N, V)``."""
+    def in_node_uncertainty_sets(self, graph: GraphLike, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
+        """Whether each node of each sample lies in its node's ``level`` set (:meth:`node_uncertainty_sets`), bool ``(N, V)``."""
         latent = self._conditional_latent()
         x, y = self.as_features(x), self.as_labels(y)
         graph = self.check_features(graph, x)
         self.check_labels(x, y)
         h, _, _ = self._encode(graph, x, False)
-        return latent.contains(h, y, level)
+        return latent.node_contains(h, y, level)
 
     # -- checkpoints ---------------------------------------------------------
 

@@ -733,8 +733,8 @@ class NodeGaussianLatent(nn.Module):
 
     # -- uncertainty ------------------------------------------------------
 
-    def confidence_radius(self, level: float) -> float:
-        r"""Radius of the ball around a class mean holding ``level`` of its mass.
+    def node_confidence_radius(self, level: float) -> float:
+        r"""Radius of the ball around a class mean holding ``level`` of one node's mass.
 
         ``||H_v - mu_k||^2 / sigma^2`` is chi-squared with ``d`` degrees of
         freedom, so
@@ -752,21 +752,18 @@ class NodeGaussianLatent(nn.Module):
         -------
         float
         """
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"level must lie in (0, 1), got {level}")
-        # Imported here: scipy.stats costs 1.6 s and 30 MB at import, for this one quantile.
-        from scipy.stats import chi2
+        return self.sigma * _chi_quantile(level, self.dim)
 
-        return self.sigma * math.sqrt(chi2.ppf(level, self.dim))
-
-    def confidence_region(self, y: Tensor, level: float) -> tuple[Tensor, Tensor]:
-        r"""Ellipsoid holding ``level`` of the latent mass of each node given the labels.
+    def node_confidence_regions(self, y: Tensor, level: float) -> tuple[Tensor, Tensor]:
+        r"""Per node, the ellipsoid holding ``level`` of that node's latent mass given the labels.
 
         Node :math:`v`'s region is :math:`\{c_v + S_v u : \lVert u \rVert \le 1\}` with
         :math:`S_v = \sqrt{\chi^2_d{}^{-1}(\text{level})}\, L_v` and :math:`L_v L_v^\top` the
         covariance of :math:`H_v` given ``y``: :math:`\sigma^2 I` under the node law (a ball of
-        radius :meth:`confidence_radius`), the node's block of :math:`\Sigma_Y` under a joint
-        Gaussian (:meth:`fit_label_vector_gaussians`).
+        radius :meth:`node_confidence_radius`), the node's block of :math:`\Sigma_Y` under a joint
+        Gaussian (:meth:`fit_label_vector_gaussians`). Each holds ``level`` of its node's mass;
+        all ``V`` of them together hold less of a whole sample (:meth:`confidence_region` is
+        the set for the whole sample).
 
         Parameters
         ----------
@@ -783,7 +780,7 @@ class NodeGaussianLatent(nn.Module):
             ``(*, V, d, d)`` lower-triangular :math:`S_v`.
         """
         self._check_y(y)
-        radius = self.confidence_radius(level)
+        radius = self.node_confidence_radius(level)
         joint = self._joint_rows(y)
         centers = self._centers(y, joint)
         eye = torch.eye(self.dim, dtype=centers.dtype, device=centers.device)
@@ -795,8 +792,8 @@ class NodeGaussianLatent(nn.Module):
             scales[mask] = (radius / self.sigma) * torch.linalg.cholesky(node_covariance)
         return centers, scales
 
-    def contains(self, h: Tensor, y: Tensor, level: float) -> Tensor:
-        """Whether each latent lies in its node's ``level`` confidence region (:meth:`confidence_region`).
+    def node_contains(self, h: Tensor, y: Tensor, level: float) -> Tensor:
+        """Whether each node's latent lies in its node's ``level`` region (:meth:`node_confidence_regions`).
 
         Parameters
         ----------
@@ -812,9 +809,90 @@ class NodeGaussianLatent(nn.Module):
         Tensor
             ``(*, V)`` bool.
         """
-        centers, scales = self.confidence_region(self._labels_like(h, y), level)
+        centers, scales = self.node_confidence_regions(self._labels_like(h, y), level)
         unit = torch.linalg.solve_triangular(scales, (h - centers).unsqueeze(-1), upper=False)
         return unit.squeeze(-1).norm(dim=-1) <= 1.0
+
+    def whitened_distance(self, h: Tensor, y: Tensor) -> Tensor:
+        r"""The Mahalanobis distance of each whole latent sample from its law given ``y``.
+
+        :math:`\lVert H - c(Y) \rVert / \sigma` over all :math:`V d` coordinates under the node
+        law, :math:`\lVert L_Y^{-1}(H - \mu_Y) \rVert` under a label vector's joint Gaussian. Its
+        square is chi-squared with :math:`V d` degrees of freedom when :math:`H` follows the law.
+
+        Parameters
+        ----------
+        h : Tensor
+            ``(*, V, d)`` latents.
+        y : Tensor
+            ``(*, V)`` labels, or a suffix of that shape.
+
+        Returns
+        -------
+        Tensor
+            ``(*,)``.
+        """
+        self._check_h(h)
+        labels = self._labels_like(h, y)
+        joint = self._joint_rows(labels)
+        distance = (h - self.node_law_centers(labels)).flatten(-2).norm(dim=-1) / self.sigma
+        if joint is None:
+            return distance
+        mask, rows = joint
+        white = torch.linalg.solve_triangular(
+            self.joint_chols[rows], (h[mask].flatten(-2) - self.joint_means[rows]).unsqueeze(-1), upper=False)
+        distance = distance.clone()
+        distance[mask] = white.squeeze(-1).norm(dim=-1)
+        return distance
+
+    def confidence_radius(self, level: float, num_nodes: int | None = None) -> float:
+        r""":math:`\sqrt{\chi^2_{V d}{}^{-1}(\text{level})}`: the :meth:`whitened_distance` within
+        which a whole sample of ``num_nodes`` nodes (default: the latent's ``V``) lies with
+        probability ``level``."""
+        return _chi_quantile(level, (self.num_nodes if num_nodes is None else num_nodes) * self.dim)
+
+    def confidence_region(self, y: Tensor, level: float) -> tuple[Tensor, Tensor]:
+        r"""The ellipsoid holding exactly ``level`` of the whole latent sample's mass given ``y``.
+
+        :math:`\{c + S u : \lVert u \rVert \le 1\}` over all :math:`V d` coordinates, with
+        :math:`S = \sqrt{\chi^2_{V d}{}^{-1}(\text{level})}\, L` and :math:`L L^\top` the
+        covariance of :math:`H` given ``y`` (:math:`\sigma^2 I`, or :math:`\Sigma_Y`). Because the
+        flow is a bijection, its image in feature space holds exactly ``level`` of the model's
+        samples of :math:`X \mid Y = y`.
+
+        Returns
+        -------
+        centers : Tensor
+            ``(*, V, d)``.
+        scales : Tensor
+            ``(*, V d, V d)`` lower-triangular :math:`S`, rows and columns node-major.
+        """
+        self._check_y(y)
+        radius = self.confidence_radius(level, y.shape[-1])
+        joint = self._joint_rows(y)
+        centers = self._centers(y, joint)
+        size = centers.shape[-2] * centers.shape[-1]
+        eye = torch.eye(size, dtype=centers.dtype, device=centers.device)
+        scales = (radius * self.sigma * eye).expand(*centers.shape[:-2], size, size).clone()
+        if joint is not None:
+            mask, rows = joint
+            scales[mask] = radius * self.joint_chols[rows]
+        return centers, scales
+
+    def contains(self, h: Tensor, y: Tensor, level: float) -> Tensor:
+        """Whether each whole latent sample lies in its ``level`` region (:meth:`confidence_region`):
+        ``(*,)`` bool, true for a fraction ``level`` of the law's own samples."""
+        return self.whitened_distance(h, y) <= self.confidence_radius(level, h.shape[-2])
+
+
+def _chi_quantile(level: float, degrees: int) -> float:
+    """:math:`\sqrt{\chi^2_k{}^{-1}(\text{level})}` for ``degrees`` :math:`k`."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    # Imported here: scipy.stats costs 1.6 s and 30 MB at import, for this one quantile.
+    from scipy.stats import chi2
+
+    return math.sqrt(chi2.ppf(level, degrees))
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, chol: Tensor) -> Tensor:
