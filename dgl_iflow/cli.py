@@ -69,24 +69,22 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _positive(text: str) -> float:
+def _number(text: str, valid: Callable[[float], bool], requirement: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"{requirement}, got {text}")
     return value
+
+
+def _positive(text: str) -> float:
+    return _number(text, lambda value: math.isfinite(value) and value > 0, "must be a number > 0")
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1), got {text}")
-    return value
+    return _number(text, lambda value: 0.0 < value < 1.0, "must lie in (0, 1)")
 
 
 def _device(text: str) -> str:

@@ -303,12 +303,14 @@ class FlowModel(nn.Module):
     @torch.no_grad()
     def in_uncertainty_set(self, graph: GraphLike, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
         """Whether each whole sample lies in its ``level`` set (:meth:`uncertainty_set`), bool ``(N,)``."""
-        latent = self._conditional_latent()
+        return self._conditional_latent().contains(*self._labelled_latents(graph, x, y), level)
+
+    def _labelled_latents(self, graph: GraphLike, x: Any, y: Any) -> tuple[Tensor, Tensor]:
+        """``F(x)`` and ``y``, both as users hold them, converted and checked: ``(N, V, d)``, ``(N, V)``."""
         x, y = self.as_features(x), self.as_labels(y)
         graph = self.check_features(graph, x)
         self.check_labels(x, y)
-        h, _, _ = self._encode(graph, x, False)
-        return latent.contains(h, y, level)
+        return self._encode(graph, x, False)[0], y
 
     @torch.no_grad()
     def node_uncertainty_sets(
@@ -338,12 +340,7 @@ class FlowModel(nn.Module):
     @torch.no_grad()
     def in_node_uncertainty_sets(self, graph: GraphLike, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
         """Whether each node of each sample lies in its node's ``level`` set (:meth:`node_uncertainty_sets`), bool ``(N, V)``."""
-        latent = self._conditional_latent()
-        x, y = self.as_features(x), self.as_labels(y)
-        graph = self.check_features(graph, x)
-        self.check_labels(x, y)
-        h, _, _ = self._encode(graph, x, False)
-        return latent.node_contains(h, y, level)
+        return self._conditional_latent().node_contains(*self._labelled_latents(graph, x, y), level)
 
     # -- checkpoints ---------------------------------------------------------
 
