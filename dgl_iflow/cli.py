@@ -387,8 +387,10 @@ def _evaluate(args: argparse.Namespace) -> None:
     checkpoint = read_checkpoint(args.checkpoint)
     model = IGNN.from_checkpoint(checkpoint).eval()
     dataset = _dataset(args)
+    model.check_graph(dataset.graph)  # another node count is said first, in the model's words
     trained_on = checkpoint.get("data_units")
-    if trained_on is not None and not torch.allclose(trained_on["mean"], _data_units(dataset)["mean"]):
+    mean = _data_units(dataset)["mean"]
+    if trained_on is not None and trained_on["mean"].shape == mean.shape and not torch.allclose(trained_on["mean"], mean):
         # The standardization is fitted on the training part: another split gives other statistics.
         raise ValueError(f"{args.data or args.dataset} is not split or scaled as when {args.checkpoint} was trained "
                          "(give the --test-fraction, --edges and --undirected that train had: its run.json lists them)")
