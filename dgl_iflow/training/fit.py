@@ -317,7 +317,7 @@ def _train(
                              f"trained {checkpoint['epoch']} epochs already; pass epochs >= {checkpoint['epoch']}")
         saved_epochs = checkpoint.get("train_config", {}).get("epochs", checkpoint["epoch"])
         finished = checkpoint["history"]["stopped_early"] or checkpoint["epoch"] >= saved_epochs
-        if config.patience is not None and finished and checkpoint["epoch"] < config.epochs:
+        if config.patience is not None and finished and config.epochs > saved_epochs:
             # Its weights are the best epoch's, its optimizer state the last epoch's: they do not go on together.
             raise ValueError(f"cannot extend checkpoint {resume_from}: a run with patience ends on its best "
                              "epoch's weights, not its last; train afresh with more epochs")
