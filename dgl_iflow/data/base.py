@@ -307,8 +307,9 @@ class GraphDataset:
             raise ValueError(f"x must be (N, V, d) and y (N, V); got {tuple(x.shape)} "
                              f"and {tuple(y.shape)}")
         num_nodes = x.shape[1]
-        if as_graph(graph).num_nodes() != num_nodes or len(node_names) != num_nodes:
-            raise ValueError(f"graph has {as_graph(graph).num_nodes()} nodes and {len(node_names)} "
+        graph_nodes = as_graph(graph).num_nodes()
+        if graph_nodes != num_nodes or len(node_names) != num_nodes:
+            raise ValueError(f"graph has {graph_nodes} nodes and {len(node_names)} "
                              f"names but x has V = {num_nodes}")
         if len(feature_names) != x.shape[2]:
             raise ValueError(f"{len(feature_names)} feature names for d = {x.shape[2]}")

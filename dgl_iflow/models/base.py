@@ -382,9 +382,9 @@ class FlowModel(nn.Module):
         if graph is None:
             graph = graph_from_edges(saved["src"], saved["dst"], saved["num_nodes"], saved.get("edge_weight"),
                                      saved.get("batch_num_nodes"))
-        elif as_graph(graph).num_nodes() != saved["num_nodes"]:
+        elif (graph_nodes := as_graph(graph).num_nodes()) != saved["num_nodes"]:
             raise ValueError(f"the checkpoint's model was built for a graph of {saved['num_nodes']} nodes, "
-                             f"got one of {as_graph(graph).num_nodes()}")
+                             f"got one of {graph_nodes}")
         # Building draws initial weights that the saved ones replace: the caller's stream stays put.
         with torch.random.fork_rng():
             model = cls(graph, **checkpoint["config"])
