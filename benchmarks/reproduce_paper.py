@@ -102,6 +102,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="generate and predict with the trained node law only (default: a joint latent Gaussian per "
                         "training label vector fitted once trained, TrainConfig(label_vector_gaussians=True); the "
                         "node law is scored too, in its own row)")
+    p.add_argument("--no-readout", dest="readout", action="store_false",
+                   help="predict by Bayes' rule in the latent (default: the discriminative head fitted once "
+                        "trained, TrainConfig(readout=True))")
     p.add_argument("--sigma", type=float, default=recipe.SIGMA,
                    help=f"latent std (default the reference's, sqrt(||mu0-mu1||/8) = {recipe.SIGMA:.4f})")
     p.add_argument("--lipschitz", type=float, default=recipe.LIPSCHITZ,
@@ -236,7 +239,8 @@ def train_config(dataset: str, args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(
         epochs=epochs_for(dataset, args), batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         classification_weight=args.classification_weight, transport_weight=args.transport_weight,
-        label_vector_gaussians=args.label_vector_gaussians, seed=args.seed, progress=args.progress,
+        label_vector_gaussians=args.label_vector_gaussians, readout=args.readout, seed=args.seed,
+        progress=args.progress,
     )
 
 

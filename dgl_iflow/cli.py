@@ -379,6 +379,7 @@ def _train(args: argparse.Namespace) -> None:
 def _evaluate(args: argparse.Namespace) -> None:
     from . import metrics
     from .checkpoints import read_checkpoint
+    from .evaluation import uncertainty_report
     from .files import atomic_write_text
     from .models import IGNN
     from .progress import progress_bar
@@ -407,30 +408,48 @@ def _evaluate(args: argparse.Namespace) -> None:
             return samples
 
         result = metrics.paper_protocol(x_test, y_test, generate, top=args.top)
+    x_train, y_train = dataset.split("train")
+    uncertainty = uncertainty_report(model, graph, x_train, y_train, x_test, y_test,
+                                     calibration_fraction=args.calibration_fraction, seed=args.seed)
+    curves = uncertainty.pop("curves")
     report = dict(
         dataset=dataset.name, checkpoint=str(args.checkpoint),
         mmd=result["mmd"], energy=result["energy"],
         node_accuracy=metrics.node_accuracy(proba, y_test),
         node_log_loss=metrics.node_log_loss(proba, y_test),
+        node_calibration_error=metrics.calibration_error(proba, y_test),
+        uncertainty=uncertainty,
     )
     if out is not None:
-        report["figures"] = _evaluation_figures(dataset, x_test, y_test, generated, proba, out)
+        radius = uncertainty["sets"]["0.9"]["split_radius"]
+        report["figures"] = _evaluation_figures(model, dataset, x_test, y_test, generated, proba, curves, radius, out)
     text = json.dumps(report, indent=2)
     print(text)
     if out is not None:
         atomic_write_text(out, text + "\n")
 
 
-def _evaluation_figures(dataset, x_test, y_test, generated, proba, out: Path) -> list[str]:
-    """Generated-vs-real and predicted-probability PNGs beside ``out``, named after its stem."""
+def _evaluation_figures(model, dataset, x_test, y_test, generated, proba, curves, radius: float,
+                        out: Path) -> list[str]:
+    """Generated-vs-real (with the calibrated 90 % sets' edges), predicted-probability and
+    reliability PNGs beside ``out``, named after its stem."""
+    import math
+
     from . import plots
 
     real = {key: x_test[(y_test == torch.tensor(key)).all(dim=1)] for key in generated}
+    edges = None
+    if math.isfinite(radius):
+        edges = {key: model.uncertainty_set(dataset.graph, torch.tensor(key), level=0.9, num_points=40, radius=radius,
+                                            generator=torch.Generator().manual_seed(0)) for key in generated}
     stem = out.with_suffix("")
     paths = [plots.generated_vs_real(real, generated, f"{stem}_samples.png", feature_names=dataset.feature_names,
-                                     title=f"{dataset.name}: test rows vs generated"),
+                                     title=f"{dataset.name}: test rows vs generated", boundary=edges,
+                                     boundary_name="whole samples on the edge of the calibrated 90 % set"),
              plots.node_probabilities(proba, y_test, f"{stem}_proba.png",
-                                      node_names=dataset.node_names)]
+                                      node_names=dataset.node_names),
+             plots.reliability_diagram(curves, f"{stem}_reliability.png",
+                                       title=f"{dataset.name}: coverage and calibration on held-out test rows")]
     return [str(path) for path in paths]
 
 
@@ -647,14 +666,22 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     train.set_defaults(run=_train)
 
-    evaluate = command("evaluate", "the paper's protocol and node accuracy on the test split",
-                       "Prints the metrics as JSON. --out FILE.json also writes them to FILE.json, with two "
-                       "figures beside it: FILE_samples.png (generated vs test samples of the most frequent "
-                       "label vectors) and FILE_proba.png (predicted label probabilities per node).")
+    evaluate = command("evaluate", "the paper's protocol, accuracy, coverage and calibration on the test split",
+                       "Prints the metrics as JSON: the paper's protocol, node accuracy, and under "
+                       "'uncertainty' the coverage and latent radius of the model's own, split conformal and "
+                       "adaptive conformal sets at levels 0.5 / 0.9 / 0.95, node-label sets, calibration error "
+                       "and anomaly p-values beside logistic regression (the first --calibration-fraction of "
+                       "the test rows calibrates, the rest is scored; docs/uncertainty.md). --out FILE.json "
+                       "also writes them to FILE.json, with three figures beside it: FILE_samples.png "
+                       "(generated vs test samples of the most frequent label vectors, with the edge of the "
+                       "calibrated 90 % set), FILE_proba.png (predicted label probabilities per node) and "
+                       "FILE_reliability.png (nominal against observed coverage; confidence against accuracy).")
     evaluate.add_argument("--checkpoint", required=True, help="model.pt written by `dgl-iflow train`")
     data_arguments(evaluate, "the data the model was trained on, as given to `train`")
     evaluate.add_argument("--top", type=_count(1), default=3, help="number of most frequent label vectors to compare")
-    evaluate.add_argument("--seed", type=_count(0), default=0, help="seeds the generated samples")
+    evaluate.add_argument("--seed", type=_count(0), default=0, help="seeds the generated samples and label sets")
+    evaluate.add_argument("--calibration-fraction", type=_fraction, default=0.3,
+                          help="share of the test rows, from the first, that calibrates the conformal sets")
     evaluate.add_argument("--out", default=None, help="write the metrics as JSON here, and the figures beside it")
     evaluate.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     evaluate.set_defaults(run=_evaluate)

@@ -24,13 +24,17 @@ if TYPE_CHECKING:
 __all__ = [
     "KERNEL_OFFSET",
     "PermutationTest",
+    "ReliabilityBins",
+    "calibration_error",
     "energy_distance",
     "mmd",
     "mmd_permutation_test",
     "node_accuracy",
     "node_log_loss",
     "paper_protocol",
+    "precision_recall",
     "reconstruction_error",
+    "reliability_bins",
     "uncertainty_coverage",
 ]
 
@@ -373,6 +377,91 @@ def node_log_loss(proba: ArrayLike, y: ArrayLike, eps: float = 1e-15) -> float:
     p, labels = _proba_labels(proba, y)
     picked = p.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     return float(-picked.clamp(min=eps).log().mean())
+
+
+@dataclass
+class ReliabilityBins:
+    """Top-class confidence against accuracy in equal-width confidence bins (:func:`reliability_bins`).
+
+    Attributes
+    ----------
+    confidence, accuracy : numpy.ndarray
+        ``(B,)`` mean top-class probability and share correct of the predictions in each bin
+        (NaN where a bin is empty).
+    count : numpy.ndarray
+        ``(B,)`` predictions per bin.
+    edges : numpy.ndarray
+        ``(B + 1,)`` bin edges on [0, 1].
+    """
+
+    confidence: np.ndarray
+    accuracy: np.ndarray
+    count: np.ndarray
+    edges: np.ndarray
+
+
+def reliability_bins(proba: ArrayLike, y: ArrayLike, bins: int = 10) -> ReliabilityBins:
+    """The reliability diagram's data: every (sample, node)'s top-class probability, binned.
+
+    Parameters
+    ----------
+    proba : array_like
+        ``(*, V, K)`` class probabilities.
+    y : array_like
+        ``(*, V)`` labels.
+    bins : int
+        Equal-width bins on [0, 1] (a confidence of exactly 1 falls in the last).
+
+    Returns
+    -------
+    ReliabilityBins
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    p, labels = _proba_labels(proba, y)
+    confidence, predicted = p.max(dim=-1)
+    confidence, correct = confidence.flatten().numpy(), (predicted == labels).flatten().double().numpy()
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    count = np.bincount(index, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_confidence = np.bincount(index, confidence, bins) / count
+        accuracy = np.bincount(index, correct, bins) / count
+    return ReliabilityBins(mean_confidence, accuracy, count, np.linspace(0.0, 1.0, bins + 1))
+
+
+def calibration_error(proba: ArrayLike, y: ArrayLike, bins: int = 10) -> float:
+    r"""Expected calibration error of the top-class probability (Guo et al. 2017).
+
+    .. math::
+
+        \mathrm{ECE} = \sum_b \frac{n_b}{n} \left| \mathrm{acc}_b - \mathrm{conf}_b \right|
+
+    over the equal-width confidence bins of :func:`reliability_bins`, every (sample, node) one
+    prediction. 0 for perfectly calibrated probabilities (in the limit of many predictions).
+    """
+    table = reliability_bins(proba, y, bins)
+    filled = table.count > 0
+    gaps = np.abs(table.accuracy[filled] - table.confidence[filled])
+    return float((table.count[filled] * gaps).sum() / table.count.sum())
+
+
+def precision_recall(flagged: ArrayLike, positive: ArrayLike) -> dict[str, float]:
+    """Precision, recall and false-alarm rate of boolean ``flagged`` against boolean ``positive`` (same shape).
+
+    Precision is NaN when nothing is flagged, recall when nothing is positive, the false-alarm
+    rate (the share of negatives flagged) when everything is.
+    """
+    flag = torch.as_tensor(flagged).detach().cpu().bool()
+    truth = torch.as_tensor(positive).detach().cpu().bool()
+    if flag.shape != truth.shape:
+        raise ValueError(f"flagged and positive must have one shape, got {tuple(flag.shape)} and {tuple(truth.shape)}")
+    hits = float((flag & truth).sum())
+
+    def share(numerator: float, denominator: float) -> float:
+        return numerator / denominator if denominator else float("nan")
+
+    return dict(precision=share(hits, float(flag.sum())), recall=share(hits, float(truth.sum())),
+                false_alarm_rate=share(float((flag & ~truth).sum()), float((~truth).sum())))
 
 
 def uncertainty_coverage(

@@ -16,7 +16,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -167,7 +167,9 @@ def generated_vs_real(real: Mapping[LabelKey, ArrayLike], generated: Mapping[Lab
                       path: str | os.PathLike, feature_names: Sequence[str] = ("x_0", "x_1"),
                       max_samples: int = 100, title: str | None = None,
                       units: str | None = STANDARDIZED,
-                      node_groups: Mapping[str, Sequence[int]] | None = None) -> Path:
+                      node_groups: Mapping[str, Sequence[int]] | None = None,
+                      boundary: Mapping[LabelKey, ArrayLike] | None = None,
+                      boundary_name: str = "edge of the calibrated set") -> Path:
     """Real and generated graphs of each label vector in the (feature 0, feature 1) plane.
 
     One row of two panels per label vector ``Y``: the real samples, and the generated ones in
@@ -194,6 +196,12 @@ def generated_vs_real(real: Mapping[LabelKey, ArrayLike], generated: Mapping[Lab
     node_groups : mapping of str to sequence of int, optional
         Named node groups, one colour each (e.g. :func:`index_groups` or regions); default the
         nodes' labels in each ``Y``.
+    boundary : mapping of tuple to array_like, optional
+        ``{Y: (b_Y, V, 2)}`` whole samples on the edge of a set for ``Y`` (e.g.
+        :meth:`~dgl_iflow.models.base.FlowModel.uncertainty_set` at a calibrated radius),
+        drawn as black crosses over the generated ones: every node of each.
+    boundary_name : str
+        Their name in the key.
 
     Returns
     -------
@@ -202,6 +210,8 @@ def generated_vs_real(real: Mapping[LabelKey, ArrayLike], generated: Mapping[Lab
     """
     if not real:
         raise ValueError("real must hold at least one label vector")
+    if boundary is not None and not set(boundary) <= set(real):
+        raise ValueError(f"boundary has label vectors {sorted(set(boundary) - set(real))} that real has not")
     if set(real) != set(generated):
         raise ValueError(f"real and generated must have the same label vectors, got "
                          f"{sorted(real)} and {sorted(generated)}")
@@ -237,6 +247,11 @@ def generated_vs_real(real: Mapping[LabelKey, ArrayLike], generated: Mapping[Lab
         _scatter_groups(real_axis, real_rows, styled)
         _scatter_reference(generated_axis, real_rows)
         _scatter_groups(generated_axis, fake_rows, styled)
+        if boundary is not None and key in boundary:
+            edge = _numpy(boundary[key]).reshape(-1, 2)
+            generated_axis.scatter(edge[:, 0], edge[:, 1], s=9, color="black", marker="x", linewidths=0.6,
+                                   alpha=0.5, zorder=3)
+            keys.setdefault(boundary_name, _key_entry("black", "x", boundary_name))
         label = _label_text(key)
         real_axis.set_title(f"{label}\nreal: {len(real_rows)} of {n_real} samples", fontsize=9, family="monospace")
         generated_axis.set_title(f"{label}\ngenerated: {len(fake_rows)} of {n_fake} samples", fontsize=9,
@@ -641,6 +656,62 @@ def convergence(runs: Mapping[str, Sequence[Sequence[tuple[float, float, float]]
         axis.set_ylabel(ylabel)
         axis.grid(alpha=0.3, which="both")
     _key_below(figure, handles)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def reliability_diagram(curves: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
+    """Nominal against observed coverage of the sets, and confidence against accuracy of the predictors.
+
+    Parameters
+    ----------
+    curves : mapping
+        The ``curves`` of :func:`~dgl_iflow.evaluation.uncertainty_report`: ``sets`` (``levels``
+        and the observed coverage per kind of set at each) and ``probabilities`` (per
+        predictor, :class:`~dgl_iflow.metrics.ReliabilityBins` as lists).
+    path : str or PathLike
+        PNG file to write.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    sets, probabilities = curves["sets"], curves["probabilities"]
+    figure = _figure(9.0, 4.4)
+    coverage_axis, calibration_axis = figure.subplots(1, 2)
+    names = {"raw": "model's own set (chi-squared radius)", "split": "split conformal",
+             "adaptive": "adaptive conformal (online)"}
+    handles = [_key_entry("black", None, "ideal", linestyle=":")]
+    levels = np.asarray(sets["levels"])
+    for index, (kind, name) in enumerate(names.items()):
+        colour, marker = _style(index)
+        coverage_axis.plot(levels, sets[kind], color=colour, marker=marker, markersize=4, linewidth=1.2)
+        handles.append(_key_entry(colour, marker, f"set: {name}", linestyle="-"))
+    for index, (name, table) in enumerate(probabilities.items(), start=len(names)):
+        colour, marker = _style(index)
+        confidence = np.asarray([np.nan if v is None else v for v in table["confidence"]], dtype=float)
+        accuracy = np.asarray([np.nan if v is None else v for v in table["accuracy"]], dtype=float)
+        filled = ~np.isnan(confidence)
+        calibration_axis.plot(confidence[filled], accuracy[filled], color=colour, marker=marker, markersize=4,
+                              linewidth=1.2)
+        handles.append(_key_entry(colour, marker, f"probabilities: {name}", linestyle="-"))
+    for axis in (coverage_axis, calibration_axis):
+        axis.plot([0, 1], [0, 1], color="black", linestyle=":", linewidth=1)
+        axis.grid(alpha=0.25)
+        axis.set_aspect("equal")
+    coverage_axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="nominal level", ylabel="share of held-out samples inside",
+                      title="sets for X | Y")
+    calibration_axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability of the top class",
+                         ylabel="share correct", title="node-label probabilities")
+    for axis in (coverage_axis, calibration_axis):
+        axis.title.set_fontsize(10)
+        axis.xaxis.label.set_fontsize(9)
+        axis.yaxis.label.set_fontsize(9)
+    _key_below(figure, handles, columns=2)
     if title:
         figure.suptitle(title)
     return _save(figure, path)

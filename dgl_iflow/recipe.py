@@ -71,8 +71,11 @@ def recipe_config(dataset: str | None = None, **changes: Any) -> TrainConfig:
     ``EPOCHS`` of the data set (``DEFAULT_EPOCHS`` for others), batches of ``BATCH_SIZE``, Adam
     at 1e-3 with a cosine schedule, classification weight 1, no transport cost, and once trained
     a joint latent Gaussian per training label vector (``label_vector_gaussians``): the trained
-    flow's node law leaves rare label vectors too wide (docs/reproduce.md).
+    flow's node law leaves rare label vectors too wide (docs/reproduce.md); and the discriminative
+    head for prediction (``readout``): Bayes' rule in the latent trails logistic regression
+    (docs/uncertainty.md).
     """
     settings: dict[str, Any] = dict(epochs=EPOCHS.get(dataset, DEFAULT_EPOCHS), batch_size=BATCH_SIZE,
-                                    classification_weight=1.0, transport_weight=0.0, label_vector_gaussians=True)
+                                    classification_weight=1.0, transport_weight=0.0, label_vector_gaussians=True,
+                                    readout=True)
     return TrainConfig(**{**settings, **changes})

@@ -31,7 +31,7 @@ def test_the_recipe_model_has_every_ingredient(dataset):
 
 def test_the_recipe_config_per_data_set():
     assert recipe_config("traffic") == TrainConfig(epochs=EPOCHS["traffic"], batch_size=64, classification_weight=1.0,
-                                                   transport_weight=0.0, label_vector_gaussians=True)
+                                                   transport_weight=0.0, label_vector_gaussians=True, readout=True)
     assert recipe_config("solar").epochs == 200 and recipe_config("three_node").epochs == 60
     assert recipe_config("solar", epochs=5, lr=2e-3).epochs == 5
 

@@ -16,6 +16,7 @@ from ..checkpoints import atomic_save, read_checkpoint
 from ..transforms import GraphFlow, InversionError, InversionWarning
 from ..transforms.base import check_finite
 from .latent import NodeGaussianLatent
+from .readout import LatentReadout
 from .layout import single_node_graph, to_nodes_first, to_samples_first
 
 #: The first layer of every block: ``"l3"``, ``"cheb"``, ``"node"`` (no message passing) or
@@ -75,6 +76,8 @@ class FlowModel(nn.Module):
         self._single_node_graph = single_node_graph() if self.flatten else None
         self.flow = GraphFlow()
         self.latent: NodeGaussianLatent | None = None
+        #: The discriminative head :meth:`predict_proba` uses once :meth:`fit_readout` has fitted it.
+        self.readout = LatentReadout()
         self.config: dict[str, Any] = {}
         # Follows .to() and .double(), so new blocks and drawn latents match the model.
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)
@@ -200,10 +203,22 @@ class FlowModel(nn.Module):
 
     @torch.no_grad()
     def predict_proba(self, graph: GraphLike, x: Tensor) -> Tensor:
-        """:math:`P(Y_v = k \\mid X)` for every node, ``(N, V, K)``."""
+        """:math:`P(Y_v = k \\mid X)` for every node, ``(N, V, K)``: the fitted :attr:`readout`
+        (:meth:`fit_readout`), else Bayes' rule in the latent (:meth:`NodeGaussianLatent.posterior`)."""
         latent = self._conditional_latent()
+        x = self.as_features(x)
         h, _, _ = self.encode(graph, x, logdet=False)
-        return latent.posterior(h)
+        return self.readout(x, h) if self.readout.fitted else latent.posterior(h)
+
+    @torch.no_grad()
+    def fit_readout(self, graph: GraphLike, x: Tensor, y: Tensor, l2: float | None = None) -> None:
+        """Fit the discriminative head :attr:`readout` (:class:`~dgl_iflow.models.readout.LatentReadout`)
+        to training rows ``x`` ``(N, V, d)``, ``y`` ``(N, V)``: per-node logistic regression on the
+        features and the latent. Densities and samples do not change; :meth:`predict_proba` then
+        uses it. Refit after any further training (:func:`~dgl_iflow.training.fit` clears it)."""
+        num_classes = self._conditional_latent().num_classes
+        h, y = self._labelled_latents(graph, x, y)
+        self.readout.fit(self.as_features(x), h, y, num_classes, l2=l2)
 
     def _conditional_latent(self) -> NodeGaussianLatent:
         if self.latent is None:
@@ -276,7 +291,7 @@ class FlowModel(nn.Module):
     @torch.no_grad()
     def uncertainty_set(
         self, graph: GraphLike, y: Tensor, level: float = 0.9, num_points: int = 200,
-        generator: torch.Generator | None = None, max_iter: int = 1000,
+        generator: torch.Generator | None = None, max_iter: int = 1000, radius: float | None = None,
     ) -> Tensor:
         r"""Whole samples ``(num_points, V, d)`` on the boundary of the set holding ``level`` of :math:`X \mid Y = y`.
 
@@ -284,12 +299,19 @@ class FlowModel(nn.Module):
         \le \sqrt{\chi^2_{V d}{}^{-1}(\text{level})}\}` over all :math:`V d` coordinates
         (:meth:`NodeGaussianLatent.confidence_region`): the latent given ``y`` is Gaussian, so the
         ellipsoid holds exactly ``level`` of its mass, and the flow, a bijection, carries that to
-        exactly ``level`` of the model's samples. Boundary directions are evenly spaced when
+        exactly ``level`` of the model's samples. ``radius`` replaces that bound on the
+        :meth:`whitened_distance`: a conformally calibrated one
+        (:class:`~dgl_iflow.conformal.SplitConformal` on the ``"distance"`` score) draws the set
+        that holds ``level`` of new data. Boundary directions are evenly spaced when
         :math:`V d = 2`, uniform on the sphere otherwise. Per-node sets:
         :meth:`node_uncertainty_sets`.
         """
         latent = self._conditional_latent()
         centers, scales = latent.confidence_region(self.as_labels(y).to(latent.means.device), level)
+        if radius is not None:
+            if not (radius > 0.0 and math.isfinite(radius)):
+                raise ValueError(f"radius must be positive and finite, got {radius}")
+            scales = scales * (radius / latent.confidence_radius(level, centers.shape[-2]))
         size = scales.shape[-1]
         if size == 2:
             angle = torch.linspace(0, 2 * math.pi, num_points, dtype=centers.dtype, device=centers.device)
@@ -304,6 +326,18 @@ class FlowModel(nn.Module):
     def in_uncertainty_set(self, graph: GraphLike, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
         """Whether each whole sample lies in its ``level`` set (:meth:`uncertainty_set`), bool ``(N,)``."""
         return self._conditional_latent().contains(*self._labelled_latents(graph, x, y), level)
+
+    @torch.no_grad()
+    def whitened_distance(self, graph: GraphLike, x: Tensor, y: Tensor) -> Tensor:
+        """How far each whole sample's latent lies from its law given ``y``, ``(N,)``
+        (:meth:`NodeGaussianLatent.whitened_distance`); :meth:`in_uncertainty_set` bounds it."""
+        return self._conditional_latent().whitened_distance(*self._labelled_latents(graph, x, y))
+
+    @torch.no_grad()
+    def node_whitened_distance(self, graph: GraphLike, x: Tensor, y: Tensor) -> Tensor:
+        """How far each node's latent lies from its node's law given ``y``, ``(N, V)``
+        (:meth:`NodeGaussianLatent.node_whitened_distance`); :meth:`in_node_uncertainty_sets` bounds it."""
+        return self._conditional_latent().node_whitened_distance(*self._labelled_latents(graph, x, y))
 
     def _labelled_latents(self, graph: GraphLike, x: Any, y: Any) -> tuple[Tensor, Tensor]:
         """``F(x)`` and ``y``, both as users hold them, converted and checked: ``(N, V, d)``, ``(N, V)``."""

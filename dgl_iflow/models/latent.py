@@ -780,17 +780,47 @@ class NodeGaussianLatent(nn.Module):
             ``(*, V, d, d)`` lower-triangular :math:`S_v`.
         """
         self._check_y(y)
-        radius = self.node_confidence_radius(level)
+        centers, chols = self._node_laws(y)
+        return centers, _chi_quantile(level, self.dim) * chols
+
+    def _node_laws(self, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Every node's mean ``(*, V, d)`` and the Cholesky factor ``(*, V, d, d)`` of its covariance given ``y``."""
         joint = self._joint_rows(y)
         centers = self._centers(y, joint)
         eye = torch.eye(self.dim, dtype=centers.dtype, device=centers.device)
-        scales = (radius * eye).expand(*centers.shape, self.dim).clone()
+        chols = (self.sigma * eye).expand(*centers.shape, self.dim).clone()
         if joint is not None:
             mask, rows = joint
             blocks = self.joint_chols[rows].unflatten(-2, (-1, self.dim))  # (n, V, d, V d)
-            node_covariance = blocks @ blocks.transpose(-2, -1)
-            scales[mask] = (radius / self.sigma) * torch.linalg.cholesky(node_covariance)
-        return centers, scales
+            chols[mask] = torch.linalg.cholesky(blocks @ blocks.transpose(-2, -1))
+        return centers, chols
+
+    def node_whitened_distance(self, h: Tensor, y: Tensor) -> Tensor:
+        r"""The Mahalanobis distance of every node's latent from its node's law given ``y``.
+
+        :math:`\lVert L_v^{-1}(H_v - c_v) \rVert` with :math:`L_v L_v^\top` the covariance of
+        :math:`H_v` given ``y`` (:meth:`node_confidence_regions`): :math:`\lVert H_v - c_v
+        \rVert / \sigma` under the node law. Its square is chi-squared with ``d`` degrees of
+        freedom when :math:`H` follows the law.
+
+        Parameters
+        ----------
+        h : Tensor
+            ``(*, V, d)`` latents.
+        y : Tensor
+            ``(*, V)`` labels, or a suffix of that shape.
+
+        Returns
+        -------
+        Tensor
+            ``(*, V)``.
+        """
+        self._check_h(h)
+        labels = self._labels_like(h, y)
+        self._check_y(labels)
+        centers, chols = self._node_laws(labels)
+        white = torch.linalg.solve_triangular(chols, (h - centers).unsqueeze(-1), upper=False)
+        return white.squeeze(-1).norm(dim=-1)
 
     def node_contains(self, h: Tensor, y: Tensor, level: float) -> Tensor:
         """Whether each node's latent lies in its node's ``level`` region (:meth:`node_confidence_regions`).
@@ -809,9 +839,7 @@ class NodeGaussianLatent(nn.Module):
         Tensor
             ``(*, V)`` bool.
         """
-        centers, scales = self.node_confidence_regions(self._labels_like(h, y), level)
-        unit = torch.linalg.solve_triangular(scales, (h - centers).unsqueeze(-1), upper=False)
-        return unit.squeeze(-1).norm(dim=-1) <= 1.0
+        return self.node_whitened_distance(h, y) <= _chi_quantile(level, self.dim)
 
     def whitened_distance(self, h: Tensor, y: Tensor) -> Tensor:
         r"""The Mahalanobis distance of each whole latent sample from its law given ``y``.
@@ -886,7 +914,7 @@ class NodeGaussianLatent(nn.Module):
 
 
 def _chi_quantile(level: float, degrees: int) -> float:
-    """:math:`\sqrt{\chi^2_k{}^{-1}(\text{level})}` for ``degrees`` :math:`k`."""
+    r""":math:`\sqrt{\chi^2_k{}^{-1}(\text{level})}` for ``degrees`` :math:`k`."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     # Imported here: scipy.stats costs 1.6 s and 30 MB at import, for this one quantile.

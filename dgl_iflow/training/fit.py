@@ -52,6 +52,11 @@ class TrainConfig:
         (:meth:`~dgl_iflow.models.latent.NodeGaussianLatent.fit_label_vector_gaussians`, with
         its cross-validated pseudo-count), before the final inversion check, so that check
         inverts latents drawn from them.
+    readout : bool
+        Once trained and checked, fit the model's discriminative head to the training rows
+        (:meth:`~dgl_iflow.models.base.FlowModel.fit_readout`): per-node logistic regression
+        on the features and the latent, which :meth:`~dgl_iflow.models.base.FlowModel.predict_proba`
+        then uses. Densities and samples are unchanged.
     inversion_check_samples : int
         After every epoch, the relative error of :math:`F^{-1}(F(x))` on this many held-out
         samples is recorded, and these samples' latents together with as many latents drawn
@@ -91,6 +96,7 @@ class TrainConfig:
     classification_weight: float = 0.1
     transport_weight: float = 1.0
     label_vector_gaussians: bool = False
+    readout: bool = False
     inversion_check_samples: int = 100
     inversion_check_iterations: int = 100
     inversion_rescale: float = 0.9
@@ -295,6 +301,7 @@ def _train(
     if model.latent.label_context:
         model.latent.fit_label_vectors(y_train)
     model.latent.clear_label_vector_gaussians()  # fitted to other weights
+    model.readout.clear()
     # Units already initialized (a trained or loaded model) keep their parameters.
     model.flow.initialize_from_data(*model.to_flow(graph, x_train))
 
@@ -305,8 +312,9 @@ def _train(
     start_epoch = 0
     if resume_from is not None:
         checkpoint = model.load_weights(resume_from)
-        # Settings that do not change the result may differ; epochs may grow (checked below).
-        unchecked = ("checkpoint_path", "progress", "device", "chunk_size", "epochs")
+        # Settings that do not change the training may differ (the readout is fitted after it);
+        # epochs may grow (checked below).
+        unchecked = ("checkpoint_path", "progress", "device", "chunk_size", "epochs", "readout")
         differences = config_differences(checkpoint.get("train_config", {}), dataclasses.asdict(config), unchecked)
         if differences:
             raise ValueError(f"cannot resume from checkpoint {resume_from}: its TrainConfig differs in "
@@ -358,16 +366,19 @@ def _train(
         model.latent.fit_label_vector_gaussians(h, y_train)
 
     def finish() -> int | None:
-        """Fit the joint Gaussians if asked, then run the final check; its rescalings, None without checks."""
+        """Fit the joint Gaussians if asked, run the final check, then fit the readout if asked;
+        the check's rescalings, None without checks."""
         if config.label_vector_gaussians:
             fit_label_vector_gaussians()
-        if not checks:
-            return None
-        shrinks = repair(config.final_check_repeats)
-        if shrinks and config.label_vector_gaussians:
-            # The rescaled flow moved the latents: fit to them, and check those draws too.
-            fit_label_vector_gaussians()
-            shrinks += repair(config.final_check_repeats)
+        shrinks = None
+        if checks:
+            shrinks = repair(config.final_check_repeats)
+            if shrinks and config.label_vector_gaussians:
+                # The rescaled flow moved the latents: fit to them, and check those draws too.
+                fit_label_vector_gaussians()
+                shrinks += repair(config.final_check_repeats)
+        if config.readout:
+            model.fit_readout(graph, x_train, y_train)
         return shrinks
 
     batch_loss = model_loss if make_batch_loss is None else make_batch_loss(model, graph, x_train, y_train, config)

@@ -1,0 +1,186 @@
+r"""Uncertainty on held-out data: what ``dgl-iflow evaluate`` and ``benchmarks/uncertainty.py`` report.
+
+:func:`uncertainty_report` splits the test rows, in their order, into a calibration part (the
+first ``calibration_fraction``) and an evaluation part (the rest), and measures on the
+evaluation part:
+
+- **sets for X | Y** (:mod:`dgl_iflow.conformal`, score: the whitened latent distance): the
+  model's raw set (radius :math:`\sqrt{\chi^2_{Vd}{}^{-1}(a)}`), the split conformal set
+  calibrated on the calibration part, and adaptive conformal inference run through the
+  evaluation rows in order, starting from the calibration scores; coverage and latent radius
+  of each at every level, and the coverage at a grid of levels for the reliability diagram;
+- **node labels**, from the flow's :meth:`~dgl_iflow.models.base.FlowModel.predict_proba` and,
+  beside it, per-node logistic regression on all features fitted to the training rows
+  (:class:`~dgl_iflow.baselines.NodeLogistic`): accuracy, expected calibration error, and
+  per-node conformal label sets (randomized APS) with their coverage and mean size;
+- **anomalies** (label 0 normal, any other label an anomaly): conformal p-values against the
+  normal calibration rows (per sample) or nodes (per node), flagged at :math:`p \le \alpha`,
+  with the false-alarm rate on normal evaluation rows, precision and recall. Flow scores: the
+  latent distance under the all-normal label vector, and the flow's posterior probability of an
+  anomaly; logistic regression's: its probability of an anomaly.
+
+Time series (traffic, solar) are not exchangeable: there the split conformal guarantee does not
+hold and the adaptive sets are the ones to trust; on exchangeable data both hold their level.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import metrics
+from .baselines import NodeLogistic
+from .conformal import adaptive_conformal, conformal_p_values, conformal_quantile, label_scores, label_sets
+from .graphs import GraphLike
+from .models.base import FlowModel
+
+#: Levels reported in tables.
+LEVELS = (0.5, 0.9, 0.95)
+#: Levels of the reliability diagram.
+GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
+#: False-alarm levels at which anomalies are flagged.
+ALARM_LEVELS = (0.05, 0.1)
+
+
+def split_for_calibration(n: int, calibration_fraction: float) -> int:
+    """Rows in the calibration part of ``n`` test rows: at least 1, leaving at least 1."""
+    if not 0.0 < calibration_fraction < 1.0:
+        raise ValueError(f"calibration_fraction must lie in (0, 1), got {calibration_fraction}")
+    if n < 2:
+        raise ValueError(f"need at least 2 test rows to calibrate and evaluate, got {n}")
+    return min(max(1, round(n * calibration_fraction)), n - 1)
+
+
+def _set_coverage(model: FlowModel, graph: GraphLike, cal: tuple[Tensor, Tensor], ev: tuple[Tensor, Tensor],
+                  step: float) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    latent = model._conditional_latent()
+    s_cal = model.whitened_distance(graph, *cal).double().cpu()
+    s_ev = model.whitened_distance(graph, *ev).double().cpu()
+
+    def coverages(level: float) -> dict[str, float]:
+        raw_radius = latent.confidence_radius(level, model.num_nodes)
+        split_radius = conformal_quantile(s_cal, level).item()
+        adaptive = adaptive_conformal(s_cal, s_ev, level, step=step)
+        finite = adaptive.thresholds[adaptive.thresholds.isfinite()]
+        return dict(raw=(s_ev <= raw_radius).double().mean().item(), split=(s_ev <= split_radius).double().mean().item(),
+                    adaptive=adaptive.coverage, raw_radius=raw_radius, split_radius=split_radius,
+                    adaptive_median_radius=finite.median().item() if len(finite) else math.inf)
+
+    table = {str(level): coverages(level) for level in LEVELS}
+    grid = [coverages(level) for level in GRID]
+    curves = {kind: [row[kind] for row in grid] for kind in ("raw", "split", "adaptive")}
+    return table, dict(levels=list(GRID), **curves)
+
+
+def _label_results(proba_cal: Tensor, y_cal: Tensor, proba_ev: Tensor, y_ev: Tensor, seed: int) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(seed)
+    sets = {}
+    for level in LEVELS:
+        threshold = conformal_quantile(label_scores(proba_cal, y_cal, "aps", generator=gen), level)
+        chosen = label_sets(proba_ev, threshold, "aps", generator=gen)
+        sets[str(level)] = dict(coverage=chosen.gather(-1, y_ev.unsqueeze(-1)).double().mean().item(),
+                                mean_size=chosen.double().sum(-1).mean().item())
+    return dict(accuracy=metrics.node_accuracy(proba_ev, y_ev), calibration_error=metrics.calibration_error(proba_ev, y_ev),
+                log_loss=metrics.node_log_loss(proba_ev, y_ev), sets=sets)
+
+
+def _alarms(cal_scores: Tensor, cal_normal: Tensor, scores: Tensor, positive: Tensor) -> dict[str, Any]:
+    """p-values of ``scores`` against the normal calibration scores, per column when 2-D, and what flagging them gives."""
+    if scores.dim() == 1:
+        p = conformal_p_values(cal_scores[cal_normal], scores)
+    else:
+        p = torch.stack([conformal_p_values(cal_scores[cal_normal[:, v], v], scores[:, v])
+                         for v in range(scores.shape[1])], dim=1)
+    return {str(alpha): metrics.precision_recall(p <= alpha, positive) for alpha in ALARM_LEVELS}
+
+
+def _anomaly_results(scores_cal: dict[str, Tensor], y_cal: Tensor, scores_ev: dict[str, Tensor], y_ev: Tensor,
+                     per_node: bool) -> dict[str, Any]:
+    normal_cal = (y_cal == 0) if per_node else (y_cal == 0).all(dim=1)
+    positive = (y_ev != 0) if per_node else (y_ev != 0).any(dim=1)
+    if not normal_cal.any():
+        return {}
+    return {name: _alarms(scores_cal[name], normal_cal, scores_ev[name], positive) for name in scores_cal}
+
+
+def _anomaly_scores(model: FlowModel, graph: GraphLike, x: Tensor, proba: Tensor, logistic: Tensor) -> tuple[dict, dict]:
+    normal = torch.zeros(x.shape[:2], dtype=torch.long)
+    per_sample = {"flow, latent distance": model.whitened_distance(graph, x, normal).double().cpu(),
+                  "flow, P(anomaly)": 1.0 - proba[..., 0].prod(dim=-1),
+                  "logistic, P(anomaly)": 1.0 - logistic[..., 0].prod(dim=-1)}
+    per_node = {"flow, latent distance": model.node_whitened_distance(graph, x, normal).double().cpu(),
+                "flow, P(anomaly)": 1.0 - proba[..., 0], "logistic, P(anomaly)": 1.0 - logistic[..., 0]}
+    return per_sample, per_node
+
+
+@torch.no_grad()
+def uncertainty_report(
+    model: FlowModel, graph: GraphLike, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
+    calibration_fraction: float = 0.3, step: float = 0.05, seed: int = 0,
+) -> dict[str, Any]:
+    """Coverage, set sizes, calibration, label sets and anomaly p-values on held-out rows (module docstring).
+
+    Parameters
+    ----------
+    model : FlowModel
+        A trained conditional model.
+    graph : GraphLike
+        Its graph.
+    x_train, y_train : Tensor
+        ``(n, V, d)`` and ``(n, V)`` rows logistic regression is fitted to.
+    x_test, y_test : Tensor
+        ``(m, V, d)`` and ``(m, V)`` held-out rows, in time order for a time series.
+    calibration_fraction : float
+        Share of the test rows, from the start, that calibrates.
+    step : float
+        :func:`~dgl_iflow.conformal.adaptive_conformal`'s step.
+    seed : int
+        Seeds the randomized label sets.
+
+    Returns
+    -------
+    dict
+        ``protocol``, ``sets`` (per level: ``raw`` / ``split`` / ``adaptive`` coverage and
+        radii), ``labels`` (``flow`` and ``logistic``), ``anomalies`` (``per_sample`` and
+        ``per_node``, per scorer and false-alarm level), and ``curves`` (the reliability
+        diagram's data: set coverage over :data:`GRID`, and both predictors'
+        :class:`~dgl_iflow.metrics.ReliabilityBins` as lists).
+    """
+    x_test, y_test = model.as_features(x_test), model.as_labels(y_test)
+    cut = split_for_calibration(len(x_test), calibration_fraction)
+    cal, ev = (x_test[:cut], y_test[:cut]), (x_test[cut:], y_test[cut:])
+    sets, set_curves = _set_coverage(model, graph, cal, ev, step)
+
+    proba = model.predict_proba(graph, x_test).double().cpu()
+    logistic = NodeLogistic(model.as_features(x_train).cpu(), model.as_labels(y_train).cpu(), features="all",
+                            num_classes=model.num_classes).predict_proba(x_test.cpu())
+    y_cpu = y_test.cpu()
+    labels = {name: _label_results(p[:cut], y_cpu[:cut], p[cut:], y_cpu[cut:], seed)
+              for name, p in (("flow", proba), ("logistic", logistic))}
+
+    per_sample, per_node = _anomaly_scores(model, graph, x_test, proba, logistic)
+    anomalies = dict(
+        per_sample=_anomaly_results({k: v[:cut] for k, v in per_sample.items()}, y_cpu[:cut],
+                                    {k: v[cut:] for k, v in per_sample.items()}, y_cpu[cut:], per_node=False),
+        per_node=_anomaly_results({k: v[:cut] for k, v in per_node.items()}, y_cpu[:cut],
+                                  {k: v[cut:] for k, v in per_node.items()}, y_cpu[cut:], per_node=True),
+    )
+
+    def bins(p: Tensor) -> dict[str, list[float]]:
+        table = metrics.reliability_bins(p[cut:], y_cpu[cut:])
+        return dict(confidence=_listed(table.confidence), accuracy=_listed(table.accuracy), count=table.count.tolist())
+
+    return dict(
+        protocol=dict(calibration_rows=cut, evaluation_rows=len(x_test) - cut, adaptive_step=step,
+                      score="whitened latent distance", label_sets="randomized APS, calibrated per node"),
+        sets=sets, labels=labels, anomalies=anomalies,
+        curves=dict(sets=set_curves, probabilities={"flow": bins(proba), "logistic": bins(logistic)}),
+    )
+
+
+def _listed(values: np.ndarray) -> list[float | None]:
+    """JSON-safe: empty bins (NaN) become ``None``."""
+    return [None if math.isnan(v) else float(v) for v in values]
