@@ -33,7 +33,12 @@ def test_train_sample_evaluate(checkpoint, tmp_path):
                  "--out", str(metrics_path), "--no-progress"]) == 0
     report = json.loads(metrics_path.read_text())
     assert 0.0 <= report["node_accuracy"] <= 1.0 and report["energy"] > 0
-    figures = [tmp_path / "metrics_samples.png", tmp_path / "metrics_proba.png"]
+    assert 0.0 <= report["node_calibration_error"] <= 1.0
+    sets = report["uncertainty"]["sets"]
+    assert set(sets) == {"0.5", "0.9", "0.95"}
+    assert all(0.0 <= sets[level][kind] <= 1.0 for level in sets for kind in ("raw", "split", "adaptive"))
+    assert set(report["uncertainty"]["labels"]) == {"flow", "logistic"}
+    figures = [tmp_path / "metrics_samples.png", tmp_path / "metrics_proba.png", tmp_path / "metrics_reliability.png"]
     assert report["figures"] == [str(path) for path in figures]
     assert all(path.read_bytes()[:4] == b"\x89PNG" for path in figures)
 

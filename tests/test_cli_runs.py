@@ -240,7 +240,7 @@ def test_help_is_plain_text_and_says_what_it_does(capsys):
                   "edge_index (2, E)", "--edges FILE", "--resume", "--overwrite", "docs/datasets.md"):
         assert shown in train, shown
     evaluate = help_text(capsys, "evaluate")
-    assert "FILE_samples.png" in evaluate and "FILE_proba.png" in evaluate
+    assert "FILE_samples.png" in evaluate and "FILE_proba.png" in evaluate and "FILE_reliability.png" in evaluate
     sample_help = help_text(capsys, "sample")
     assert all(suffix in sample_help for suffix in (".pt", ".npy", ".csv", ".png"))
     assert "data's own units" in sample_help and "--standardized" in sample_help
