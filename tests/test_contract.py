@@ -354,6 +354,7 @@ def test_law_log_prob_is_a_dense_gaussian(law_case):
             h = law.sample(y, 4, generator=torch.Generator().manual_seed(2)) + 0.5
             dense = torch.distributions.MultivariateNormal(mean, covariance).log_prob(h.flatten(-2))
             torch.testing.assert_close(law.log_prob(h, y), dense.detach(), rtol=0, atol=1e-10)
+            torch.testing.assert_close(law.centers(y).flatten(), mean.detach(), rtol=0, atol=1e-12)
             assert law.log_prob(h, y.expand(4, -1)).shape == (4,)
 
 

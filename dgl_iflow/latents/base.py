@@ -86,6 +86,11 @@ class LatentLaw(nn.Module, ABC):
         """
 
     @abstractmethod
+    def centers(self, y: Tensor) -> Tensor:
+        r"""The mean :math:`E[H \mid Y]` of every node's latent, ``(*, V, d)``, for labels ``(*, V)``:
+        where the JKO trainer's transport pulls the latents."""
+
+    @abstractmethod
     def posterior(self, h: Tensor) -> Tensor:
         r"""The prediction of every node's label from the latents, :math:`P(Y_v = k \mid H)`.
 

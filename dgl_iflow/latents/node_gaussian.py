@@ -228,7 +228,8 @@ class NodeGaussianLatent(LatentLaw):
     def centers(self, y: Tensor) -> Tensor:
         r"""Mean of every node's latent given the labels ``y`` ``(*, V)``: ``(*, V, d)``.
 
-        The node law's centers (:meth:`node_law_centers`); :math:`\mu_Y` for a label vector with a joint Gaussian (:meth:`fit_label_vector_gaussians`).
+        The node law's centers (:meth:`node_law_centers`); :math:`\mu_Y` for a label vector with
+        a joint Gaussian (:meth:`fit_label_vector_gaussians`).
         """
         return self._centers(y, self._joint_rows(y))
 
