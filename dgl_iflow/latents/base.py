@@ -32,8 +32,9 @@ class LatentLaw(nn.Module, ABC):
 
     Attributes
     ----------
-    num_classes : int
-        Number of label values ``K`` (the last dimension of :meth:`posterior`).
+    num_classes : int or None
+        Number of label values ``K`` (the last dimension of :meth:`posterior`); ``None`` for
+        real-valued targets.
     dim : int
         Latent size ``d`` per node.
     num_nodes : int
@@ -45,7 +46,7 @@ class LatentLaw(nn.Module, ABC):
 
     fits_after_training: ClassVar[bool] = False
 
-    num_classes: int
+    num_classes: int | None
     dim: int
     num_nodes: int
 
@@ -91,8 +92,8 @@ class LatentLaw(nn.Module, ABC):
         where the JKO trainer's transport pulls the latents."""
 
     @abstractmethod
-    def posterior(self, h: Tensor) -> Tensor:
-        r"""The prediction of every node's label from the latents, :math:`P(Y_v = k \mid H)`.
+    def posterior(self, h: Tensor) -> Tensor | torch.distributions.Distribution:
+        r"""The prediction of every node's label from the latents: the law of :math:`Y_v` given :math:`H`.
 
         Parameters
         ----------
@@ -101,8 +102,9 @@ class LatentLaw(nn.Module, ABC):
 
         Returns
         -------
-        Tensor
-            ``(*, V, K)``, summing to one over ``K``.
+        Tensor or Distribution
+            For class labels the probabilities :math:`P(Y_v = k \mid H)`, ``(*, V, K)``, summing
+            to one over ``K``; for real-valued targets a distribution of batch shape ``(*, V)``.
         """
 
     def fit_before_training(self, y_train: Tensor) -> None:
