@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dgl_iflow.models.latent import gaussian_log_prob
+from dgl_iflow.latents.gaussian import gaussian_log_prob
 
 __all__ = ["LabelGaussian", "NodeGaussian", "NodeLogistic", "ResampledRows"]
 

@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from .models.base import CONVS
+
 #: Exit status of a command that failed on its input, files or data.
 FAILED = 1
 #: Exit status of a command line that does not parse (argparse's own).
@@ -627,7 +629,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--overwrite (replace it whole once the new run has finished) is given.", _DATA_FORMATS)
     data_arguments(train, "the data to train on")
     # Unset options keep the recipe's values (dgl_iflow.recipe, measured in docs/reproduce.md).
-    train.add_argument("--conv", choices=["l3", "cheb", "mlp"], default="l3", help="graph layer")
+    train.add_argument("--conv", choices=CONVS, default="l3", help="graph layer")
     train.add_argument("--blocks", type=_count(1), default=None, help="residual blocks (default: the recipe's, 8)")
     train.add_argument("--hidden", type=_count(1), nargs="+", default=None,
                        help="conv width, then node-wise hidden widths (default: the recipe's, 32 32)")

@@ -28,7 +28,7 @@ What is here, each a function of scores, so any model or baseline can use it:
   least-ambiguous threshold (``"lac"``, Sadinle, Lei and Wasserman 2019).
 
 The scores of a flow model are in :data:`SCORES`: the whitened latent distance of
-:meth:`~dgl_iflow.models.latent.NodeGaussianLatent.whitened_distance` (``"distance"``, whose
+:meth:`~dgl_iflow.latents.NodeGaussianLatent.whitened_distance` (``"distance"``, whose
 calibrated threshold is again a latent radius, so the calibrated set is an ellipsoid's image
 like the raw one) and the negative log-likelihood (``"nll"``).
 

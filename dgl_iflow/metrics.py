@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from dgl_iflow.models import NodeGaussianLatent
+    from dgl_iflow.latents import NodeGaussianLatent
 
 __all__ = [
     "KERNEL_OFFSET",

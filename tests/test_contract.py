@@ -1,12 +1,16 @@
-"""One contract, checked on every invertible transform and on both models, in float64.
+"""One contract, checked on every invertible transform, on both models and on every latent law, in float64.
 
 Transforms: ``forward(graph, x, logdet=True) -> (y, ld)`` with ld = log|det dy/dx| per sample,
 ``inverse(graph, y, logdet=True) -> (x, ld)`` with ld = log|det dx/dy|. Models: sample-first
-``(N, V, d)`` in and out, log-likelihood by the change of variables, save and load.
+``(N, V, d)`` in and out, log-likelihood by the change of variables, save and load. Latent laws
+(:data:`dgl_iflow.latents.LAWS`, each also after its fit after training): ``log_prob`` against a
+dense Gaussian, sample moments, the posterior against Bayes' rule by enumeration, save and load.
 """
 from __future__ import annotations
 
 import copy
+import inspect
+import warnings
 from collections.abc import Callable
 
 import pytest
@@ -14,6 +18,7 @@ import torch
 
 from dgl_iflow.graphs import Graph
 from dgl_iflow import IGNN, JKOFlow
+from dgl_iflow.latents import LAWS, LabelContextLatent, LatentLaw
 from dgl_iflow.layers import ChebConv, L3Conv
 from dgl_iflow.transforms import (
     FieldSpec, GraphFlow, GraphMeanLinear, GraphResidual, GraphTransform, InvertibleResBlock, JKOBlock, NodeAffine,
@@ -256,3 +261,172 @@ def test_unconditional_jko_flow(tmp_path):
     model.save(tmp_path / "flow.pt")
     loaded = JKOFlow.load(tmp_path / "flow.pt").eval()
     torch.testing.assert_close(loaded.log_prob(graph, x), log_px, rtol=0, atol=0)
+
+
+def test_latent_is_chosen_by_name_and_old_configs_load_with_the_default(tmp_path):
+    graph = cycle_graph(V)
+    by_flag = IGNN(graph, D, 2, num_blocks=1, hidden_feats=(8,), label_context=True)
+    by_name = IGNN(graph, D, 2, num_blocks=1, hidden_feats=(8,), latent="label_context")
+    assert type(by_flag.latent) is type(by_name.latent) is LabelContextLatent
+    assert by_flag.config["label_context"] and by_flag.config["latent"] is None
+    assert type(JKOFlow(graph, D, 2, hidden_feats=(8,), latent="label_context").latent) is LabelContextLatent
+    with pytest.raises(ValueError, match="label_context=True builds"):
+        IGNN(graph, D, 2, label_context=True, latent="node_gaussian")
+    with pytest.raises(ValueError, match="latent must be one of"):
+        IGNN(graph, D, 2, latent="nope")
+    # A checkpoint written before `latent` existed has no such entry.
+    checkpoint = copy.deepcopy(by_flag.checkpoint())
+    del checkpoint["config"]["latent"]
+    torch.save(checkpoint, tmp_path / "old.pt")
+    loaded = IGNN.load(tmp_path / "old.pt")
+    assert type(loaded.latent) is LabelContextLatent and loaded.config == by_flag.config
+    by_flag.load_weights(tmp_path / "old.pt")
+
+
+def test_config_records_every_constructor_argument():
+    model = IGNN(cycle_graph(V), D, 2, num_blocks=1, hidden_feats=(8,), means=torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    names = [name for name in inspect.signature(IGNN.__init__).parameters if name not in ("self", "graph")]
+    assert list(model.config) == names
+    assert model.config["hidden_feats"] == [8] and model.config["means"] == [[1.0, 0.0], [0.0, 1.0]]
+
+
+# -- every latent law ------------------------------------------------------------------------
+
+K, NODES = 3, 3
+#: The training label vectors of the laws below, each seen a different number of times.
+TRAIN_VECTORS = torch.tensor([[0, 1, 2], [1, 1, 0], [2, 0, 0], [0, 0, 0]])
+TRAIN_LABELS = TRAIN_VECTORS.repeat_interleave(torch.tensor([30, 12, 5, 1]), dim=0)
+
+
+def _law(name: str, after_training: bool) -> LatentLaw:
+    """Law ``name`` in float64 with its parameters off their initialization, fitted as the trainers fit it."""
+    generator = torch.Generator().manual_seed(1)
+    law = LAWS[name](K, D, sigma=0.7, num_nodes=NODES, trainable_means=True, min_separation=0.1).double()
+    trained_like(law)
+    law.fit_before_training(TRAIN_LABELS)
+    if after_training:
+        # Latents with their own correlations, none of them the law's.
+        mixing = torch.randn(NODES * D, NODES * D, generator=generator, dtype=torch.float64) * 0.3
+        noise = torch.randn(len(TRAIN_LABELS), NODES * D, generator=generator, dtype=torch.float64) @ mixing
+        with torch.no_grad():
+            h = law.sample(TRAIN_LABELS, generator=generator) + noise.unflatten(-1, (NODES, D))
+        law.fit_after_training(h, TRAIN_LABELS, generator=generator)
+    return law
+
+
+LAW_CASES = {f"{name}{'+fitted' if fitted else ''}": (name, fitted) for name in LAWS for fitted in (False, True)}
+
+
+@pytest.fixture(params=sorted(LAW_CASES))
+def law_case(request):
+    torch.manual_seed(0)
+    name, fitted = LAW_CASES[request.param]
+    return name, fitted, _law(name, fitted)
+
+
+def _reference(law: LatentLaw, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean ``(V d,)`` and covariance ``(V d, V d)`` of ``H`` given one label vector ``y``, from the
+    law's parameters by the formulas of its docstrings rather than by its methods."""
+    mean = law.means[y].clone()
+    if isinstance(law, LabelContextLatent):
+        for u in range(NODES):
+            if y[u] >= 1:
+                mean = mean + law.context[u, y[u] - 1]
+    covariance = law.sigma**2 * torch.eye(NODES * D, dtype=torch.float64)
+    if law.joint_means is not None:
+        match = (law.label_vectors == y).all(dim=1).nonzero().flatten()
+        if len(match):
+            chol = law.joint_chols[match[0]]
+            return law.joint_means[match[0]], chol @ chol.T
+    return mean.flatten(), covariance
+
+
+def _all_vectors() -> torch.Tensor:
+    return torch.cartesian_prod(*[torch.arange(K)] * NODES)
+
+
+def test_law_log_prob_is_a_dense_gaussian(law_case):
+    _, _, law = law_case
+    for y in [*TRAIN_VECTORS, torch.tensor([2, 2, 1])]:  # seen in training, and not
+        mean, covariance = _reference(law, y)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # an unseen label vector under a fitted law
+            h = law.sample(y, 4, generator=torch.Generator().manual_seed(2)) + 0.5
+            dense = torch.distributions.MultivariateNormal(mean, covariance).log_prob(h.flatten(-2))
+            torch.testing.assert_close(law.log_prob(h, y), dense.detach(), rtol=0, atol=1e-10)
+            torch.testing.assert_close(law.centers(y).flatten(), mean.detach(), rtol=0, atol=1e-12)
+            assert law.log_prob(h, y.expand(4, -1)).shape == (4,)
+
+
+def test_law_sample_moments(law_case):
+    _, _, law = law_case
+    y = TRAIN_VECTORS[1]
+    mean, covariance = _reference(law, y)
+    draws = law.sample(y, 40000, generator=torch.Generator().manual_seed(4)).flatten(-2)
+    assert draws.shape == (40000, NODES * D) and draws.dtype == torch.float64
+    scale = covariance.diagonal().max().sqrt()
+    torch.testing.assert_close(draws.mean(0), mean.detach(), rtol=0, atol=float(5 * scale / 200))
+    torch.testing.assert_close(draws.T.cov(), covariance.detach(), rtol=0, atol=float(0.05 * scale**2))
+
+
+def test_law_posterior_is_bayes_rule_by_enumeration(law_case):
+    _, fitted, law = law_case
+    h = law.sample(TRAIN_VECTORS[torch.tensor([0, 1, 2, 3, 0])], generator=torch.Generator().manual_seed(5))
+    h = h + 0.3 * torch.randn(h.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    posterior = law.posterior(h)
+    assert posterior.shape == (5, NODES, K) and posterior.dtype == torch.float64
+    torch.testing.assert_close(posterior.sum(-1), torch.ones(5, NODES, dtype=torch.float64), rtol=0, atol=1e-12)
+    if isinstance(law, LabelContextLatent) or fitted:
+        # Prediction over the training set's label vectors, weighted by their frequencies.
+        vectors, log_prior = law.label_vectors, law.label_log_weights
+    else:
+        vectors = _all_vectors()
+        log_prior = law.log_priors[vectors].sum(-1)
+    log_joint = torch.stack([torch.distributions.MultivariateNormal(*_reference(law, y)).log_prob(h.flatten(-2))
+                             for y in vectors], -1) + log_prior  # (5, M)
+    weights = torch.softmax(log_joint, -1)
+    expected = torch.einsum("nm,mvk->nvk", weights, torch.nn.functional.one_hot(vectors, K).double())
+    torch.testing.assert_close(posterior, expected.detach(), rtol=0, atol=1e-10)
+
+
+def test_law_save_and_load(law_case):
+    name, fitted, law = law_case
+    fresh = LAWS[name](K, D, sigma=0.7, num_nodes=NODES, trainable_means=True, min_separation=0.1).double()
+    fresh.load_state_dict(law.state_dict())
+    assert list(fresh.state_dict()) == list(law.state_dict())
+    h = law.sample(TRAIN_VECTORS, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(fresh.log_prob(h, TRAIN_VECTORS), law.log_prob(h, TRAIN_VECTORS), rtol=0, atol=0)
+    torch.testing.assert_close(fresh.posterior(h), law.posterior(h), rtol=0, atol=0)
+    again = fresh.sample(TRAIN_VECTORS[0], 3, generator=torch.Generator().manual_seed(8))
+    torch.testing.assert_close(again, law.sample(TRAIN_VECTORS[0], 3, generator=torch.Generator().manual_seed(8)))
+
+
+def test_law_gradients_reach_the_latents_and_every_parameter(law_case):
+    _, fitted, law = law_case
+    h = law.sample(TRAIN_VECTORS, generator=torch.Generator().manual_seed(9)).detach().requires_grad_()
+    law.log_prob(h, TRAIN_VECTORS).sum().backward()
+    assert h.grad is not None and torch.isfinite(h.grad).all() and h.grad.abs().max() > 0
+    h.grad = None
+    law.posterior(h)[..., 0].sum().backward()
+    assert torch.isfinite(h.grad).all() and h.grad.abs().max() > 0
+    # Labels never seen in training stay under the trained law, whose parameters all get gradients.
+    unseen = torch.tensor([[2, 2, 1], [1, 2, 2]])
+    law.zero_grad()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # drawn from the trained law: what is meant
+        h = law.sample(unseen).detach()
+    law.log_prob(h, unseen).sum().backward()
+    for parameter_name, parameter in law.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().max() > 0, parameter_name
+
+
+def test_law_float32_stays_float32(law_case):
+    name, fitted, _ = law_case
+    law = _law(name, fitted).float()
+    h = law.sample(TRAIN_VECTORS, generator=torch.Generator().manual_seed(10))
+    assert h.dtype == law.log_prob(h, TRAIN_VECTORS).dtype == law.posterior(h).dtype == torch.float32
+
+
+def test_every_registered_law_is_a_latent_law():
+    assert {name for name, _ in LAW_CASES.values()} == set(LAWS)
+    assert all(issubclass(law, LatentLaw) for law in LAWS.values())

@@ -9,6 +9,7 @@ import torch
 from scipy.stats import chi2, multivariate_normal
 
 from dgl_iflow import IGNN, TrainConfig, fit
+from dgl_iflow.latents import LabelContextLatent
 from dgl_iflow.models import NodeGaussianLatent
 from dgl_iflow.models.latent import MAX_JOINT_DIM, PSEUDO_COUNTS, gaussian_log_prob
 from graphs import path_graph, toy_data
@@ -18,7 +19,8 @@ NODES, DIM, SIGMA = 3, 2, 0.7
 
 def _latent(label_context: bool = False) -> NodeGaussianLatent:
     means = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
-    latent = NodeGaussianLatent(2, DIM, sigma=SIGMA, means=means, num_nodes=NODES, label_context=label_context)
+    law = LabelContextLatent if label_context else NodeGaussianLatent
+    latent = law(2, DIM, sigma=SIGMA, means=means, num_nodes=NODES)
     if label_context:
         with torch.no_grad():
             latent.context.normal_(generator=torch.Generator().manual_seed(5))

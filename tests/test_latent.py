@@ -7,6 +7,7 @@ import pytest
 import torch
 from scipy.stats import chi2, multivariate_normal, norm
 
+from dgl_iflow.latents import LabelContextLatent
 from dgl_iflow.models import NodeGaussianLatent
 from dgl_iflow.models.latent import default_separation, spread_means
 
@@ -343,8 +344,8 @@ def test_extra_repr_lists_configuration(latent):
         assert part in text
 
 
-def _context_latent(seed: int = 0) -> NodeGaussianLatent:
-    latent = NodeGaussianLatent(3, 2, sigma=0.8, means=_random_means(3, 2), num_nodes=4, label_context=True).double()
+def _context_latent(seed: int = 0) -> LabelContextLatent:
+    latent = LabelContextLatent(3, 2, sigma=0.8, means=_random_means(3, 2), num_nodes=4).double()
     with torch.no_grad():
         latent.context.normal_(generator=torch.Generator().manual_seed(seed))
     return latent

@@ -3,12 +3,30 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..graphs import GraphLike, as_graph
 from .graph_operator import check_features
+
+
+@dataclass(frozen=True)
+class ConvOptions:
+    """The options of every convolution :func:`~dgl_iflow.layers.make_conv` builds; each takes the ones it has.
+
+    ``cheb_k`` and ``lambda_max`` belong to :class:`~dgl_iflow.layers.ChebConv`, ``orders`` and
+    ``node_bias`` to :class:`~dgl_iflow.layers.L3Conv`, ``graph_mean`` to both.
+    """
+
+    cheb_k: int = 3
+    lambda_max: float | None = None
+    orders: Sequence[int] = (0, 1, 2)
+    node_bias: bool = False
+    graph_mean: bool = False
 
 
 class BasisConv(nn.Module, ABC):
@@ -29,8 +47,18 @@ class BasisConv(nn.Module, ABC):
     (traffic sensors all follow the time of day). It commutes with every node permutation,
     so it keeps a spectral layer spectral.
 
-    Subclasses implement :meth:`apply_bases` and :meth:`basis_matrices` for their own bases.
+    Subclasses implement :meth:`apply_bases` and :meth:`basis_matrices` for their own bases,
+    and :meth:`build` to be built by name (:data:`~dgl_iflow.layers.CONVS`).
     """
+
+    #: Whether :meth:`build` needs the graph (per-node parameters), so callers keep it for the layer.
+    needs_graph: ClassVar[bool] = False
+
+    @classmethod
+    @abstractmethod
+    def build(cls, in_feats: int, out_feats: int, graph: GraphLike | None, options: ConvOptions) -> BasisConv:
+        """A fresh convolution ``in_feats -> out_feats`` with the ``options`` it has, for
+        :func:`~dgl_iflow.layers.make_conv`; ``graph`` is ``None`` where the caller has none."""
 
     def __init__(self, in_feats: int, out_feats: int, num_bases: int, bias: bool = True,
                  graph_mean: bool = False) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from ..graphs import Graph, GraphLike, as_graph
-from .basis_conv import BasisConv, component_index
+from .basis_conv import BasisConv, ConvOptions, component_index
 from .graph_operator import GraphMemo, node_matmul, operator_matrix
 
 
@@ -147,6 +147,11 @@ class ChebConv(BasisConv):
     graph comes first in any form (a ``Data``, ``(edge_index, num_nodes)``), its
     ``edge_weight`` is used unless one is passed, and ``lambda_max`` is computed when absent.
     """
+
+    @classmethod
+    def build(cls, in_feats: int, out_feats: int, graph: GraphLike | None, options: ConvOptions) -> ChebConv:
+        return cls(in_feats, out_feats, k=options.cheb_k, lambda_max=options.lambda_max,
+                   graph_mean=options.graph_mean)
 
     def __init__(
         self,

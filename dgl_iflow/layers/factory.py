@@ -1,17 +1,25 @@
-"""The convolutions by name, as the models and velocity fields build them."""
+"""The convolutions by name, as the models, velocity fields and CLI build them.
+
+Adding one is its file (a :class:`~dgl_iflow.layers.BasisConv` with a ``build`` classmethod)
+and one line of :data:`CONVS`.
+"""
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from ..graphs import GraphLike
-from .basis_conv import BasisConv
+from .basis_conv import BasisConv, ConvOptions
 from .chebconv import ChebConv
 from .l3conv import L3Conv
 from .nodewise import NodewiseConv
 
-#: ``"node"``: no message passing (:class:`NodewiseConv`); ``"cheb"``: spectral
-#: (:class:`ChebConv`); ``"l3"``: spatial, per-node filters (:class:`L3Conv`).
-CONVS = ("node", "cheb", "l3")
+#: ``"l3"``: spatial, per-node filters (:class:`L3Conv`); ``"cheb"``: spectral
+#: (:class:`ChebConv`); ``"node"``: no message passing (:class:`NodewiseConv`).
+CONVS: dict[str, type[BasisConv]] = {
+    "l3": L3Conv,
+    "cheb": ChebConv,
+    "node": NodewiseConv,
+}
 
 
 def make_conv(
@@ -28,15 +36,11 @@ def make_conv(
 ) -> BasisConv:
     """A fresh convolution of kind ``kind`` (see :data:`CONVS`), initialized from the global RNG.
 
-    ``graph`` is needed by ``"l3"`` (its filters are per node); ``cheb_k`` and ``lambda_max``
-    belong to ``"cheb"``, ``orders`` and ``node_bias`` to ``"l3"``, ``graph_mean`` to both.
+    ``graph`` is needed by ``"l3"`` (its filters are per node); the options are
+    :class:`~dgl_iflow.layers.basis_conv.ConvOptions`, each convolution taking its own.
     """
-    if kind == "node":
-        return NodewiseConv(in_feats, out_feats)
-    if kind == "cheb":
-        return ChebConv(in_feats, out_feats, k=cheb_k, lambda_max=lambda_max, graph_mean=graph_mean)
-    if kind == "l3":
-        if graph is None:
-            raise ValueError("conv='l3' builds per-node filters and needs the graph")
-        return L3Conv(in_feats, out_feats, graph, orders=orders, node_bias=node_bias, graph_mean=graph_mean)
-    raise ValueError(f"conv must be one of {CONVS}, got {kind!r}")
+    if kind not in CONVS:
+        raise ValueError(f"conv must be one of {tuple(CONVS)}, got {kind!r}")
+    options = ConvOptions(cheb_k=cheb_k, lambda_max=lambda_max, orders=orders, node_bias=node_bias,
+                          graph_mean=graph_mean)
+    return CONVS[kind].build(in_feats, out_feats, graph, options)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..graphs import GraphLike, as_graph
-from .basis_conv import BasisConv
+from .basis_conv import BasisConv, ConvOptions
 from .graph_operator import GraphMemo, SparseOperator, SparsePattern, node_matmul, use_sparse
 
 
@@ -80,6 +80,15 @@ class L3Conv(BasisConv):
     >>> conv(g, torch.randn(3, 10, 2)).shape
     torch.Size([3, 10, 4])
     """
+
+    needs_graph = True
+
+    @classmethod
+    def build(cls, in_feats: int, out_feats: int, graph: GraphLike | None, options: ConvOptions) -> L3Conv:
+        if graph is None:
+            raise ValueError("conv='l3' builds per-node filters and needs the graph")
+        return cls(in_feats, out_feats, graph, orders=options.orders, node_bias=options.node_bias,
+                   graph_mean=options.graph_mean)
 
     def __init__(
         self,

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 from ..graphs import GraphLike, as_graph
-from .basis_conv import BasisConv
+from .basis_conv import BasisConv, ConvOptions
 
 
 class NodewiseConv(BasisConv):
@@ -37,6 +37,10 @@ class NodewiseConv(BasisConv):
     >>> conv(g, torch.randn(3, 10, 2)).shape
     torch.Size([3, 10, 4])
     """
+
+    @classmethod
+    def build(cls, in_feats: int, out_feats: int, graph: GraphLike | None, options: ConvOptions) -> NodewiseConv:
+        return cls(in_feats, out_feats)
 
     def __init__(self, in_feats: int, out_feats: int, bias: bool = True) -> None:
         super().__init__(in_feats, out_feats, num_bases=1, bias=bias)

@@ -2,6 +2,6 @@
 from .base import FlowModel
 from .ignn import IGNN
 from .jko import JKOFlow
-from .latent import NodeGaussianLatent
+from ..latents import NodeGaussianLatent
 
 __all__ = ["FlowModel", "IGNN", "JKOFlow", "NodeGaussianLatent"]

@@ -1,6 +1,8 @@
 """What every model of dgl_iflow shares: a flow from features to a latent, and a latent law."""
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import warnings
@@ -15,13 +17,39 @@ from ..graphs import Graph, GraphLike, as_graph, graph_from_edges
 from ..checkpoints import atomic_save, read_checkpoint
 from ..transforms import GraphFlow, InversionError, InversionWarning
 from ..transforms.base import check_finite
-from .latent import NodeGaussianLatent
+from ..latents import LAWS, LatentLaw
+from ..layers import CONVS as LAYER_CONVS
 from .readout import LatentReadout
 from .layout import single_node_graph, to_nodes_first, to_samples_first
 
-#: The first layer of every block: ``"l3"``, ``"cheb"``, ``"node"`` (no message passing) or
-#: ``"mlp"`` (graph-free: the ``V d`` features of a sample form one vector on one node).
-CONVS = ("l3", "cheb", "node", "mlp")
+#: The first layer of every block: a convolution of :data:`~dgl_iflow.layers.CONVS` (``"l3"``,
+#: ``"cheb"``, ``"node"``: no message passing) or ``"mlp"`` (graph-free: the ``V d`` features
+#: of a sample form one vector on one node).
+CONVS = (*LAYER_CONVS, "mlp")
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as a checkpoint keeps it: tensors and arrays as (nested) lists, tuples as lists."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
+
+
+def _recording_config(init: Any) -> Any:
+    """``init`` that then sets ``self.config`` to its arguments but the graph, by name, as
+    :func:`_plain` values; a subclass's constructor, run last, records its own arguments."""
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self: FlowModel, *args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(self, *args, **kwargs)
+        bound.apply_defaults()
+        init(self, *args, **kwargs)
+        self.config = {name: _plain(value) for name, value in list(bound.arguments.items())[2:]}
+
+    return __init__
 
 
 class FlowModel(nn.Module):
@@ -33,7 +61,7 @@ class FlowModel(nn.Module):
     .. math::
         \log p(X \mid Y) = \log q(F(X) \mid Y) + \log|\det J_F(X)|,
 
-    with :math:`q` the node-factorized :class:`NodeGaussianLatent` given the labels, or
+    with :math:`q` a latent law given the labels (:class:`~dgl_iflow.latents.LatentLaw`), or
     :math:`N(0, I)` for an unconditional model (``latent`` is ``None``). Generation inverts
     :math:`F`; prediction is Bayes' rule in the latent. Subclasses build ``flow`` and ``latent``
     and train them; everything else lives here.
@@ -52,16 +80,22 @@ class FlowModel(nn.Module):
         many nodes.
     flow : GraphFlow
         :math:`F`.
-    latent : NodeGaussianLatent or None
+    latent : LatentLaw or None
         :math:`q(H \mid Y)`; ``None`` for :math:`N(0, I)` without labels.
     config : dict
-        The constructor's arguments, saved in checkpoints.
+        The constructor's arguments but the graph, by name, saved in checkpoints: recorded by
+        every subclass's constructor as it was called (defaults filled in), never by hand.
     """
 
     #: Written into and required from checkpoints.
     checkpoint_format: ClassVar[str]
     #: Default relative residual every unit's inverse must reach in :meth:`generate`.
     inverse_tol: ClassVar[float]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _recording_config(cls.__init__)
 
     def __init__(self, graph: GraphLike, feats: int, conv: str) -> None:
         super().__init__()
@@ -75,7 +109,7 @@ class FlowModel(nn.Module):
         self.conv_kind = "node" if self.flatten else conv
         self._single_node_graph = single_node_graph() if self.flatten else None
         self.flow = GraphFlow()
-        self.latent: NodeGaussianLatent | None = None
+        self.latent: LatentLaw | None = None
         #: The discriminative head :meth:`predict_proba` uses once :meth:`fit_readout` has fitted it.
         self.readout = LatentReadout()
         self.config: dict[str, Any] = {}
@@ -83,14 +117,17 @@ class FlowModel(nn.Module):
         self.register_buffer("_anchor", torch.zeros(0), persistent=False)
 
     def build_latent(
-        self, num_classes: int | None, sigma: float, means: Tensor | Sequence[Sequence[float]] | None, **options: Any,
-    ) -> NodeGaussianLatent | None:
-        """The class-conditional latent (``None`` without classes) on this model's nodes and features."""
+        self, num_classes: int | None, sigma: float, means: Tensor | Sequence[Sequence[float]] | None,
+        law: str = "node_gaussian", **options: Any,
+    ) -> LatentLaw | None:
+        """The law ``law`` of :data:`~dgl_iflow.latents.LAWS` (``None`` without classes) on this
+        model's nodes and features, with ``options`` of its constructor."""
         if num_classes is None:
             return None
+        if law not in LAWS:
+            raise ValueError(f"latent must be one of {tuple(LAWS)}, got {law!r}")
         means = None if means is None else torch.as_tensor(means, dtype=torch.get_default_dtype())
-        return NodeGaussianLatent(num_classes, self.feats, sigma=sigma, means=means, num_nodes=self.num_nodes,
-                                  **options)
+        return LAWS[law](num_classes, self.feats, sigma=sigma, means=means, num_nodes=self.num_nodes, **options)
 
     @property
     def num_classes(self) -> int | None:
@@ -185,7 +222,7 @@ class FlowModel(nn.Module):
         return 0.5 * h.pow(2).sum(dim=(-2, -1)) + 0.5 * h.shape[-2] * h.shape[-1] * math.log(2 * math.pi)
 
     def latent_mean(self, h: Tensor, y: Tensor | None = None) -> Tensor:
-        """Mean of the latent law of ``h`` (``(N, V, d)``) given ``y`` (:meth:`NodeGaussianLatent.centers`), or zeros."""
+        """Mean of the latent law of ``h`` (``(N, V, d)``) given ``y`` (the law's ``centers``), or zeros."""
         if self.latent is None:
             return torch.zeros_like(h)
         return self.latent.centers(y).expand_as(h)
@@ -220,7 +257,7 @@ class FlowModel(nn.Module):
         h, y = self._labelled_latents(graph, x, y)
         self.readout.fit(self.as_features(x), h, y, num_classes, l2=l2)
 
-    def _conditional_latent(self) -> NodeGaussianLatent:
+    def _conditional_latent(self) -> LatentLaw:
         if self.latent is None:
             raise ValueError(f"an unconditional {type(self).__name__} has no classes")
         return self.latent
@@ -262,7 +299,7 @@ class FlowModel(nn.Module):
             if y is None or y.shape != (self.num_nodes,):
                 raise ValueError(f"y must be one label vector of shape ({self.num_nodes},), got "
                                  f"{None if y is None else tuple(y.shape)}")
-            h = self.latent.sample(y.to(self.latent.means.device), n, generator=generator)
+            h = self.latent.sample(y, n, generator=generator)
         return self.generate(graph, h, tol=tol, max_iter=max_iter)
 
     @torch.no_grad()
@@ -297,7 +334,7 @@ class FlowModel(nn.Module):
 
         The set is :math:`F^{-1}` of the latent ellipsoid :math:`\{h : \lVert L^{-1}(h - c) \rVert
         \le \sqrt{\chi^2_{V d}{}^{-1}(\text{level})}\}` over all :math:`V d` coordinates
-        (:meth:`NodeGaussianLatent.confidence_region`): the latent given ``y`` is Gaussian, so the
+        (:meth:`~dgl_iflow.latents.NodeGaussianLatent.confidence_region`): the latent given ``y`` is Gaussian, so the
         ellipsoid holds exactly ``level`` of its mass, and the flow, a bijection, carries that to
         exactly ``level`` of the model's samples. ``radius`` replaces that bound on the
         :meth:`whitened_distance`: a conformally calibrated one
@@ -307,7 +344,7 @@ class FlowModel(nn.Module):
         :meth:`node_uncertainty_sets`.
         """
         latent = self._conditional_latent()
-        centers, scales = latent.confidence_region(self.as_labels(y).to(latent.means.device), level)
+        centers, scales = latent.confidence_region(self.as_labels(y), level)
         if radius is not None:
             if not (radius > 0.0 and math.isfinite(radius)):
                 raise ValueError(f"radius must be positive and finite, got {radius}")
@@ -354,13 +391,13 @@ class FlowModel(nn.Module):
         r"""Points ``(num_points, V, d)`` with every node on the boundary of its own ``level`` set.
 
         Node :math:`v`'s set holds ``level`` of node :math:`v`'s latent mass
-        (:meth:`NodeGaussianLatent.node_confidence_regions`: the ball
+        (:meth:`~dgl_iflow.latents.NodeGaussianLatent.node_confidence_regions`: the ball
         :math:`\|H_v - \mu_{y_v}\| \le r` under the node law), so a whole sample lies in all
         ``V`` of them less often than ``level``: use :meth:`uncertainty_set` for that. Directions
         are evenly spaced for :math:`d = 2`, uniform otherwise; for plotting each node's set.
         """
         latent = self._conditional_latent()
-        centers, scales = latent.node_confidence_regions(self.as_labels(y).to(latent.means.device), level)
+        centers, scales = latent.node_confidence_regions(self.as_labels(y), level)
         if self.feats == 2:
             angle = torch.linspace(0, 2 * math.pi, num_points, dtype=centers.dtype, device=centers.device)
             direction = torch.stack([angle.cos(), angle.sin()], -1).unsqueeze(1).expand(-1, self.num_nodes, -1)
@@ -437,6 +474,12 @@ class FlowModel(nn.Module):
         """
         return cls.from_checkpoint(read_checkpoint(path), graph)
 
+    @classmethod
+    def _config_defaults(cls) -> dict[str, Any]:
+        """The constructor's default arguments, as :attr:`config` records them."""
+        parameters = inspect.signature(cls.__init__).parameters.values()
+        return {p.name: _plain(p.default) for p in parameters if p.default is not inspect.Parameter.empty}
+
     def load_weights(self, path: str | os.PathLike) -> dict[str, Any]:
         """Load the structure and weights saved by :meth:`save` into this model; the configurations must match.
 
@@ -446,7 +489,8 @@ class FlowModel(nn.Module):
         if checkpoint.get("format") != self.checkpoint_format:
             raise ValueError(f"checkpoint {path} holds format {checkpoint.get('format')!r}, not this model's "
                              f"{self.checkpoint_format!r}")
-        saved = checkpoint.get("config", {})
+        # Arguments added since the checkpoint was written were then at their defaults.
+        saved = {**self._config_defaults(), **checkpoint.get("config", {})}
         if saved != self.config:
             differences = {key: (saved.get(key), self.config.get(key)) for key in sorted({*saved, *self.config})
                            if saved.get(key) != self.config.get(key)}

@@ -22,7 +22,7 @@ class IGNN(FlowModel):
 
     One invertible flow :math:`F` maps node features :math:`X \in \mathbb{R}^{V \times d}` to a
     latent :math:`H = F(X)` of the same shape whose law given the labels is node-factorized:
-    :math:`H_v \mid Y_v = k \sim N(\mu_k, \sigma^2 I_d)` (:class:`~dgl_iflow.models.latent.NodeGaussianLatent`). Then
+    :math:`H_v \mid Y_v = k \sim N(\mu_k, \sigma^2 I_d)` (:class:`~dgl_iflow.latents.NodeGaussianLatent`). Then
 
     .. math::
         \log p(X \mid Y) = \sum_v \log N(F(X)_v; \mu_{Y_v}, \sigma^2 I)
@@ -66,7 +66,7 @@ class IGNN(FlowModel):
         Learn the means, kept apart by a log-barrier.
     min_separation : float, optional
         Distance the barrier keeps trainable means apart; by default the one that keeps every
-        node on its own mean's side with probability 0.99 (:func:`~dgl_iflow.models.latent.default_separation`), which
+        node on its own mean's side with probability 0.99 (:func:`~dgl_iflow.latents.default_separation`), which
         claims classes separate almost surely. A small value lets the data choose the gap, and
         with it the latent's Bayes error per node.
     init_scale : float
@@ -92,10 +92,14 @@ class IGNN(FlowModel):
         training data by :func:`~dgl_iflow.training.fit`. Not for ``conv="mlp"`` (one node).
     label_context : bool
         Shift every node's latent mean by a learned linear map of the whole label vector, and
-        predict by Bayes' rule over the training set's label vectors (see
-        :class:`~dgl_iflow.models.latent.NodeGaussianLatent`; :func:`~dgl_iflow.training.fit`
+        predict by Bayes' rule over the training set's label vectors (the law
+        :class:`~dgl_iflow.latents.LabelContextLatent`; :func:`~dgl_iflow.training.fit`
         records them). On traffic it improves both the samples and the node accuracy
-        (``docs/reproduce.md``, the recipe).
+        (``docs/reproduce.md``, the recipe). The same as ``latent="label_context"``.
+    latent : str, optional
+        The latent law by its name in :data:`~dgl_iflow.latents.LAWS`, built with ``sigma``,
+        ``means``, ``trainable_means`` and ``min_separation``; by default ``"label_context"``
+        with ``label_context``, else ``"node_gaussian"``.
 
     Notes
     -----
@@ -131,22 +135,18 @@ class IGNN(FlowModel):
         node_affine: bool = False,
         graph_mean_linear: bool = False,
         label_context: bool = False,
+        latent: str | None = None,
     ) -> None:
         if num_blocks < 1 or not hidden_feats:
             raise ValueError(f"need num_blocks >= 1 and a non-empty hidden_feats, got {num_blocks}, {hidden_feats}")
         super().__init__(graph, feats, conv)
         if graph_mean_linear and self.flatten:
             raise ValueError('graph_mean_linear needs a graph: conv="mlp" sees one node')
+        if latent is None:
+            latent = "label_context" if label_context else "node_gaussian"
+        elif label_context and latent != "label_context":
+            raise ValueError(f"label_context=True builds the label-context law, not latent={latent!r}")
         num_nodes = self.num_nodes
-        self.config = dict(
-            feats=feats, num_classes=num_classes, conv=conv, num_blocks=num_blocks,
-            hidden_feats=list(hidden_feats), orders=list(orders), cheb_k=cheb_k,
-            activation=activation, logdet=logdet, sigma=sigma,
-            means=None if means is None else torch.as_tensor(means).tolist(), trainable_means=trainable_means,
-            min_separation=min_separation, init_scale=init_scale, lipschitz_coeff=lipschitz_coeff,
-            node_bias=node_bias, graph_mean=graph_mean, node_affine=node_affine, graph_mean_linear=graph_mean_linear,
-            label_context=label_context,
-        )
         if logdet == "auto":
             logdet = "exact" if num_nodes * feats <= EXACT_LOGDET_MAX_DIM else "estimator"
         flow_feats = self.flow_feats
@@ -163,8 +163,8 @@ class IGNN(FlowModel):
         if node_affine:
             blocks.append(NodeAffine(1 if self.flatten else num_nodes, flow_feats))
         self.flow = GraphFlow(blocks)
-        self.latent = self.build_latent(num_classes, sigma, means, trainable_means=trainable_means,
-                                        min_separation=min_separation, label_context=label_context)
+        self.latent = self.build_latent(num_classes, sigma, means, latent, trainable_means=trainable_means,
+                                        min_separation=min_separation)
 
     @property
     def logdet_mode(self) -> str:

@@ -4,12 +4,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ..graphs import GraphLike
 from ..transforms.ode_block import JKOBlock
 from ..transforms.velocity import FieldSpec
+from ..layers import CONVS
 from .base import FlowModel
 
 #: Largest flow feature size (``d``, or ``V d`` for ``conv="mlp"``) for which
@@ -29,7 +29,7 @@ class JKOFlow(FlowModel):
     .. math::
         \log p(X \mid Y) = \log q(F(X) \mid Y) + \sum_k \ell_k(X),
 
-    where :math:`q` is the class-conditional :class:`~dgl_iflow.models.latent.NodeGaussianLatent` (with ``num_classes``)
+    where :math:`q` is the class-conditional :class:`~dgl_iflow.latents.NodeGaussianLatent` (with ``num_classes``)
     or :math:`N(0, I)` (unconditional, ``num_classes=None``). Blocks are added and trained one
     at a time by :func:`~dgl_iflow.fit_jko`; a new model has none and is the identity. The
     interface (densities, prediction, generation, checkpoints) is
@@ -71,6 +71,8 @@ class JKOFlow(FlowModel):
         Hutchinson probes.
     sigma, means
         Latent standard deviation and ``(K, d)`` class means (conditional models).
+    latent : str
+        The latent law of conditional models by its name in :data:`~dgl_iflow.latents.LAWS`.
     """
 
     checkpoint_format = CHECKPOINT_FORMAT
@@ -96,16 +98,11 @@ class JKOFlow(FlowModel):
         atol: float = 1e-10,
         sigma: float = 1.0,
         means: Tensor | Sequence[Sequence[float]] | None = None,
+        latent: str = "node_gaussian",
     ) -> None:
         if not hidden_feats:
             raise ValueError("hidden_feats needs at least the width of the convolution output")
         super().__init__(graph, feats, conv)
-        self.config = dict(
-            feats=feats, num_classes=num_classes, conv=conv, hidden_feats=list(hidden_feats),
-            orders=list(orders), cheb_k=cheb_k, node_bias=node_bias, activation=activation, steps=steps,
-            divergence=divergence, n_probes=n_probes, solver=solver, rtol=rtol, atol=atol, sigma=sigma,
-            means=None if means is None else torch.as_tensor(means).tolist(),
-        )
         flow_feats = self.flow_feats
         if divergence == "auto":
             divergence = "exact" if flow_feats <= EXACT_DIVERGENCE_MAX_FEATS else "hutchinson"
@@ -115,9 +112,9 @@ class JKOFlow(FlowModel):
             feats=flow_feats, conv=self.conv_kind, conv_feats=hidden_feats[0],
             hidden_feats=tuple(hidden_feats[1:]),
             k=cheb_k, orders=tuple(orders), node_bias=node_bias, activation=activation,
-            graph=graph if conv == "l3" else None,
+            graph=graph if CONVS[self.conv_kind].needs_graph else None,
         )
-        self.latent = self.build_latent(num_classes, sigma, means)
+        self.latent = self.build_latent(num_classes, sigma, means, latent)
 
     # -- structure --------------------------------------------------------
 

@@ -47,11 +47,12 @@ class TrainConfig:
     transport_weight : float
         :math:`\\gamma`, weight of the transport cost.
     label_vector_gaussians : bool
-        Once trained, give every training label vector its own Gaussian over all ``V d``
-        latent coordinates, fitted to the trained flow's latents of the training rows
-        (:meth:`~dgl_iflow.models.latent.NodeGaussianLatent.fit_label_vector_gaussians`, with
-        its cross-validated pseudo-count), before the final inversion check, so that check
-        inverts latents drawn from them.
+        Once trained, fit the latent law to the trained flow's latents of the training rows
+        (:meth:`~dgl_iflow.latents.LatentLaw.fit_after_training`) before the final inversion
+        check, so that check inverts latents drawn from the fitted law. The Gaussian laws give
+        every training label vector its own Gaussian over all ``V d`` latent coordinates
+        (:meth:`~dgl_iflow.latents.NodeGaussianLatent.fit_label_vector_gaussians`, with its
+        cross-validated pseudo-count).
     readout : bool
         Once trained and checked, fit the model's discriminative head to the training rows
         (:meth:`~dgl_iflow.models.base.FlowModel.fit_readout`): per-node logistic regression
@@ -297,11 +298,8 @@ def _train(
     # must see every label vector that generation will be asked for.
     check_index = torch.randperm(len(x_pool), device=device)[: config.inversion_check_samples]
     x_check, y_check = x_pool[check_index], y_pool[check_index]
-    model.latent.fit_priors(y_train.reshape(-1))
-    if model.latent.label_context:
-        model.latent.fit_label_vectors(y_train)
-    model.latent.clear_label_vector_gaussians()  # fitted to other weights
-    model.readout.clear()
+    model.latent.fit_before_training(y_train)
+    model.readout.clear()  # fitted to other weights
     # Units already initialized (a trained or loaded model) keep their parameters.
     model.flow.initialize_from_data(*model.to_flow(graph, x_train))
 
@@ -333,8 +331,8 @@ def _train(
         scheduler.load_state_dict(checkpoint["scheduler"])
         respan_lr_schedule(optimizer, scheduler, config.epochs)  # when epochs grew
         if checkpoint["epoch"] < config.epochs:
-            # Joint Gaussians a finished run fitted belong to its last weights, as in a fresh run.
-            model.latent.clear_label_vector_gaussians()
+            # What a finished run fitted after training belongs to its last weights, as in a fresh run.
+            model.latent.fit_before_training(y_train)
         history = TrainHistory(**checkpoint["history"])
         best_state = checkpoint["best_state"]
         start_epoch = checkpoint["epoch"]
@@ -360,22 +358,24 @@ def _train(
         return repair_invertibility(model, graph, check_latents, config.inversion_rescale,
                                     max_iter=config.inversion_check_iterations)
 
-    def fit_label_vector_gaussians() -> None:
+    def fit_after_training() -> None:
         with torch.no_grad():
             h = torch.cat([model.encode(graph, part, logdet=False)[0] for part in x_train.split(config.batch_size)])
-        model.latent.fit_label_vector_gaussians(h, y_train)
+        model.latent.fit_after_training(h, y_train)
+
+    fits_after = config.label_vector_gaussians and model.latent.fits_after_training
 
     def finish() -> int | None:
-        """Fit the joint Gaussians if asked, run the final check, then fit the readout if asked;
+        """The latent's fit after training if asked, the final check, then the readout if asked;
         the check's rescalings, None without checks."""
-        if config.label_vector_gaussians:
-            fit_label_vector_gaussians()
+        if fits_after:
+            fit_after_training()
         shrinks = None
         if checks:
             shrinks = repair(config.final_check_repeats)
-            if shrinks and config.label_vector_gaussians:
+            if shrinks and fits_after:
                 # The rescaled flow moved the latents: fit to them, and check those draws too.
-                fit_label_vector_gaussians()
+                fit_after_training()
                 shrinks += repair(config.final_check_repeats)
         if config.readout:
             model.fit_readout(graph, x_train, y_train)

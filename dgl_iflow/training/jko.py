@@ -407,7 +407,7 @@ class JKOTrainer:
         self.data = _Position(x_flow, None if y_train is None else y_train.to(self.config.device))
         self.model_graph = graph
         if y_train is not None:
-            model.latent.fit_priors(y_train.reshape(-1))  # as fit does: predictions use the class frequencies
+            model.latent.fit_before_training(y_train)  # as fit does: predictions use the class frequencies
         self.validation = None
         self.validation_data: _Position | None = None
         if x_val is not None:

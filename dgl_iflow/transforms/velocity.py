@@ -177,9 +177,9 @@ class FieldSpec:
 
     def __post_init__(self) -> None:
         if self.conv not in CONVS:
-            raise ValueError(f"conv must be one of {CONVS}, got {self.conv!r}")
-        if self.conv == "l3" and self.graph is None:
-            raise ValueError("conv='l3' builds per-node filters and needs the graph")
+            raise ValueError(f"conv must be one of {tuple(CONVS)}, got {self.conv!r}")
+        if CONVS[self.conv].needs_graph and self.graph is None:
+            raise ValueError(f"conv={self.conv!r} builds per-node filters and needs the graph")
 
     def build(self, output_scale: float = 1.0) -> GraphVelocityField:
         """A fresh field (identity flow map), randomly initialized from the global RNG."""
