@@ -87,23 +87,28 @@ def _label_results(proba_cal: Tensor, y_cal: Tensor, proba_ev: Tensor, y_ev: Ten
                 log_loss=metrics.node_log_loss(proba_ev, y_ev), sets=sets)
 
 
-def _alarms(cal_scores: Tensor, cal_normal: Tensor, scores: Tensor, positive: Tensor) -> dict[str, Any]:
-    """p-values of ``scores`` against the normal calibration scores, per column when 2-D, and what flagging them gives."""
+def _p_values(cal_scores: Tensor, cal_normal: Tensor, scores: Tensor) -> Tensor:
+    """p-values of ``scores`` against the normal calibration scores, per column (node) when 2-D."""
     if scores.dim() == 1:
-        p = conformal_p_values(cal_scores[cal_normal], scores)
-    else:
-        p = torch.stack([conformal_p_values(cal_scores[cal_normal[:, v], v], scores[:, v])
-                         for v in range(scores.shape[1])], dim=1)
-    return {str(alpha): metrics.precision_recall(p <= alpha, positive) for alpha in ALARM_LEVELS}
+        return conformal_p_values(cal_scores[cal_normal], scores)
+    return torch.stack([conformal_p_values(cal_scores[cal_normal[:, v], v], scores[:, v])
+                        for v in range(scores.shape[1])], dim=1)
 
 
 def _anomaly_results(scores_cal: dict[str, Tensor], y_cal: Tensor, scores_ev: dict[str, Tensor], y_ev: Tensor,
-                     per_node: bool) -> dict[str, Any]:
+                     per_node: bool) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Per scorer, what flagging p <= alpha gives at :data:`ALARM_LEVELS`, and the false-alarm rate at every :data:`GRID` level."""
     normal_cal = (y_cal == 0) if per_node else (y_cal == 0).all(dim=1)
     positive = (y_ev != 0) if per_node else (y_ev != 0).any(dim=1)
     if not normal_cal.any():
-        return {}
-    return {name: _alarms(scores_cal[name], normal_cal, scores_ev[name], positive) for name in scores_cal}
+        return {}, {}
+    results, curves = {}, {}
+    for name in scores_cal:
+        p = _p_values(scores_cal[name], normal_cal, scores_ev[name])
+        results[name] = {str(alpha): metrics.precision_recall(p <= alpha, positive) for alpha in ALARM_LEVELS}
+        normal = p[~positive]
+        curves[name] = [(normal <= alpha).double().mean().item() if len(normal) else math.nan for alpha in GRID]
+    return results, curves
 
 
 def _anomaly_scores(model: FlowModel, graph: GraphLike, x: Tensor, proba: Tensor, logistic: Tensor) -> tuple[dict, dict]:
@@ -121,7 +126,7 @@ def uncertainty_report(
     model: FlowModel, graph: GraphLike, x_train: Tensor, y_train: Tensor, x_test: Tensor, y_test: Tensor,
     calibration_fraction: float = 0.3, step: float = 0.05, seed: int = 0,
 ) -> dict[str, Any]:
-    """Coverage, set sizes, calibration, label sets and anomaly p-values on held-out rows (module docstring).
+    r"""Coverage, set sizes, calibration, label sets and anomaly p-values on held-out rows (module docstring).
 
     Parameters
     ----------
@@ -146,8 +151,10 @@ def uncertainty_report(
         ``protocol``, ``sets`` (per level: ``raw`` / ``split`` / ``adaptive`` coverage and
         radii), ``labels`` (``flow`` and ``logistic``), ``anomalies`` (``per_sample`` and
         ``per_node``, per scorer and false-alarm level), and ``curves`` (the reliability
-        diagram's data: set coverage over :data:`GRID`, and both predictors'
-        :class:`~dgl_iflow.metrics.ReliabilityBins` as lists).
+        diagram's data: set coverage over :data:`GRID`, both predictors'
+        :class:`~dgl_iflow.metrics.ReliabilityBins` as lists, and every scorer's per-node
+        false-alarm rate on normal nodes when flagging :math:`p \le \alpha` for
+        :math:`\alpha` in :data:`GRID`).
     """
     x_test, y_test = model.as_features(x_test), model.as_labels(y_test)
     cut = split_for_calibration(len(x_test), calibration_fraction)
@@ -162,12 +169,11 @@ def uncertainty_report(
               for name, p in (("flow", proba), ("logistic", logistic))}
 
     per_sample, per_node = _anomaly_scores(model, graph, x_test, proba, logistic)
-    anomalies = dict(
-        per_sample=_anomaly_results({k: v[:cut] for k, v in per_sample.items()}, y_cpu[:cut],
-                                    {k: v[cut:] for k, v in per_sample.items()}, y_cpu[cut:], per_node=False),
-        per_node=_anomaly_results({k: v[:cut] for k, v in per_node.items()}, y_cpu[:cut],
-                                  {k: v[cut:] for k, v in per_node.items()}, y_cpu[cut:], per_node=True),
-    )
+    anomalies, alarm_curves = {}, {}
+    for unit, scores in (("per_sample", per_sample), ("per_node", per_node)):
+        anomalies[unit], alarm_curves[unit] = _anomaly_results(
+            {k: v[:cut] for k, v in scores.items()}, y_cpu[:cut], {k: v[cut:] for k, v in scores.items()}, y_cpu[cut:],
+            per_node=unit == "per_node")
 
     def bins(p: Tensor) -> dict[str, list[float]]:
         table = metrics.reliability_bins(p[cut:], y_cpu[cut:])
@@ -177,7 +183,8 @@ def uncertainty_report(
         protocol=dict(calibration_rows=cut, evaluation_rows=len(x_test) - cut, adaptive_step=step,
                       score="whitened latent distance", label_sets="randomized APS, calibrated per node"),
         sets=sets, labels=labels, anomalies=anomalies,
-        curves=dict(sets=set_curves, probabilities={"flow": bins(proba), "logistic": bins(logistic)}),
+        curves=dict(sets=set_curves, probabilities={"flow": bins(proba), "logistic": bins(logistic)},
+                    alarms=dict(levels=list(GRID), **alarm_curves["per_node"])),
     )
 
 

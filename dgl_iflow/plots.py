@@ -662,14 +662,16 @@ def convergence(runs: Mapping[str, Sequence[Sequence[tuple[float, float, float]]
 
 
 def reliability_diagram(curves: Mapping[str, Any], path: str | os.PathLike, title: str | None = None) -> Path:
-    """Nominal against observed coverage of the sets, and confidence against accuracy of the predictors.
+    """Nominal against observed coverage of the sets, confidence against accuracy of the predictors,
+    and the false-alarm rate of anomaly p-values against their level.
 
     Parameters
     ----------
     curves : mapping
         The ``curves`` of :func:`~dgl_iflow.evaluation.uncertainty_report`: ``sets`` (``levels``
-        and the observed coverage per kind of set at each) and ``probabilities`` (per
-        predictor, :class:`~dgl_iflow.metrics.ReliabilityBins` as lists).
+        and the observed coverage per kind of set at each), ``probabilities`` (per
+        predictor, :class:`~dgl_iflow.metrics.ReliabilityBins` as lists) and, optionally,
+        ``alarms`` (``levels`` and, per scorer, the share of normal nodes flagged at each).
     path : str or PathLike
         PNG file to write.
     title : str, optional
@@ -681,8 +683,10 @@ def reliability_diagram(curves: Mapping[str, Any], path: str | os.PathLike, titl
         ``path``.
     """
     sets, probabilities = curves["sets"], curves["probabilities"]
-    figure = _figure(9.0, 4.4)
-    coverage_axis, calibration_axis = figure.subplots(1, 2)
+    alarms = {name: rates for name, rates in curves.get("alarms", {}).items() if name != "levels"}
+    figure = _figure(13.0 if alarms else 9.0, 4.6)
+    axes = figure.subplots(1, 3 if alarms else 2)
+    coverage_axis, calibration_axis = axes[0], axes[1]
     names = {"raw": "model's own set (chi-squared radius)", "split": "split conformal",
              "adaptive": "adaptive conformal (online)"}
     handles = [_key_entry("black", None, "ideal", linestyle=":")]
@@ -699,7 +703,16 @@ def reliability_diagram(curves: Mapping[str, Any], path: str | os.PathLike, titl
         calibration_axis.plot(confidence[filled], accuracy[filled], color=colour, marker=marker, markersize=4,
                               linewidth=1.2)
         handles.append(_key_entry(colour, marker, f"probabilities: {name}", linestyle="-"))
-    for axis in (coverage_axis, calibration_axis):
+    if alarms:
+        alarm_axis = axes[2]
+        alpha = np.asarray(curves["alarms"]["levels"])
+        for index, (name, rates) in enumerate(alarms.items(), start=len(names) + len(probabilities)):
+            colour, marker = _style(index)
+            alarm_axis.plot(alpha, rates, color=colour, marker=marker, markersize=4, linewidth=1.2)
+            handles.append(_key_entry(colour, marker, f"alarms: {name}", linestyle="-"))
+        alarm_axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="alpha (flag a node when p <= alpha)",
+                       ylabel="share of normal nodes flagged", title="anomaly p-values")
+    for axis in axes:
         axis.plot([0, 1], [0, 1], color="black", linestyle=":", linewidth=1)
         axis.grid(alpha=0.25)
         axis.set_aspect("equal")
@@ -707,11 +720,11 @@ def reliability_diagram(curves: Mapping[str, Any], path: str | os.PathLike, titl
                       title="sets for X | Y")
     calibration_axis.set(xlim=(0, 1), ylim=(0, 1), xlabel="predicted probability of the top class",
                          ylabel="share correct", title="node-label probabilities")
-    for axis in (coverage_axis, calibration_axis):
+    for axis in axes:
         axis.title.set_fontsize(10)
         axis.xaxis.label.set_fontsize(9)
         axis.yaxis.label.set_fontsize(9)
-    _key_below(figure, handles, columns=2)
+    _key_below(figure, handles, columns=3 if alarms else 2)
     if title:
         figure.suptitle(title)
     return _save(figure, path)

@@ -55,6 +55,15 @@ def test_report_matches_its_definitions(trained):
         found = report["anomalies"]["per_sample"]["flow, latent distance"]["0.1"]
         for key, value in expected.items():
             assert (math.isnan(value) and math.isnan(found[key])) or math.isclose(found[key], value)
+    # Per node: the share of normal nodes flagged at alpha = 0.5, node by node against its own normal nodes.
+    node_scores = model.node_whitened_distance(data.graph, x_test, normal).double()
+    flagged = []
+    for v in range(y_test.shape[1]):
+        cal = node_scores[:cut, v][y_test[:cut, v] == 0]
+        normal_ev = y_test[cut:, v] == 0
+        flagged.append(conformal_p_values(cal, node_scores[cut:, v][normal_ev]) <= 0.5)
+    alarms = report["curves"]["alarms"]
+    assert math.isclose(alarms["flow, latent distance"][alarms["levels"].index(0.5)], torch.cat(flagged).double().mean().item())
 
 
 def test_calibration_split_refusals():
