@@ -677,7 +677,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "also writes them to FILE.json, with three figures beside it: FILE_samples.png "
                        "(generated vs test samples of the most frequent label vectors, with the edge of the "
                        "calibrated 90 % set), FILE_proba.png (predicted label probabilities per node) and "
-                       "FILE_reliability.png (nominal against observed coverage; confidence against accuracy).")
+                       "FILE_reliability.png (nominal against observed coverage; confidence against accuracy; false "
+                       "alarms against alpha).")
     evaluate.add_argument("--checkpoint", required=True, help="model.pt written by `dgl-iflow train`")
     data_arguments(evaluate, "the data the model was trained on, as given to `train`")
     evaluate.add_argument("--top", type=_count(1), default=3, help="number of most frequent label vectors to compare")

@@ -1,4 +1,4 @@
-"""The examples in the layers', transforms' and graphs' docstrings run and print what they show."""
+"""The examples in the docstrings of the layers, transforms, graphs, latent laws and conformal tools run and print what they show."""
 import doctest
 import importlib
 import pkgutil
@@ -6,13 +6,15 @@ import pkgutil
 import pytest
 
 import dgl_iflow.graphs
+import dgl_iflow.latents
 import dgl_iflow.layers
 import dgl_iflow.transforms
 
 MODULES = sorted(
-    f"{package.__name__}.{info.name}"
-    for package in (dgl_iflow.graphs, dgl_iflow.layers, dgl_iflow.transforms)
-    for info in pkgutil.iter_modules(package.__path__)
+    [f"{package.__name__}.{info.name}"
+     for package in (dgl_iflow.graphs, dgl_iflow.latents, dgl_iflow.layers, dgl_iflow.transforms)
+     for info in pkgutil.iter_modules(package.__path__)]
+    + ["dgl_iflow.conformal", "dgl_iflow.recipe"]
 )
 
 
