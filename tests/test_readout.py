@@ -72,3 +72,16 @@ def test_an_unconditional_model_has_no_readout_to_fit():
     model = JKOFlow(path_graph(), 2, hidden_feats=(8, 8))
     with pytest.raises(ValueError, match="no classes"):
         model.fit_readout(path_graph(), *_rows())
+
+
+def test_a_readout_too_large_is_refused_before_training(monkeypatch):
+    import dgl_iflow.models.readout as readout
+
+    monkeypatch.setattr(readout, "MAX_READOUT_WEIGHTS", 100)  # 3 nodes x 12 inputs x 2 classes = 72 fits
+    model = IGNN(path_graph(), 2, 2, conv="l3", num_blocks=2, hidden_feats=(8, 8))
+    x, y = toy_data(32)
+    monkeypatch.setattr(readout, "MAX_READOUT_WEIGHTS", 50)
+    before = {k: v.clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ValueError, match="72 weights"):
+        fit(model, path_graph(), x, y, TrainConfig(epochs=1, batch_size=32, progress=False, readout=True))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if k in before)

@@ -23,6 +23,20 @@ from torch import Tensor, nn
 from ..baselines import NodeLogistic
 
 
+#: The most weights (``V * 2 V d * K``, float64) a readout may have: it is quadratic in the
+#: nodes, meant for graphs of tens to hundreds of nodes like the label context of the recipe.
+MAX_READOUT_WEIGHTS = 50_000_000
+
+
+def check_readout_size(num_nodes: int, feats: int, num_classes: int) -> None:
+    """Refuse, in one line, a readout too large to fit (:data:`MAX_READOUT_WEIGHTS`)."""
+    weights = num_nodes * 2 * num_nodes * feats * num_classes
+    if weights > MAX_READOUT_WEIGHTS:
+        raise ValueError(f"a readout on {num_nodes} nodes would have {weights:,} weights (at most "
+                         f"{MAX_READOUT_WEIGHTS:,}): it reads every node's features for every node; "
+                         "train without readout and predict by Bayes' rule in the latent")
+
+
 class LatentReadout(nn.Module):
     """Per-node logistic regression on ``[vec X, vec F(X)]`` (module docstring); empty until :meth:`fit`.
 
@@ -57,6 +71,7 @@ class LatentReadout(nn.Module):
 
         ``l2`` as in :class:`~dgl_iflow.baselines.NodeLogistic` (default ``1 / N``).
         """
+        check_readout_size(x.shape[1], x.shape[2], num_classes)
         regression = NodeLogistic(self.features(x, h).detach().cpu(), y.detach().cpu(), features="all",
                                   num_classes=num_classes, l2=l2)
         self.weight, self.bias = regression.weight, regression.bias

@@ -16,6 +16,7 @@ from torch import Tensor
 from ..graphs import GraphLike
 from ..checkpoints import rng_state, set_rng_state
 from ..models import IGNN
+from ..models.readout import check_readout_size
 from ..progress import progress_bar
 from ..transforms import InversionError
 from .common import (backward_in_chunks, check_count, check_device, check_lr_schedule, check_number,
@@ -276,6 +277,8 @@ def fit(
     config.validate()
     if config.patience is not None and x_val is None:
         raise ValueError("patience stops on the validation NLL: pass x_val and y_val")
+    if config.readout:
+        check_readout_size(model.num_nodes, model.feats, model.num_classes)  # refused before training, not after
     with seeded(config.seed), frozen_gc():
         return _train(model, graph, x_train, y_train, config, x_val, y_val, resume_from, callback, make_batch_loss)
 
