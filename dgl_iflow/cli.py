@@ -262,6 +262,8 @@ def _resumable(out: Path, settings: dict[str, Any], epochs: int | None) -> tuple
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{out / RUN_RECORD} is not the run record `dgl-iflow train` writes ({err}); pass "
                              f"--overwrite to train afresh in {out}") from None
+        # A --no-* option a run's record lacks came after the run: it was not given.
+        saved = {name: False for name in settings if name.startswith("--no-")} | saved
         differences = [f"{name} {_shown(saved.get(name))} -> {_shown(value)}"
                        for name, value in settings.items() if saved.get(name) != value]
         if differences:
@@ -290,6 +292,7 @@ _LEAVE_OUT = {
                      "training label vectors)",
     "label-vector-gaussians": "the joint latent Gaussian per training label vector fitted once trained (the node "
                               "law for every label vector)",
+    "readout": "the discriminative head fitted once trained (prediction by Bayes' rule in the latent)",
 }
 
 
@@ -337,7 +340,8 @@ def _train(args: argparse.Namespace) -> None:
     model = recipe_model(dataset.graph, dataset.num_features, dataset.num_classes, conv=args.conv, **changes)
     config = recipe_config(
         args.dataset, chunk_size=args.chunk_size, lr=args.lr, seed=args.seed, patience=args.patience,
-        label_vector_gaussians=args.label_vector_gaussians, progress=not args.no_progress, device=args.device,
+        label_vector_gaussians=args.label_vector_gaussians, readout=args.readout, progress=not args.no_progress,
+        device=args.device,
         **({} if epochs is None else dict(epochs=epochs)),
         **({} if args.batch_size is None else dict(batch_size=args.batch_size)),
     )

@@ -123,6 +123,14 @@ def test_resume_with_more_epochs_continues_from_the_last_epoch(run, capsys):
     assert contents(run) == before
 
 
+def test_a_run_recorded_before_a_leave_out_option_existed_resumes(run):
+    record = json.loads((run / "run.json").read_text())
+    del record["settings"]["--no-readout"]  # as `train` wrote it before the readout
+    (run / "run.json").write_text(json.dumps(record))
+    assert main([*TRAIN, "--epochs", "3", "--out", str(run), "--resume"]) == 0
+    assert read_checkpoint(run / "model.pt")["epoch"] == 3
+
+
 def test_resume_names_every_setting_that_differs(run, capsys):
     before = contents(run)
     assert main(["train", "--dataset", "three_node", "--blocks", "2", "--hidden", "4", "4", "--lr", "0.01",
