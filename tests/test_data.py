@@ -65,7 +65,7 @@ def check_common(ds: GraphDataset) -> None:
 # ----------------------------------------------------------------------------- registry
 def test_registry_names_and_errors():
     assert list_datasets() == ["three_moons", "eight_gaussians", "checkerboard", "rose", "tree",
-                               "three_node", "chordal", "traffic", "solar"]
+                               "three_node", "chordal", "continuous_chordal", "traffic", "solar"]
     with pytest.raises(ValueError, match="three_moons.*solar"):
         load_dataset("two_moons")
     with pytest.raises(ValueError, match="no files"):
