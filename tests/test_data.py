@@ -689,6 +689,23 @@ def test_traffic_loader_on_tiny_files(tmp_path):
     assert len(full.train_idx) == 19 and len(full.test_idx) == 10
 
 
+def test_traffic_next_flow_targets_on_tiny_files(tmp_path):
+    write_tiny_traffic(tmp_path / traffic_module.FOLDER)
+    classes = load_dataset("traffic", root=tmp_path, verify=False)
+    ds = load_dataset("traffic", root=tmp_path, verify=False, target="next_flow")
+    assert ds.num_classes is None and ds.y.dtype == torch.float32 and ds.info["target"] == "next_flow"
+    # Each part loses its last hour, whose next hour is not its own.
+    assert len(ds.train_idx) == 8 and len(ds.test_idx) == 4
+    for part in ("train", "test"):
+        x, y = ds.split(part)
+        x_classes, _ = classes.split(part)
+        assert torch.equal(x, x_classes[:-1])
+        # The target of hour t is the standardized flow_t feature of hour t + 1.
+        assert torch.equal(y, x_classes[1:, :, 0])
+    with pytest.raises(ValueError, match="target must be one of"):
+        load_dataset("traffic", root=tmp_path, verify=False, target="flow")
+
+
 def test_traffic_checksums_and_malformed_files(tmp_path):
     folder = tmp_path / traffic_module.FOLDER
     frames = write_tiny_traffic(folder)
