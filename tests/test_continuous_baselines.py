@@ -1,9 +1,15 @@
-"""The flow-free baselines for real-valued targets against NumPy's least squares and brute force."""
+"""The flow-free baselines for real-valued targets against NumPy's least squares and brute force,
+and the benchmark that sets them beside the flow."""
+import importlib.util
+import math
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from dgl_iflow.baselines import NearestRows, NodeRidge, TargetGaussian
+from dgl_iflow.data import load_dataset
 
 N, V, D = 400, 3, 2
 
@@ -72,3 +78,18 @@ def test_node_ridge_is_penalized_least_squares(q, l2):
     assert prediction.shape == y[:4].shape
     np.testing.assert_allclose(prediction.flatten(1).numpy(), np.hstack([np.ones((4, 1)), flat_x[:4]]) @ coef,
                                atol=1e-9)
+
+
+def test_benchmark_script_runs_one_epoch():
+    """benchmarks/continuous.py end to end on a tiny continuous chordal set: every score finite."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "continuous.py"
+    spec = importlib.util.spec_from_file_location("continuous_benchmark", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    results = script.run_seed(load_dataset("continuous_chordal", p=11, n=150), epochs=1, seed=0)
+    assert set(results["generation"]) == {"flow", "target_gaussian", "nearest_rows"}
+    assert set(results["prediction"]) == {"flow", "linear", "ridge", "training_mean"}
+    scores = [value for task in ("generation", "prediction") for method in results[task].values()
+              for value in method.values()]
+    assert all(math.isfinite(value) for value in scores)
+    assert len(script.summary([results, results])) == len(scores)
