@@ -550,6 +550,22 @@ def test_solar_loader_on_tiny_files(tmp_path):
     assert edge_set(same.graph) == edge_set(ds.graph)
 
 
+@pytest.mark.parametrize("split", ["chronological", "week_blocks"])
+def test_solar_next_dhi_targets_on_tiny_files(tmp_path, split):
+    paths = write_tiny_solar(tmp_path, ["A_data.csv", "B_data.csv", "C_data.csv"], days=40)
+    ramps = load_dataset("solar", k=2, files=paths, split=split)
+    ds = load_dataset("solar", k=2, files=paths, split=split, target="next_dhi")
+    assert ds.num_classes is None and ds.y.dtype == torch.float32 and ds.info["target"] == "next_dhi"
+    assert edge_set(ds.graph) == edge_set(ramps.graph)
+    in_test = torch.zeros(len(ramps.x), dtype=torch.bool)
+    in_test[ramps.test_idx] = True
+    # Kept: the samples whose next sample lies in the same part; the target is that sample's x_t.
+    kept = torch.nonzero(in_test[:-1] == in_test[1:]).flatten()
+    assert torch.equal(ds.x, ramps.x[kept]) and torch.equal(ds.y, ramps.x[kept + 1, :, 0])
+    assert torch.equal(ds.test_idx, torch.nonzero(in_test[kept]).flatten())
+    assert len(ds.train_idx) + len(ds.test_idx) == len(ds.x) < len(ramps.x)
+
+
 def test_solar_week_blocks_on_tiny_files_use_training_windows_only(tmp_path):
     # 30 days = 60 windows = 59 samples: weeks 0-2 and the start of week 4 train, week 3 tests.
     frames = [tiny_solar_frame(30, seed) for seed in range(3)]
