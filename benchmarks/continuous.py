@@ -16,7 +16,10 @@ over seeds:
     python benchmarks/continuous.py --dataset traffic --seeds 0 1 2 --out runs/continuous
     python benchmarks/continuous.py --dataset solar --epochs 200 --seeds 0 1 2 --out runs/continuous
 
-Writes ``OUT/<dataset>.json`` with every seed's numbers.
+Writes ``OUT/<dataset>.json`` with every seed's numbers, and the first seed's figures:
+``OUT/<dataset>_sweep.png`` (generated against real node features as the target sweeps its
+range, one panel per node group) and ``OUT/<dataset>_predictions.png`` (predicted against true
+targets with the intervals).
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from typing import Any
 
 import torch
 
-from dgl_iflow import IGNN, metrics
+from dgl_iflow import IGNN, metrics, plots
 from dgl_iflow.baselines import NearestRows, NodeRidge, TargetGaussian
 from dgl_iflow.data import holdout, load_dataset
 from dgl_iflow.recipe import BATCH_SIZE, HIDDEN_FEATS, LIPSCHITZ
@@ -74,7 +77,8 @@ def chosen_ridge(x: torch.Tensor, y: torch.Tensor, seed: int) -> float:
     return min(RIDGE_GRID, key=lambda l2: rmse(NodeRidge(x_fit, y_fit, l2=l2).predict(x_held), y_held))
 
 
-def run_seed(dataset, epochs: int, seed: int) -> dict[str, Any]:
+def run_seed(dataset, epochs: int, seed: int, figures: Path | None = None) -> dict[str, Any]:
+    """One seed's scores; with ``figures``, its two figures written into that folder."""
     graph = dataset.graph
     x_train, y_train = dataset.split("train")
     x_test, y_test = dataset.split("test")
@@ -99,16 +103,23 @@ def run_seed(dataset, epochs: int, seed: int) -> dict[str, Any]:
         "nearest_rows": generation_scores(x_test, nearest_rows),
     }
 
+    prediction = model.predict(graph, x_test)
     lower, upper = model.predict_interval(graph, x_test, LEVEL)
     inside = ((y_test >= lower) & (y_test <= upper)).double()
     l2 = chosen_ridge(x_train, y_train, seed)
     results["prediction"] = {
-        "flow": {"rmse": rmse(model.predict(graph, x_test), y_test), "coverage": float(inside.mean()),
+        "flow": {"rmse": rmse(prediction, y_test), "coverage": float(inside.mean()),
                  "mean_width": float((upper - lower).mean())},
         "linear": {"rmse": rmse(NodeRidge(x_train, y_train).predict(x_test), y_test)},
         "ridge": {"rmse": rmse(NodeRidge(x_train, y_train, l2=l2).predict(x_test), y_test), "l2": l2},
         "training_mean": {"rmse": rmse(y_train.mean(0).expand_as(y_test), y_test)},
     }
+    if figures is not None:
+        name = f"{dataset.name} (seed {seed}, {epochs} epoch{'s' if epochs > 1 else ''})"
+        plots.target_sweep(x_test, y_test, flow_rows, figures / f"{dataset.name}_sweep.png",
+                           feature_name=dataset.feature_names[0], title=name)
+        plots.predicted_vs_true(y_test, prediction, lower, upper, figures / f"{dataset.name}_predictions.png",
+                                level=LEVEL, title=name)
     return results
 
 
@@ -131,11 +142,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.data_root is not None and args.dataset in ("traffic", "solar"):
         kwargs["root"] = args.data_root
     dataset = load_dataset(args.dataset, **kwargs)
-    runs = [run_seed(dataset, args.epochs, seed) for seed in args.seeds]
-    print(f"{args.dataset}: {len(args.seeds)} seed(s), {args.epochs} epochs")
-    print("\n".join(summary(runs)))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    runs = [run_seed(dataset, args.epochs, seed, out if i == 0 else None) for i, seed in enumerate(args.seeds)]
+    print(f"{args.dataset}: {len(args.seeds)} seed(s), {args.epochs} epochs")
+    print("\n".join(summary(runs)))
     (out / f"{args.dataset}.json").write_text(json.dumps(dict(seeds=args.seeds, epochs=args.epochs, runs=runs), indent=1))
 
 

@@ -80,13 +80,15 @@ def test_node_ridge_is_penalized_least_squares(q, l2):
                                atol=1e-9)
 
 
-def test_benchmark_script_runs_one_epoch():
-    """benchmarks/continuous.py end to end on a tiny continuous chordal set: every score finite."""
+def test_benchmark_script_runs_one_epoch(tmp_path):
+    """benchmarks/continuous.py end to end on a tiny continuous chordal set: every score finite, both figures."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "continuous.py"
     spec = importlib.util.spec_from_file_location("continuous_benchmark", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
-    results = script.run_seed(load_dataset("continuous_chordal", p=11, n=150), epochs=1, seed=0)
+    results = script.run_seed(load_dataset("continuous_chordal", p=11, n=150), epochs=1, seed=0, figures=tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["continuous_chordal_predictions.png",
+                                                                "continuous_chordal_sweep.png"]
     assert set(results["generation"]) == {"flow", "target_gaussian", "nearest_rows"}
     assert set(results["prediction"]) == {"flow", "linear", "ridge", "training_mean"}
     scores = [value for task in ("generation", "prediction") for method in results[task].values()
