@@ -46,10 +46,14 @@ class LatentLaw(nn.Module, ABC):
         Whether the labels are classes (int64 ``(*, V)`` in ``[0, K)``) or real-valued targets
         (floats ``(*, V)`` or ``(*, V, q)``): models convert and check labels, and choose between
         class probabilities and a regression's posterior, by it.
+    label_dim : int or None
+        ``q`` for real-valued targets ``(*, V, q)``; ``None`` for one label per node, ``(*, V)``
+        (every law of classes).
     """
 
     fits_after_training: ClassVar[bool] = False
     discrete: ClassVar[bool] = True
+    label_dim: int | None = None
 
     num_classes: int | None
     dim: int

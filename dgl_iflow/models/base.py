@@ -155,8 +155,7 @@ class FlowModel(nn.Module):
     @property
     def label_shape(self) -> tuple[int, ...]:
         """A node's label shape: ``(q,)`` for targets of ``label_dim`` ``q``, else ``()``."""
-        label_dim = getattr(self.latent, "label_dim", None) if self.continuous else None
-        return () if label_dim is None else (label_dim,)
+        return () if self.latent is None or self.latent.label_dim is None else (self.latent.label_dim,)
 
     @property
     def dtype(self) -> torch.dtype:
