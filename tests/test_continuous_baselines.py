@@ -80,18 +80,36 @@ def test_node_ridge_is_penalized_least_squares(q, l2):
                                atol=1e-9)
 
 
-def test_benchmark_script_runs_one_epoch(tmp_path):
-    """benchmarks/continuous.py end to end on a tiny continuous chordal set: every score finite, both figures."""
+def _benchmark():
+    """benchmarks/continuous.py as a module."""
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "continuous.py"
     spec = importlib.util.spec_from_file_location("continuous_benchmark", path)
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_benchmark_script_runs_one_epoch(tmp_path):
+    """benchmarks/continuous.py end to end on a tiny continuous chordal set: every score finite, both figures."""
+    script = _benchmark()
     results = script.run_seed(load_dataset("continuous_chordal", p=11, n=150), epochs=1, seed=0, figures=tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["continuous_chordal_predictions.png",
                                                                 "continuous_chordal_sweep.png"]
     assert set(results["generation"]) == {"flow", "target_gaussian", "nearest_rows"}
-    assert set(results["prediction"]) == {"flow", "linear", "ridge", "training_mean"}
+    assert set(results["prediction"]) == {"flow", "flow_calibrated", "linear", "ridge", "training_mean"}
     scores = [value for task in ("generation", "prediction") for method in results[task].values()
               for value in method.values()]
     assert all(math.isfinite(value) for value in scores)
     assert len(script.summary([results, results])) == len(scores)
+
+
+def test_benchmark_conformal_intervals_cover_by_construction():
+    """Exchangeable residuals: the rescaled intervals cover about the level, the model's own may not."""
+    script = _benchmark()
+    generator = torch.Generator().manual_seed(0)
+    y = 2.0 * torch.randn(4000, 3, generator=generator, dtype=torch.float64)  # residual sd 2
+    mean = torch.zeros_like(y)
+    scores = script.conformal_intervals(y, mean, mean - 1.0, mean + 1.0, 0.9)  # own intervals too narrow
+    assert abs(scores["conformal_coverage"] - 0.9) < 0.02 and scores["own_coverage"] < 0.5
+    # The 0.9 quantile of |N(0, 4)| is 2 * 1.645: the calibrated width 2 * 3.29.
+    assert abs(scores["conformal_width"] - 2 * 2 * 1.645) < 0.3 and scores["own_width"] == 2.0
