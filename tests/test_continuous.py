@@ -133,3 +133,20 @@ def test_errors_are_one_clear_line():
     assert "use IGNN" in message(lambda: JKOFlow(graph, D, latent="linear_gaussian"))
     classes = IGNN(graph, D, 2, num_blocks=1, hidden_feats=(8,))
     assert "use predict_proba" in message(lambda: classes.predict(graph, x))
+
+
+def test_fit_with_validation_targets_checkpoints_and_resumes(tmp_path):
+    model = _model(2)
+    graph = model.graph
+    x, y = _data(80, 2)
+    history = fit(model, graph, x[:60], y[:60], TrainConfig(epochs=2, batch_size=20, lr=1e-2, patience=3, progress=False),
+                  x_val=x[60:], y_val=y[60:])
+    assert len(history.epochs) == 2 and all(record["val_nll"] < float("inf") for record in history.epochs)
+    path = tmp_path / "run.pt"
+    config = TrainConfig(epochs=2, batch_size=20, lr=1e-2, checkpoint_path=str(path), progress=False)
+    fit(_model(2), graph, x[:60], y[:60], config, x_val=x[60:], y_val=y[60:])
+    config.epochs = 3
+    history = fit(_model(2), graph, x[:60], y[:60], config, x_val=x[60:], y_val=y[60:], resume_from=path)
+    assert [record["epoch"] for record in history.epochs] == [1, 2, 3]
+    with pytest.raises(ValueError, match="validation labels must have shape"):
+        fit(_model(2), graph, x[:60], y[:60], TrainConfig(epochs=1, progress=False), x_val=x[60:], y_val=y[60:, :, 0])
