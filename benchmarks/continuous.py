@@ -110,7 +110,7 @@ def run_seed(dataset, epochs: int, seed: int, figures: Path | None = None) -> di
                   TrainConfig(epochs=epochs, batch_size=BATCH_SIZE, transport_weight=0.0, seed=seed, progress=False))
     results: dict[str, Any] = {"final_train_nll": history.last()["nll"]}
 
-    with seeded(seed):
+    with seeded(seed), torch.no_grad():
         # One row per test row, given its own targets: a latent from the law, then F^-1.
         flow_rows = model.generate(graph, model.latent.sample(y_test.to(model.dtype)))
         gaussian = TargetGaussian(x_train, y_train, seed=seed)
