@@ -131,6 +131,9 @@ def test_errors_are_one_clear_line():
     assert "num_classes" in message(lambda: IGNN(graph, D, 2, latent="linear_gaussian"))
     assert "label_dim" in message(lambda: IGNN(graph, D, 2, label_dim=2))
     assert "use IGNN" in message(lambda: JKOFlow(graph, D, latent="linear_gaussian"))
+    # Without a law (no classes, no continuous law) there is nothing to condition on.
+    unconditional = IGNN(graph, D, num_blocks=1, hidden_feats=(8,))
+    assert "linear_gaussian" in message(lambda: fit(unconditional, graph, x, y, TrainConfig(epochs=1)))
     classes = IGNN(graph, D, 2, num_blocks=1, hidden_feats=(8,))
     assert "use predict_proba" in message(lambda: classes.predict(graph, x))
 

@@ -269,6 +269,9 @@ def fit(
     TrainHistory
     """
     config = config or TrainConfig()
+    if model.latent is None:
+        raise ValueError("fit trains a model of X given labels: build it with num_classes, or with "
+                         "latent=\"linear_gaussian\" for real-valued targets")
     graph = model.check_graph(graph)  # converted once, not at every mini-batch
     x_train, y_train = model.as_features(x_train, "x_train"), model.as_labels(y_train, "y_train")
     if x_val is not None:
