@@ -16,6 +16,14 @@ node's own ``d`` features or from all ``V * d`` features of the graph; its proba
 sample-first ``(N, V, K)``, like those of :meth:`dgl_iflow.IGNN.predict_proba` and as
 :func:`dgl_iflow.metrics.node_accuracy` takes them.
 
+For real-valued targets ``y (N, V)`` or ``(N, V, q)`` (the law ``"linear_gaussian"``):
+
+- :class:`TargetGaussian` is one multivariate normal on the ``V * d`` features whose mean is
+  linear in the whole target vector (least squares) and whose covariance is the residuals';
+- :class:`NearestRows` draws among the training rows whose target vectors are nearest;
+- :class:`NodeRidge` predicts every node's target by linear (``l2=0``) or ridge regression on
+  all ``V * d`` features.
+
 Everything is computed in float64 on the CPU; generated features come back in the dtype of the
 training features.
 """
@@ -26,7 +34,8 @@ from torch import Tensor
 
 from dgl_iflow.latents.gaussian import gaussian_log_prob
 
-__all__ = ["LabelGaussian", "NodeGaussian", "NodeLogistic", "ResampledRows"]
+__all__ = ["LabelGaussian", "NearestRows", "NodeGaussian", "NodeLogistic", "NodeRidge", "ResampledRows",
+           "TargetGaussian"]
 
 LabelKey = tuple[int, ...]
 
@@ -377,3 +386,175 @@ class NodeLogistic:
         with torch.no_grad():
             logits = self._logits(x.detach().cpu().to(torch.float64))
         return torch.softmax(logits, dim=-1)
+
+
+# -- real-valued targets --------------------------------------------------------------------
+
+def _check_target_rows(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Validate ``(N, V, d)`` features and ``(N, V)`` or ``(N, V, q)`` finite targets; return
+    float64 copies, the targets flattened to ``(N, V q)``."""
+    if x.dim() != 3 or y.dim() not in (2, 3) or y.shape[:2] != x.shape[:2] or x.shape[0] < 1:
+        raise ValueError(f"expected x (N, V, d) and targets y (N, V) or (N, V, q) with N >= 1, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    y64 = y.detach().cpu().to(torch.float64).flatten(1)
+    if not bool(torch.isfinite(y64).all()):
+        raise ValueError("targets must be finite, got NaN or infinite values")
+    return x.detach().cpu().to(torch.float64), y64
+
+
+def _with_intercept(rows: Tensor) -> Tensor:
+    """``rows (N, p)`` with a column of ones in front, ``(N, p + 1)``."""
+    return torch.cat([torch.ones(len(rows), 1, dtype=rows.dtype), rows], dim=1)
+
+
+class TargetGaussian:
+    r"""One multivariate normal on the flattened ``V * d`` features, its mean linear in the targets.
+
+    .. math::
+
+        \operatorname{vec} X \mid Y \sim N(c + W \operatorname{vec} Y,\ \hat\Sigma),
+
+    the continuous analogue of :class:`LabelGaussian`: :math:`c, W` by least squares on the
+    training rows, :math:`\hat\Sigma` the residuals' covariance (divided by :math:`N - p - 1`,
+    :math:`p` the number of targets per row) regularized as :class:`LabelGaussian`'s.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(N, V, d)`` training features.
+    y : Tensor
+        ``(N, V)`` or ``(N, V, q)`` training targets.
+    shrinkage, ridge : float
+        As in :class:`LabelGaussian`.
+    seed : int
+        Seed of the ``torch.Generator`` of :meth:`generate`.
+
+    Attributes
+    ----------
+    coef : Tensor
+        ``(1 + V q, V d)``: the intercept :math:`c` then :math:`W^\top`.
+    chol : Tensor
+        ``(V d, V d)`` Cholesky factor of :math:`\hat\Sigma`.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, shrinkage: float = 0.0, ridge: float = 1e-3, seed: int = 0) -> None:
+        _check_regularization(shrinkage, ridge)
+        x64, y64 = _check_target_rows(x, y)
+        self.shape, self.target_shape, self.dtype = tuple(x.shape[1:]), tuple(y.shape[1:]), x.dtype
+        design, flat = _with_intercept(y64), x64.flatten(1)
+        self.coef = torch.linalg.lstsq(design, flat).solution
+        residual = flat - design @ self.coef
+        # Unbiased for the residuals of a fit with 1 + p coefficients.
+        cov = residual.T @ residual / max(len(flat) - design.shape[1], 1)
+        cov = (1.0 - shrinkage) * cov + shrinkage * torch.diag(cov.diagonal())
+        self.chol = torch.linalg.cholesky(cov + ridge * torch.eye(len(cov), dtype=torch.float64))
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _flat_targets(self, y: Tensor) -> Tensor:
+        if tuple(y.shape[-len(self.target_shape):]) != self.target_shape:
+            raise ValueError(f"targets must end in shape {self.target_shape}, got {tuple(y.shape)}")
+        return y.detach().cpu().to(torch.float64).reshape(-1, self.coef.shape[0] - 1)
+
+    def mean(self, y: Tensor) -> Tensor:
+        """:math:`E[X \\mid Y]` ``(M, V, d)`` for targets ``(M, V[, q])``, float64."""
+        return (_with_intercept(self._flat_targets(y)) @ self.coef).unflatten(1, self.shape)
+
+    def generate(self, y: Tensor, n: int) -> Tensor:
+        """``n`` draws ``(n, V, d)`` given one target vector ``y`` ``(V[, q])``."""
+        if tuple(y.shape) != self.target_shape:
+            raise ValueError(f"y must be one target vector of shape {self.target_shape}, got {tuple(y.shape)}")
+        noise = torch.randn(n, self.chol.shape[0], generator=self.generator, dtype=torch.float64)
+        return (self.mean(y) + (noise @ self.chol.T).unflatten(1, self.shape)).to(self.dtype)
+
+    def log_prob(self, x: Tensor, y: Tensor) -> Tensor:
+        """``log p(x_i | y_i)`` ``(N,)`` for rows ``x (N, V, d)`` and their targets."""
+        x64, _ = _check_target_rows(x, y)
+        centred = (x64 - self.mean(y)).flatten(1)
+        zeros = torch.zeros(centred.shape[1], dtype=torch.float64)
+        return gaussian_log_prob(centred.T, zeros, self.chol)
+
+
+class NearestRows:
+    """Training rows drawn uniformly, with replacement, among the ``k`` whose target vectors are
+    nearest (Euclidean, over all nodes) to the requested one: resampling by target.
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(N, V, d)`` training features.
+    y : Tensor
+        ``(N, V)`` or ``(N, V, q)`` training targets.
+    k : int
+        Rows drawn among; ``k = 1`` copies the nearest row.
+    seed : int
+        Seed of the ``torch.Generator`` that draws the rows.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, k: int = 10, seed: int = 0) -> None:
+        self.x, self.y = _check_target_rows(x, y)
+        if not 1 <= k <= len(self.x):
+            raise ValueError(f"k must lie in [1, N] = [1, {len(self.x)}], got {k}")
+        self.k, self.dtype, self.target_shape = k, x.dtype, tuple(y.shape[1:])
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def nearest(self, y: Tensor) -> Tensor:
+        """Indices ``(k,)`` of the training rows nearest to the target vector ``y`` ``(V[, q])``, nearest first."""
+        if tuple(y.shape) != self.target_shape:
+            raise ValueError(f"y must be one target vector of shape {self.target_shape}, got {tuple(y.shape)}")
+        distance = (self.y - y.detach().cpu().to(torch.float64).flatten()).square().sum(1)
+        return torch.topk(distance, self.k, largest=False).indices
+
+    def generate(self, y: Tensor, n: int) -> Tensor:
+        """``n`` training rows ``(n, V, d)`` drawn among the ``k`` nearest to ``y``."""
+        pool = self.nearest(y)
+        return self.x[pool[torch.randint(self.k, (n,), generator=self.generator)]].to(self.dtype)
+
+
+class NodeRidge:
+    r"""Every node's targets regressed on all ``V * d`` features of the graph: linear (``l2 = 0``) or ridge.
+
+    .. math::
+
+        \hat Y_v = b_v + W_v^\top \operatorname{vec} X, \qquad
+        (b, W) = \arg\min \sum_i \lVert Y_i - b - W^\top \operatorname{vec} X_i \rVert^2
+            + \lambda \lVert W \rVert^2,
+
+    one least-squares problem for all nodes, since they share the design; the intercept is not
+    penalized. Features are used as given (the loaders standardize them).
+
+    Parameters
+    ----------
+    x : Tensor
+        ``(N, V, d)`` training features.
+    y : Tensor
+        ``(N, V)`` or ``(N, V, q)`` training targets.
+    l2 : float
+        :math:`\lambda \ge 0`.
+
+    Attributes
+    ----------
+    weight : Tensor
+        ``(V d, V q)`` :math:`W`.
+    bias : Tensor
+        ``(V q,)`` :math:`b`.
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, l2: float = 0.0) -> None:
+        if not l2 >= 0.0:
+            raise ValueError(f"l2 must be >= 0, got {l2}")
+        x64, y64 = _check_target_rows(x, y)
+        self.target_shape, self.dtype = tuple(y.shape[1:]), x.dtype
+        flat = x64.flatten(1)
+        # Centring takes the unpenalized intercept out of the problem.
+        x_mean, y_mean = flat.mean(0), y64.mean(0)
+        centred = flat - x_mean
+        gram = centred.T @ centred + l2 * torch.eye(flat.shape[1], dtype=torch.float64)
+        self.weight = torch.linalg.lstsq(gram, centred.T @ (y64 - y_mean)).solution
+        self.bias = y_mean - x_mean @ self.weight
+
+    def predict(self, x: Tensor) -> Tensor:
+        """Predicted targets ``(N, V[, q])`` for rows ``x (N, V, d)``."""
+        flat = x.detach().cpu().to(torch.float64).flatten(1)
+        if flat.shape[1] != self.weight.shape[0]:
+            raise ValueError(f"x rows must hold {self.weight.shape[0]} features, got {tuple(x.shape)}")
+        return (flat @ self.weight + self.bias).reshape(len(flat), *self.target_shape).to(self.dtype)

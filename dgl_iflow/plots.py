@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .training import TrainHistory
 
 __all__ = ["convergence", "generated_samples", "generated_vs_real", "index_groups", "jko_movements",
-           "node_probabilities", "training_curves"]
+           "node_probabilities", "predicted_vs_true", "target_sweep", "training_curves"]
 
 ArrayLike = torch.Tensor | np.ndarray
 LabelKey = tuple[int, ...]
@@ -265,6 +265,148 @@ def generated_vs_real(real: Mapping[LabelKey, ArrayLike], generated: Mapping[Lab
         axis.set_ylabel(_with_units(feature_names[1], units), fontsize=9)
     handles = [*keys.values(), _key_entry(REAL_GREY, "o", "real samples, behind the generated ones", size=4)]
     _key_below(figure, handles, columns=min(len(handles), 3))
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def _binned_means(targets: np.ndarray, values: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centres and means of ``values`` over the bins ``edges`` of ``targets`` (both flat); empty bins left out."""
+    which = np.clip(np.digitize(targets, edges[1:-1]), 0, len(edges) - 2)
+    counts = np.bincount(which, minlength=len(edges) - 1)
+    sums = np.bincount(which, weights=values, minlength=len(edges) - 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    filled = counts > 0
+    return centres[filled], sums[filled] / counts[filled]
+
+
+def target_sweep(real_x: ArrayLike, real_y: ArrayLike, generated: ArrayLike, path: str | os.PathLike,
+                 node_groups: Mapping[str, Sequence[int]] | None = None, feature: int = 0,
+                 feature_name: str | None = None, units: str | None = STANDARDIZED, bins: int = 12,
+                 title: str | None = None) -> Path:
+    """A node feature against the node's real-valued target, real and generated, one panel per node group.
+
+    Every node of every row is a point (its target ``Y_v``, its feature): the real rows in grey,
+    the generated ones in colour, and through each the feature's mean over ``bins`` equal bins
+    of the targets, so the panels show how the law of the feature follows the target as it
+    sweeps the data's range.
+
+    Parameters
+    ----------
+    real_x : array_like
+        ``(N, V, d)`` real rows.
+    real_y : array_like
+        ``(N, V)`` their targets.
+    generated : array_like
+        ``(N, V, d)`` one generated row per real row, given that row's targets.
+    path : str or PathLike
+        PNG file to write.
+    node_groups : mapping of str to sequence of int, optional
+        One panel per named group of nodes; default :func:`index_groups`.
+    feature : int
+        Which of the ``d`` features to show.
+    feature_name : str, optional
+        Its name (default ``x_<feature>``).
+    units : str, optional
+        Unit of features and targets; default the data sets' standardized units.
+    bins : int
+        Bins of the targets for the mean lines.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    x, y, fake = _numpy(real_x), _numpy(real_y), _numpy(generated)
+    if x.ndim != 3 or fake.shape != x.shape or y.shape != x.shape[:2]:
+        raise ValueError(f"need real_x and generated (N, V, d) and real_y (N, V) alike, got {x.shape}, "
+                         f"{fake.shape} and {y.shape}")
+    if not 0 <= feature < x.shape[2] or bins < 1:
+        raise ValueError(f"need a feature in [0, {x.shape[2]}) and bins >= 1, got {feature} and {bins}")
+    groups = _check_groups(node_groups or index_groups(x.shape[1]), x.shape[1])
+    edges = np.linspace(y.min(), y.max(), bins + 1)
+    name = _with_units(feature_name or f"x_{feature}", units)
+    columns = min(len(groups), 3)
+    rows = math.ceil(len(groups) / columns)
+    figure = _figure(3.4 * columns + 0.4, 3.0 * rows + 0.9)
+    axes = figure.subplots(rows, columns, sharex=True, sharey=True, squeeze=False).ravel()
+    colour = GENERATED_COLOUR  # one colour throughout: the panel titles name the groups
+    for axis, (group, nodes) in zip(axes, groups.items()):
+        targets = y[:, nodes].ravel()
+        real_values, fake_values = x[:, nodes, feature].ravel(), fake[:, nodes, feature].ravel()
+        axis.scatter(targets, real_values, s=3, color=REAL_GREY, alpha=0.5, linewidths=0, zorder=1)
+        axis.scatter(targets, fake_values, s=4, color=colour, alpha=0.3, linewidths=0, zorder=2)
+        axis.plot(*_binned_means(targets, real_values, edges), color="black", linestyle="--", zorder=3)
+        axis.plot(*_binned_means(targets, fake_values, edges), color=colour, zorder=4)
+        axis.set_title(group, fontsize=9)
+        axis.grid(alpha=0.25)
+    for axis in axes[len(groups):]:
+        axis.set_visible(False)
+    for axis in axes[(rows - 1) * columns:]:
+        axis.set_xlabel(_with_units("target Y_v", units), fontsize=9)
+    for axis in axes[::columns]:
+        axis.set_ylabel(name, fontsize=9)
+    handles = [_key_entry(colour, "o", "generated, given the real targets"),
+               _key_entry(REAL_GREY, "o", "real", size=4),
+               _key_entry(colour, label="generated mean per target bin", linestyle="-"),
+               _key_entry("black", label="real mean per target bin", linestyle="--")]
+    _key_below(figure, handles, columns=2)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def predicted_vs_true(y_true: ArrayLike, mean: ArrayLike, lower: ArrayLike, upper: ArrayLike,
+                      path: str | os.PathLike, level: float = 0.9, max_points: int = 300,
+                      units: str | None = STANDARDIZED, title: str | None = None) -> Path:
+    """Predicted real-valued targets against the true ones, with their intervals.
+
+    One point per (row, node), with its interval as a vertical bar, and the diagonal; the key
+    gives the intervals' coverage over all points and their mean width.
+
+    Parameters
+    ----------
+    y_true, mean, lower, upper : array_like
+        ``(N, V)`` true targets, predictions and interval ends, alike in shape.
+    path : str or PathLike
+        PNG file to write.
+    level : float
+        The intervals' nominal level, for the key.
+    max_points : int
+        At most this many points drawn, evenly spaced over the rows (coverage uses all).
+    units : str, optional
+        Unit of the targets; default the data sets' standardized units.
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    truth, centre, low, high = (_numpy(a).ravel() for a in (y_true, mean, lower, upper))
+    shapes = {tuple(np.shape(_numpy(a))) for a in (y_true, mean, lower, upper)}
+    if len(shapes) != 1 or not len(truth):
+        raise ValueError(f"y_true, mean, lower and upper must be non-empty and alike in shape, got {sorted(shapes)}")
+    if max_points < 1:
+        raise ValueError(f"max_points must be >= 1, got {max_points}")
+    coverage = float(((truth >= low) & (truth <= high)).mean())
+    shown = np.unique(np.linspace(0, len(truth) - 1, min(max_points, len(truth))).round().astype(int))
+    figure = _figure(4.6, 4.9)
+    axis = figure.subplots()
+    axis.errorbar(truth[shown], centre[shown], yerr=[centre[shown] - low[shown], high[shown] - centre[shown]],
+                  fmt="o", markersize=3, color=PALETTE[0], ecolor=PALETTE[0], elinewidth=0.6, alpha=0.6, zorder=2)
+    ends = [min(truth.min(), low.min()), max(truth.max(), high.max())]
+    axis.plot(ends, ends, color="black", linestyle="--", linewidth=0.8, zorder=1)
+    axis.set_xlabel(_with_units("true target", units), fontsize=9)
+    axis.set_ylabel(_with_units("predicted target", units), fontsize=9)
+    axis.grid(alpha=0.25)
+    handles = [_key_entry(PALETTE[0], "o", f"prediction, {level:.0%} interval: covers {coverage:.3f}, "
+                                           f"mean width {float((high - low).mean()):.3g}"),
+               _key_entry("black", label="prediction = truth", linestyle="--")]
+    _key_below(figure, handles, columns=1)
     if title:
         figure.suptitle(title)
     return _save(figure, path)

@@ -314,7 +314,9 @@ def _law(name: str, after_training: bool) -> LatentLaw:
     return law
 
 
-LAW_CASES = {f"{name}{'+fitted' if fitted else ''}": (name, fitted) for name in LAWS for fitted in (False, True)}
+#: The laws of classes; the laws of real-valued targets have their own cases below.
+LAW_CASES = {f"{name}{'+fitted' if fitted else ''}": (name, fitted) for name in LAWS if LAWS[name].discrete
+             for fitted in (False, True)}
 
 
 @pytest.fixture(params=sorted(LAW_CASES))
@@ -428,5 +430,58 @@ def test_law_float32_stays_float32(law_case):
 
 
 def test_every_registered_law_is_a_latent_law():
-    assert {name for name, _ in LAW_CASES.values()} == set(LAWS)
+    assert {name for name, _ in LAW_CASES.values()} | set(TARGET_LAW_CASES) == set(LAWS)
     assert all(issubclass(law, LatentLaw) for law in LAWS.values())
+
+
+# -- every law of real-valued targets ---------------------------------------------------------
+
+#: Each law of real-valued targets with one target per node and with two.
+TARGET_LAW_CASES = {name: (None, 2) for name in LAWS if not LAWS[name].discrete}
+
+
+@pytest.fixture(params=[(name, q) for name in sorted(TARGET_LAW_CASES) for q in TARGET_LAW_CASES[name]],
+                ids=lambda case: f"{case[0]}-q{case[1]}")
+def target_law(request):
+    """The law in float64, trainable, moved off its initialization and fitted to training targets."""
+    name, label_dim = request.param
+    law = LAWS[name](D, NODES, label_dim=label_dim, sigma=0.7, trainable=True).double()
+    trained_like(law)
+    shape = (40, NODES) if label_dim is None else (40, NODES, label_dim)
+    law.fit_before_training(torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    return law
+
+
+def _targets(law: LatentLaw, n: int, seed: int) -> torch.Tensor:
+    shape = (n, NODES) if law.label_dim is None else (n, NODES, law.label_dim)
+    return 3 * torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_target_law_log_prob_is_a_dense_gaussian(target_law):
+    law = target_law
+    assert not law.discrete and law.num_classes is None
+    y = _targets(law, 3, 2)
+    h = law.sample(y, generator=torch.Generator().manual_seed(3)) + 0.5
+    for row in range(3):
+        targets = y[row].reshape(NODES, -1)
+        mean = (targets @ law.weight.T + law.bias).flatten()
+        dense = torch.distributions.MultivariateNormal(mean, law.sigma**2 * torch.eye(NODES * D, dtype=torch.float64))
+        torch.testing.assert_close(law.log_prob(h[row], y[row]), dense.log_prob(h[row].flatten()).detach(),
+                                   rtol=0, atol=1e-10)
+
+
+def test_target_law_save_load_gradients_and_dtype(target_law):
+    law = target_law
+    fresh = type(law)(D, NODES, label_dim=law.label_dim, sigma=0.7, trainable=True).double()
+    fresh.load_state_dict(law.state_dict())
+    y = _targets(law, 5, 4)
+    h = law.sample(y, generator=torch.Generator().manual_seed(5)).detach().requires_grad_()
+    torch.testing.assert_close(fresh.log_prob(h, y), law.log_prob(h, y), rtol=0, atol=0)
+    torch.testing.assert_close(fresh.posterior_mean(h), law.posterior_mean(h), rtol=0, atol=0)
+    law.log_prob(h, y).sum().backward()
+    assert torch.isfinite(h.grad).all() and h.grad.abs().max() > 0
+    for parameter_name, parameter in law.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().max() > 0, parameter_name
+    single = law.float()
+    h32 = single.sample(y[0].float(), 2)
+    assert h32.dtype == single.log_prob(h32, y[0].float()).dtype == single.posterior_mean(h32).dtype == torch.float32

@@ -65,7 +65,7 @@ def check_common(ds: GraphDataset) -> None:
 # ----------------------------------------------------------------------------- registry
 def test_registry_names_and_errors():
     assert list_datasets() == ["three_moons", "eight_gaussians", "checkerboard", "rose", "tree",
-                               "three_node", "chordal", "traffic", "solar"]
+                               "three_node", "chordal", "continuous_chordal", "traffic", "solar"]
     with pytest.raises(ValueError, match="three_moons.*solar"):
         load_dataset("two_moons")
     with pytest.raises(ValueError, match="no files"):
@@ -550,6 +550,22 @@ def test_solar_loader_on_tiny_files(tmp_path):
     assert edge_set(same.graph) == edge_set(ds.graph)
 
 
+@pytest.mark.parametrize("split", ["chronological", "week_blocks"])
+def test_solar_next_dhi_targets_on_tiny_files(tmp_path, split):
+    paths = write_tiny_solar(tmp_path, ["A_data.csv", "B_data.csv", "C_data.csv"], days=40)
+    ramps = load_dataset("solar", k=2, files=paths, split=split)
+    ds = load_dataset("solar", k=2, files=paths, split=split, target="next_dhi")
+    assert ds.num_classes is None and ds.y.dtype == torch.float32 and ds.info["target"] == "next_dhi"
+    assert edge_set(ds.graph) == edge_set(ramps.graph)
+    in_test = torch.zeros(len(ramps.x), dtype=torch.bool)
+    in_test[ramps.test_idx] = True
+    # Kept: the samples whose next sample lies in the same part; the target is that sample's x_t.
+    kept = torch.nonzero(in_test[:-1] == in_test[1:]).flatten()
+    assert torch.equal(ds.x, ramps.x[kept]) and torch.equal(ds.y, ramps.x[kept + 1, :, 0])
+    assert torch.equal(ds.test_idx, torch.nonzero(in_test[kept]).flatten())
+    assert len(ds.train_idx) + len(ds.test_idx) == len(ds.x) < len(ramps.x)
+
+
 def test_solar_week_blocks_on_tiny_files_use_training_windows_only(tmp_path):
     # 30 days = 60 windows = 59 samples: weeks 0-2 and the start of week 4 train, week 3 tests.
     frames = [tiny_solar_frame(30, seed) for seed in range(3)]
@@ -687,6 +703,23 @@ def test_traffic_loader_on_tiny_files(tmp_path):
     assert torch.allclose(x_train[:, :, 0], torch.tensor(expected, dtype=torch.float32))
     full = load_dataset("traffic", root=tmp_path, verify=False, subsample=False)
     assert len(full.train_idx) == 19 and len(full.test_idx) == 10
+
+
+def test_traffic_next_flow_targets_on_tiny_files(tmp_path):
+    write_tiny_traffic(tmp_path / traffic_module.FOLDER)
+    classes = load_dataset("traffic", root=tmp_path, verify=False)
+    ds = load_dataset("traffic", root=tmp_path, verify=False, target="next_flow")
+    assert ds.num_classes is None and ds.y.dtype == torch.float32 and ds.info["target"] == "next_flow"
+    # Each part loses its last hour, whose next hour is not its own.
+    assert len(ds.train_idx) == 8 and len(ds.test_idx) == 4
+    for part in ("train", "test"):
+        x, y = ds.split(part)
+        x_classes, _ = classes.split(part)
+        assert torch.equal(x, x_classes[:-1])
+        # The target of hour t is the standardized flow_t feature of hour t + 1.
+        assert torch.equal(y, x_classes[1:, :, 0])
+    with pytest.raises(ValueError, match="target must be one of"):
+        load_dataset("traffic", root=tmp_path, verify=False, target="flow")
 
 
 def test_traffic_checksums_and_malformed_files(tmp_path):

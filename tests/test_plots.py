@@ -370,3 +370,43 @@ def test_importing_the_package_does_not_import_matplotlib():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stdout.strip() == "False"
+
+
+def _target_rows(n: int = 60, nodes: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randn(n, nodes, generator=generator)
+    x = torch.stack([2 * y, -y], -1) + 0.3 * torch.randn(n, nodes, 2, generator=generator)
+    return x, y, x + 0.1 * torch.randn(n, nodes, 2, generator=generator)
+
+
+def test_target_sweep_draws_one_panel_per_node_group(tmp_path, drawn):
+    x, y, fake = _target_rows()
+    out = plots.target_sweep(x, y, fake, tmp_path / "sweep.png", node_groups={"a": [0, 1], "b": [2, 3]},
+                             feature_name="flow_t", bins=5)
+    check_png(out)
+    (figure,) = drawn
+    assert check_readable(figure) == ["generated, given the real targets", "real", "generated mean per target bin",
+                                      "real mean per target bin"]
+    panels = data_axes(figure)
+    assert [axis.get_title() for axis in panels] == ["a", "b"]
+    assert panels[0].get_xlabel() == "target Y_v (standardized units)"
+    assert panels[0].get_ylabel() == "flow_t (standardized units)"
+    # Every node of every row of the group, real and generated.
+    assert [len(c.get_offsets()) for c in panels[0].collections] == [120, 120]
+    with pytest.raises(ValueError, match="alike"):
+        plots.target_sweep(x, y[:, :3], fake, tmp_path / "bad.png")
+
+
+def test_predicted_vs_true_reports_the_coverage(tmp_path, drawn):
+    _, y, _ = _target_rows()
+    mean = y + 0.1
+    lower, upper = mean - 0.5, mean + 0.5
+    truth = y.clone()
+    truth[:6, 0] = upper[:6, 0] + 0.01  # 6 of the 240 targets above their intervals
+    out = plots.predicted_vs_true(truth, mean, lower, upper, tmp_path / "pred.png", max_points=50)
+    check_png(out)
+    (figure,) = drawn
+    (entry, diagonal) = check_readable(figure)
+    assert "covers 0.975" in entry and diagonal == "prediction = truth"
+    with pytest.raises(ValueError, match="alike in shape"):
+        plots.predicted_vs_true(y, mean[:3], lower, upper, tmp_path / "bad.png")

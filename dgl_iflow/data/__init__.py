@@ -22,12 +22,12 @@ from . import traffic as _traffic_module
 from .base import DataFileError, DataRoot, FileReport, GraphDataset, holdout, resolve_root, verify_files
 from .download import fetch_files
 from .solar import solar
-from .synthetic import chordal, three_node
+from .synthetic import chordal, continuous_chordal, three_node
 from .toys import checkerboard, eight_gaussians, rose, three_moons, tree
 from .traffic import traffic
 
 __all__ = [
-    "DataFileError", "DataRoot", "FileReport", "GraphDataset", "checkerboard", "chordal",
+    "DataFileError", "DataRoot", "FileReport", "GraphDataset", "checkerboard", "chordal", "continuous_chordal",
     "download_dataset", "eight_gaussians", "holdout", "list_datasets", "load_dataset", "real_datasets",
     "resolve_root", "rose", "solar", "three_moons", "three_node", "traffic", "tree",
     "verify_dataset",
@@ -41,6 +41,7 @@ _LOADERS: dict[str, Callable[..., GraphDataset]] = {
     "tree": tree,
     "three_node": three_node,
     "chordal": chordal,
+    "continuous_chordal": continuous_chordal,
     "traffic": traffic,
     "solar": solar,
 }

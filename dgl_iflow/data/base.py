@@ -282,11 +282,12 @@ class GraphDataset:
     x : Tensor
         Shape (N, V, d), node features (converted to float32).
     y : Tensor
-        Shape (N, V), node labels in ``[0, num_classes)`` (converted to int64).
+        Shape (N, V), node labels in ``[0, num_classes)`` (converted to int64); or, with
+        ``num_classes=None``, real-valued targets (N, V) or (N, V, q) (converted to float32).
     train_idx, test_idx : Tensor
         int64 indices into N.
-    num_classes : int
-        Number of label values.
+    num_classes : int or None
+        Number of label values; ``None`` for real-valued targets.
     node_names : list[str]
         V names, in node-id order.
     feature_names : list[str]
@@ -298,13 +299,15 @@ class GraphDataset:
     """
 
     def __init__(self, name: str, graph: GraphLike, x: Tensor, y: Tensor,
-                 train_idx: Tensor, test_idx: Tensor, num_classes: int,
+                 train_idx: Tensor, test_idx: Tensor, num_classes: int | None,
                  node_names: list[str], feature_names: list[str], info: dict[str, Any],
                  raw_path: Path | None = None) -> None:
         x = x.to(torch.float32)
-        y = y.to(torch.int64)
-        if x.dim() != 3 or y.shape != x.shape[:2]:
-            raise ValueError(f"x must be (N, V, d) and y (N, V); got {tuple(x.shape)} "
+        y = y.to(torch.int64 if num_classes is not None else torch.float32)
+        label_dims = (2,) if num_classes is not None else (2, 3)
+        if x.dim() != 3 or y.dim() not in label_dims or y.shape[:2] != x.shape[:2]:
+            layout = "(N, V)" if num_classes is not None else "(N, V) or (N, V, q)"
+            raise ValueError(f"x must be (N, V, d) and y {layout}; got {tuple(x.shape)} "
                              f"and {tuple(y.shape)}")
         num_nodes = x.shape[1]
         graph_nodes = as_graph(graph).num_nodes()
@@ -313,7 +316,10 @@ class GraphDataset:
                              f"names but x has V = {num_nodes}")
         if len(feature_names) != x.shape[2]:
             raise ValueError(f"{len(feature_names)} feature names for d = {x.shape[2]}")
-        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        if num_classes is None:
+            if not bool(torch.isfinite(y).all()):
+                raise ValueError("targets must be finite, got NaN or infinite values")
+        elif y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
             raise ValueError(f"labels must lie in [0, {num_classes})")
         self.name = name
         self.graph = graph
@@ -343,7 +349,7 @@ class GraphDataset:
         return self.x.shape[2]
 
     def split(self, name: str) -> tuple[Tensor, Tensor]:
-        """Features (n, V, d) and labels (n, V) of the ``"train"`` or ``"test"`` part."""
+        """Features (n, V, d) and labels (n, V) (targets: (n, V[, q])) of the ``"train"`` or ``"test"`` part."""
         if name not in SPLITS:
             raise ValueError(f"unknown split {name!r}; valid splits: {', '.join(SPLITS)}")
         idx = self.train_idx if name == "train" else self.test_idx
@@ -358,5 +364,6 @@ class GraphDataset:
 
     def __repr__(self) -> str:
         return (f'GraphDataset("{self.name}", N={len(self)}, V={self.num_nodes}, '
-                f"d={self.num_features}, classes={self.num_classes}, "
+                f"d={self.num_features}, "
+                f"{'targets=real' if self.num_classes is None else f'classes={self.num_classes}'}, "
                 f"train={len(self.train_idx)}, test={len(self.test_idx)})")

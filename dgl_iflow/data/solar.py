@@ -2,7 +2,8 @@
 
 Files live in ``<root>/solar_bay_area/`` (see ``datasets/solar.md``). Per location, DHI is
 averaged over 12-hour windows (00-12 and 12-24 local time); a window is a ramp event (1) when
-its average jumps or drops sharply against the previous window's, or both are low.
+its average jumps or drops sharply against the previous window's, or both are low; or, with
+``target="next_dhi"``, real-valued targets: every location's standardized DHI of the next window.
 """
 from __future__ import annotations
 
@@ -65,6 +66,8 @@ FEATURE_NAMES = ["dhi_t", "dhi_t-1"]
 RISE, FALL, LOW_NOW, LOW_BEFORE = 1.0, -0.5, 40.0, 35.0
 #: Lines searched for the header row; raw NSRDB downloads put two metadata lines above it.
 HEADER_SEARCH_LINES = 5
+#: What ``solar(target=...)`` labels the nodes with: the ramp events, or the next window's DHI.
+TARGETS = ("ramp", "next_dhi")
 
 
 def ramp_labels(dhi: np.ndarray) -> np.ndarray:
@@ -225,7 +228,7 @@ def _block_ranges(index: pd.Index, samples: np.ndarray) -> list[list[str]]:
 
 def solar(root: str | os.PathLike | None = None, verify: bool = True, k: int = 3,
           files: Sequence[str | os.PathLike] | None = None, download: bool = True,
-          split: str = "week_blocks") -> GraphDataset:
+          split: str = "week_blocks", target: str = "ramp") -> GraphDataset:
     """Load solar ramp-event data from NSRDB-style CSV files.
 
     Each location's DHI is averaged over 12-hour windows; window t gets features
@@ -263,11 +266,18 @@ def solar(root: str | os.PathLike | None = None, verify: bool = True, k: int = 3
         Has no effect with ``files``.
     split : {"week_blocks", "chronological"}
         How samples are split into training and test parts.
+    target : {"ramp", "next_dhi"}
+        The node labels: the ramp events of window t, or real-valued targets, every location's
+        DHI of window t + 1 standardized as the features are (a half-day-ahead forecast). A
+        sample whose next window is the other part's sample, or absent, is dropped, so no test
+        target is a training feature; the features, split and graph (from the training ramp
+        labels) are those of ``"ramp"``.
 
     Returns
     -------
     GraphDataset
-        x (N, L, 2), y (N, L) in {0, 1}; node names are location names.
+        x (N, L, 2), y (N, L) in {0, 1} (``"next_dhi"``: float targets, ``num_classes`` None);
+        node names are location names.
 
     Raises
     ------
@@ -275,6 +285,8 @@ def solar(root: str | os.PathLike | None = None, verify: bool = True, k: int = 3
         If a file is missing (and cannot be downloaded), fails its checksum or is not in the
         expected format.
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     data_root = resolve_root(root)
     folder = data_root.path / FOLDER
     if files is None:
@@ -319,6 +331,15 @@ def solar(root: str | os.PathLike | None = None, verify: bool = True, k: int = 3
     scaled = (dhi - mean) / std
     x = np.stack([scaled[1:], scaled[:-1]], axis=-1)
     pairs = agreement_pairs(labels[train_idx], k)
+    y = labels
+    if target == "next_dhi":
+        # Sample i is window i + 1; its target, window i + 2, is sample i + 1's x_t: keep i only
+        # where sample i + 1 exists in the same part.
+        in_test = np.zeros(len(x), dtype=bool)
+        in_test[test_idx] = True
+        kept = np.nonzero(in_test[:-1] == in_test[1:])[0]
+        x, y = x[kept], scaled[kept + 2]
+        train_idx, test_idx = np.nonzero(~in_test[kept])[0], np.nonzero(in_test[kept])[0]
     info = {
         "root": str(data_root.path), "root_source": data_root.source, "verified": verify,
         "files": sources, "k": k, "window_hours": WINDOW_HOURS, "windows": num_windows,
@@ -328,9 +349,10 @@ def solar(root: str | os.PathLike | None = None, verify: bool = True, k: int = 3
         "ramp_rule": f"change > {RISE} or change < {FALL} or (x_t < {LOW_NOW} and "
                      f"x_t-1 < {LOW_BEFORE}); x_t-1 = 0 -> 1",
         "graph_pairs": sorted(set(tuple(sorted(pair)) for pair in pairs)),
+        "target": target,
     }
     return GraphDataset(
         name="solar", graph=undirected_graph(pairs, len(names), self_loops=True),
-        x=torch.from_numpy(x), y=torch.from_numpy(labels), train_idx=torch.from_numpy(train_idx),
-        test_idx=torch.from_numpy(test_idx), num_classes=2, node_names=names,
+        x=torch.from_numpy(x), y=torch.from_numpy(y), train_idx=torch.from_numpy(train_idx),
+        test_idx=torch.from_numpy(test_idx), num_classes=None if target == "next_dhi" else 2, node_names=names,
         feature_names=list(FEATURE_NAMES), info=info, raw_path=folder)

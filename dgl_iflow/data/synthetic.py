@@ -1,7 +1,8 @@
 """Simulated graph data sets where X | Y is known in closed form.
 
-Both follow the paper's recipe: draw a latent Z_v | Y_v per node from a Gaussian whose mean
-depends on the node's label, then mix neighbours with a fixed graph operator, X = P Z.
+All follow the paper's recipe: draw a latent Z_v | Y_v per node from a Gaussian whose mean
+depends on the node's label, then mix neighbours with a fixed graph operator, X = P Z. In
+``continuous_chordal`` the labels are real numbers and the latent mean is linear in them.
 """
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ THREE_NODE_SHIFTS = (-4.0, 0.0, 4.0)
 CHORDAL_DELTA = 3.0 * NormalDist().inv_cdf(0.9999)
 #: Weight of a node's own latent value in the chordal mixing operator 0.8 I + 0.2 D^{-1} A.
 CHORDAL_SELF_WEIGHT = 0.8
+#: The map B of the continuous chordal data, Z_v | Y_v = y ~ N(B y, I): of norm 3, so that the
+#: targets a prior standard deviation apart lie three noise standard deviations apart.
+CONTINUOUS_CHORDAL_LOADING = (2.4, 1.8)
 
 
 def row_normalized_adjacency(graph_pairs: list[tuple[int, int]], num_nodes: int) -> Tensor:
@@ -170,3 +174,89 @@ def chordal(p: int = 503, num_label_vectors: int = 10, n_per_label: int = 100,
         x=_mix(operator, latent), y=labels, train_idx=train_idx, test_idx=test_idx,
         num_classes=2, node_names=[str(v) for v in range(p)],
         feature_names=list(FEATURE_NAMES), info=info)
+
+
+def continuous_chordal(p: int = 31, n: int = 2000, prior_std: float = 1.0, seed: int = 0) -> GraphDataset:
+    r"""The chordal graph with one real-valued target per node, and X | Y Gaussian in closed form.
+
+    Every node's target is drawn from its prior, :math:`Y_v \sim N(0, s^2)` independently, then
+    :math:`Z_v \mid Y_v = y \sim N(B y, I_2)` with :math:`B` = ``CONTINUOUS_CHORDAL_LOADING``,
+    and :math:`X = M Z` with the chordal mixing operator :math:`M` (:func:`chordal_mixing_operator`).
+    Hence :math:`X \mid Y = y` is Gaussian (:func:`continuous_chordal_moments`) and so is
+    :math:`Y \mid X` (:func:`continuous_chordal_posterior_mean`).
+
+    Parameters
+    ----------
+    p : int
+        Number of nodes V; must be prime.
+    n : int
+        Number of samples N.
+    prior_std : float
+        :math:`s`, the standard deviation of every target.
+    seed : int
+        Seed of the ``torch.Generator`` used for targets, sampling and the split.
+
+    Returns
+    -------
+    GraphDataset
+        x (N, p, 2), y (N, p) float32 targets, ``num_classes`` None; a random 20 % test split.
+    """
+    if not (prior_std > 0.0):
+        raise ValueError(f"prior_std must be positive, got {prior_std}")
+    operator = chordal_mixing_operator(p)
+    generator = torch.Generator().manual_seed(seed)
+    targets = prior_std * torch.randn(n, p, generator=generator, dtype=torch.float64)
+    latent = (targets.unsqueeze(-1) * torch.tensor(CONTINUOUS_CHORDAL_LOADING, dtype=torch.float64)
+              + torch.randn(n, p, 2, generator=generator, dtype=torch.float64))
+    # One group: a plain random split, seeded like the rest.
+    train_idx, test_idx = stratified_split(torch.zeros(n, dtype=torch.int64), TEST_FRACTION, generator)
+    info = {"p": p, "n": n, "prior_std": prior_std, "seed": seed, "loading": CONTINUOUS_CHORDAL_LOADING,
+            "self_weight": CHORDAL_SELF_WEIGHT, "test_fraction": TEST_FRACTION, "split": "random"}
+    return GraphDataset(
+        name="continuous_chordal", graph=undirected_graph(chordal_cycle_pairs(p), p, self_loops=True),
+        x=_mix(operator, latent), y=targets, train_idx=train_idx, test_idx=test_idx, num_classes=None,
+        node_names=[str(v) for v in range(p)], feature_names=list(FEATURE_NAMES), info=info)
+
+
+def continuous_chordal_moments(p: int, y: Tensor) -> tuple[Tensor, Tensor]:
+    r"""The exact mean and covariance of :math:`X \mid Y = y` in :func:`continuous_chordal`.
+
+    :math:`E[X \mid y] = M y B^\top` and :math:`\mathrm{Cov}(\mathrm{vec}\, X \mid y) = (M M^\top)
+    \otimes I_2`, with ``vec`` stacking the nodes' rows (the layout of ``x.flatten(-2)``).
+
+    Parameters
+    ----------
+    p : int
+        Number of nodes V (prime).
+    y : Tensor
+        (V,) targets.
+
+    Returns
+    -------
+    mean, covariance : Tensor
+        (V, 2) and (2 V, 2 V), float64.
+    """
+    operator = chordal_mixing_operator(p)
+    loading = torch.tensor(CONTINUOUS_CHORDAL_LOADING, dtype=torch.float64)
+    mean = (operator @ y.to(torch.float64)).unsqueeze(-1) * loading
+    return mean, torch.kron(operator @ operator.T, torch.eye(2, dtype=torch.float64))
+
+
+def continuous_chordal_posterior_mean(p: int, x: Tensor, prior_std: float = 1.0) -> Tensor:
+    r"""The exact :math:`E[Y \mid X]` of :func:`continuous_chordal`, ``(N, V)`` for ``x`` ``(N, V, 2)``.
+
+    :math:`W = M^{-1} X` has rows :math:`W_v = B Y_v + Z_v`, independent over nodes given the
+    targets, so :math:`Y_v \mid X` depends on :math:`W_v` alone and is conjugate:
+    :math:`E[Y_v \mid X] = B^\top W_v / (s^{-2} + \lVert B \rVert^2)`, of variance
+    :math:`1 / (s^{-2} + \lVert B \rVert^2)` (:func:`continuous_chordal_posterior_std`).
+    """
+    operator = chordal_mixing_operator(p)
+    loading = torch.tensor(CONTINUOUS_CHORDAL_LOADING, dtype=torch.float64)
+    unmixed = torch.linalg.solve(operator, x.to(torch.float64))  # batched over N
+    return unmixed @ loading * continuous_chordal_posterior_std(prior_std) ** 2
+
+
+def continuous_chordal_posterior_std(prior_std: float = 1.0) -> float:
+    """The exact standard deviation of every :math:`Y_v \\mid X` in :func:`continuous_chordal`."""
+    squared_norm = sum(b * b for b in CONTINUOUS_CHORDAL_LOADING)
+    return (1.0 / prior_std**2 + squared_norm) ** -0.5

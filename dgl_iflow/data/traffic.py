@@ -2,7 +2,8 @@
 
 Files (pickled pandas objects, see ``datasets/traffic.md``) live in ``<root>/traffic/``.
 A sample is one hour t: node features [flow_t, flow_{t-1}] per sensor, labels 1 where the
-sensor's flow was flagged above its upper quantile, else 0.
+sensor's flow was flagged above its upper quantile, else 0; or, with ``target="next_flow"``,
+real-valued targets: every sensor's standardized flow of hour t + 1.
 """
 from __future__ import annotations
 
@@ -43,6 +44,8 @@ NEIGHBORHOOD_SIZE = 3
 FEATURE_NAMES = ["flow_t", "flow_t-1"]
 #: Raw label values: 0 normal, 1 above the upper quantile, 2 below the lower one.
 RAW_LABELS = (0, 1, 2)
+#: What ``traffic(target=...)`` labels the nodes with: the anomaly classes, or the next hour's flow.
+TARGETS = ("anomaly", "next_flow")
 
 
 def _read_pickle(path: Path) -> Any:
@@ -96,7 +99,7 @@ def _neighbor_edges(path: Path, sensors: list) -> tuple[torch.Tensor, torch.Tens
 
 
 def traffic(root: str | os.PathLike | None = None, verify: bool = True,
-            subsample: bool = True, download: bool = True) -> GraphDataset:
+            subsample: bool = True, download: bool = True, target: str = "anomaly") -> GraphDataset:
     """Load the 15-sensor traffic anomaly data.
 
     Train and test frames are consecutive hours; sample t has features
@@ -125,11 +128,18 @@ def traffic(root: str | os.PathLike | None = None, verify: bool = True,
     download : bool
         Download missing files from :data:`SOURCE` (or ``$DGL_IFLOW_DATA_URL``) into
         ``<root>/traffic/`` first; downloads are checked before they are kept.
+    target : {"anomaly", "next_flow"}
+        The node labels: the anomaly classes of hour t, or real-valued targets, every sensor's
+        flow of hour t + 1 standardized as the features are (a one-hour-ahead forecast given
+        X; X | Y generates the hours that lead to a given next hour). The next hour must lie
+        in the sample's own part, so the last hour of each part has no sample: one fewer
+        sample in each part; the features of the others are those of ``"anomaly"``.
 
     Returns
     -------
     GraphDataset
-        x (N, 15, 2), y (N, 15) in {0, 1}; node names are the sensor ids.
+        x (N, 15, 2), y (N, 15) in {0, 1} (``"next_flow"``: float targets, ``num_classes``
+        None); node names are the sensor ids.
 
     Raises
     ------
@@ -137,6 +147,8 @@ def traffic(root: str | os.PathLike | None = None, verify: bool = True,
         If a file is missing (and cannot be downloaded), fails its checksum or is not in the
         expected format.
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     data_root = resolve_root(root)
     folder = data_root.path / FOLDER
     if download:
@@ -172,9 +184,15 @@ def traffic(root: str | os.PathLike | None = None, verify: bool = True,
     std = fit_hours.std(axis=0)
     std = np.where(std > 0, std, 1.0)  # a constant sensor stays centred rather than dividing by 0
     scaled = (flow - mean) / std
-    x = np.stack([scaled[current], scaled[current - 1]], axis=-1)
-    y = (label_values[current] == 1).astype(np.int64)
     num_train = num_train_hours - first_train_hour - 1
+    if target == "next_flow":
+        # Without the last hour of either part: its next hour is the other part's, or absent.
+        current = np.delete(current, [num_train - 1, len(current) - 1])
+        num_train -= 1
+        y = scaled[current + 1]
+    else:
+        y = (label_values[current] == 1).astype(np.int64)
+    x = np.stack([scaled[current], scaled[current - 1]], axis=-1)
 
     info = {
         "root": str(data_root.path), "root_source": data_root.source, "verified": verify,
@@ -184,12 +202,15 @@ def traffic(root: str | os.PathLike | None = None, verify: bool = True,
         "test_hours": [str(hours[num_train_hours]), str(hours[test_end - 1])],
         "scaler": {"fit_on": "training hours used, per sensor, both lags", "ddof": 0,
                    "mean": mean.tolist(), "std": std.tolist()},
-        "labels": "raw 1 -> 1; raw 0 and 2 -> 0",
+        "target": target,
+        "labels": ("standardized flow of hour t + 1, in the sample's own part" if target == "next_flow"
+                   else "raw 1 -> 1; raw 0 and 2 -> 0"),
         "graph": f"each sensor aggregates itself and its {NEIGHBORHOOD_SIZE - 1} nearest sensors",
     }
     return GraphDataset(
         name="traffic", graph=sorted_graph(src, dst, len(sensors)),
         x=torch.from_numpy(x), y=torch.from_numpy(y),
         train_idx=torch.arange(num_train), test_idx=torch.arange(num_train, len(current)),
-        num_classes=2, node_names=[str(s) for s in sensors], feature_names=list(FEATURE_NAMES),
+        num_classes=None if target == "next_flow" else 2, node_names=[str(s) for s in sensors],
+        feature_names=list(FEATURE_NAMES),
         info=info, raw_path=folder)

@@ -19,9 +19,11 @@ which stays the law of every other label vector. They need the trained flow's la
 cannot be a law chosen before training; they are saved in the law's extra state. The shared
 Gaussian tools (mean placement, densities, chi quantiles) are in ``gaussian.py``.
 
-:class:`LinearGaussianLatent` (``linear_gaussian.py``) is the law for real-valued targets,
-:math:`H_v \mid Y_v = y \sim N(A y + b, \sigma^2 I)` with a closed-form Gaussian posterior;
-the models take integer labels only so far, so it is not in :data:`LAWS`.
+Laws of class labels are :attr:`~LatentLaw.discrete`; one law takes real-valued targets:
+
+``"linear_gaussian"`` (:class:`LinearGaussianLatent`, ``linear_gaussian.py``)
+    :math:`H_v \mid Y_v = y \sim N(A y + b, \sigma^2 I)` for targets ``(*, V)`` or ``(*, V, q)``,
+    with a closed-form Gaussian posterior of every node's target (prediction and intervals).
 """
 from .base import LatentLaw
 from .gaussian import default_separation, gaussian_log_prob, spread_means
@@ -33,6 +35,7 @@ from .node_gaussian import NodeGaussianLatent
 LAWS: dict[str, type[LatentLaw]] = {
     "node_gaussian": NodeGaussianLatent,
     "label_context": LabelContextLatent,
+    "linear_gaussian": LinearGaussianLatent,
 }
 
 __all__ = ["LAWS", "LabelContextLatent", "LatentLaw", "LinearGaussianLatent", "NodeGaussianLatent", "default_separation",

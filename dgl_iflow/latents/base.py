@@ -42,9 +42,18 @@ class LatentLaw(nn.Module, ABC):
     fits_after_training : bool
         Whether :meth:`fit_after_training` does anything, so a trainer can skip computing the
         training latents for a law that would ignore them.
+    discrete : bool
+        Whether the labels are classes (int64 ``(*, V)`` in ``[0, K)``) or real-valued targets
+        (floats ``(*, V)`` or ``(*, V, q)``): models convert and check labels, and choose between
+        class probabilities and a regression's posterior, by it.
+    label_dim : int or None
+        ``q`` for real-valued targets ``(*, V, q)``; ``None`` for one label per node, ``(*, V)``
+        (every law of classes).
     """
 
     fits_after_training: ClassVar[bool] = False
+    discrete: ClassVar[bool] = True
+    label_dim: int | None = None
 
     num_classes: int | None
     dim: int

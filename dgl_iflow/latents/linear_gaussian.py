@@ -15,8 +15,8 @@ then conjugate: given the latent,
 in closed form, as are its intervals. Bayes' rule in the latent is Bayes' rule on ``X``: the
 flow's log-determinant does not depend on the targets.
 
-Targets are ``(*, V)`` floats (one per node, ``label_dim=None``) or ``(*, V, q)``. The models
-still take integer labels only, so this law is not in :data:`~dgl_iflow.latents.LAWS` yet.
+Targets are ``(*, V)`` floats (one per node, ``label_dim=None``) or ``(*, V, q)``. Models build
+it as ``latent="linear_gaussian"`` (:data:`~dgl_iflow.latents.LAWS`), with ``num_classes=None``.
 """
 from __future__ import annotations
 
@@ -66,6 +66,7 @@ class LinearGaussianLatent(LatentLaw):
     """
 
     num_classes = None
+    discrete = False
 
     def __init__(
         self,

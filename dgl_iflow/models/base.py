@@ -118,20 +118,44 @@ class FlowModel(nn.Module):
 
     def build_latent(
         self, num_classes: int | None, sigma: float, means: Tensor | Sequence[Sequence[float]] | None,
-        law: str = "node_gaussian", **options: Any,
+        law: str = "node_gaussian", *, label_dim: int | None = None, trainable_means: bool = False,
+        min_separation: float | None = None,
     ) -> LatentLaw | None:
-        """The law ``law`` of :data:`~dgl_iflow.latents.LAWS` (``None`` without classes) on this
-        model's nodes and features, with ``options`` of its constructor."""
-        if num_classes is None:
-            return None
+        """The law ``law`` of :data:`~dgl_iflow.latents.LAWS` on this model's nodes and features.
+
+        A law of classes takes ``num_classes`` (``None``: no law, the unconditional
+        :math:`N(0, I)`), ``means``, ``trainable_means`` and ``min_separation``; a law of
+        real-valued targets takes ``label_dim`` (targets ``(N, V, q)``; ``None``: ``(N, V)``),
+        and ``trainable_means`` learns its map :math:`A y + b`.
+        """
         if law not in LAWS:
             raise ValueError(f"latent must be one of {tuple(LAWS)}, got {law!r}")
+        if not LAWS[law].discrete:
+            if num_classes is not None or means is not None or min_separation is not None:
+                raise ValueError(f"latent={law!r} takes real-valued targets, not classes: leave num_classes, means "
+                                 "and min_separation at None (label_dim sets the targets per node)")
+            return LAWS[law](self.feats, self.num_nodes, label_dim=label_dim, sigma=sigma, trainable=trainable_means)
+        if label_dim is not None:
+            raise ValueError(f"label_dim is the size of real-valued targets; latent={law!r} takes classes")
+        if num_classes is None:
+            return None
         means = None if means is None else torch.as_tensor(means, dtype=torch.get_default_dtype())
-        return LAWS[law](num_classes, self.feats, sigma=sigma, means=means, num_nodes=self.num_nodes, **options)
+        return LAWS[law](num_classes, self.feats, sigma=sigma, means=means, num_nodes=self.num_nodes,
+                         trainable_means=trainable_means, min_separation=min_separation)
 
     @property
     def num_classes(self) -> int | None:
         return None if self.latent is None else self.latent.num_classes
+
+    @property
+    def continuous(self) -> bool:
+        """Whether the labels are real-valued targets (a law that is not :attr:`~dgl_iflow.latents.LatentLaw.discrete`)."""
+        return self.latent is not None and not self.latent.discrete
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        """A node's label shape: ``(q,)`` for targets of ``label_dim`` ``q``, else ``()``."""
+        return () if self.latent is None or self.latent.label_dim is None else (self.latent.label_dim,)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -154,9 +178,12 @@ class FlowModel(nn.Module):
         return as_features(x, self.dtype, self.device, name)
 
     def as_labels(self, y: Any, name: str = "y") -> Tensor | None:
-        """Labels as users hold them (integers of any width, whole-number floats, arrays, lists)
-        as int64 on the model's device; ``None`` stays ``None``."""
-        return None if y is None else as_labels(y, self.device, name)
+        """Labels as users hold them (tensors, arrays, lists) on the model's device: class labels
+        (integers of any width, whole-number floats) as int64, real-valued targets in the model's
+        dtype; ``None`` stays ``None``."""
+        if y is None:
+            return None
+        return as_features(y, self.dtype, self.device, name) if self.continuous else as_labels(y, self.device, name)
 
     def check_graph(self, graph: GraphLike) -> Graph:
         """``graph`` as a :class:`~dgl_iflow.graphs.Graph`; ``ValueError`` unless it has the model's number of nodes."""
@@ -181,13 +208,20 @@ class FlowModel(nn.Module):
         check_finite(x, name)
         return graph
 
-    def check_labels(self, x: Tensor, y: Tensor | None) -> None:
-        """Raise ``ValueError`` unless ``y`` holds ``(N, V)`` labels of ``x`` (``None`` without classes)."""
+    def check_labels(self, x: Tensor, y: Tensor | None, name: str = "labels") -> None:
+        """Raise ``ValueError`` unless ``y`` holds the ``(N, V)`` labels of ``x`` (``(N, V, q)``
+        targets with ``label_dim``; finite for real-valued ones; ``None`` without a law)."""
         if (y is None) != (self.latent is None):
             raise ValueError(f"labels are needed by a conditional {type(self).__name__} and refused by an "
                              "unconditional one")
-        if y is not None and y.shape != x.shape[:-1]:
-            raise ValueError(f"labels must have shape (N, V) = {tuple(x.shape[:-1])}, got {tuple(y.shape)}")
+        if y is None:
+            return
+        expected = (*x.shape[:-1], *self.label_shape)
+        if y.shape != expected:
+            layout = "(N, V, q)" if self.label_shape else "(N, V)"
+            raise ValueError(f"{name} must have shape {layout} = {expected}, got {tuple(y.shape)}")
+        if self.continuous:
+            check_finite(y, name)
 
     def to_flow(self, graph: Graph, x: Tensor) -> tuple[Graph, Tensor]:
         """The graph and layout the transforms run on: ``(V, N, d)``, or ``(1, N, V d)`` on one node."""
@@ -242,7 +276,7 @@ class FlowModel(nn.Module):
     def predict_proba(self, graph: GraphLike, x: Tensor) -> Tensor:
         """:math:`P(Y_v = k \\mid X)` for every node, ``(N, V, K)``: the fitted :attr:`readout`
         (:meth:`fit_readout`), else Bayes' rule in the latent (:meth:`NodeGaussianLatent.posterior`)."""
-        latent = self._conditional_latent()
+        latent = self._class_latent("predict_proba")
         x = self.as_features(x)
         h, _, _ = self.encode(graph, x, logdet=False)
         return self.readout(x, h) if self.readout.fitted else latent.posterior(h)
@@ -253,13 +287,44 @@ class FlowModel(nn.Module):
         to training rows ``x`` ``(N, V, d)``, ``y`` ``(N, V)``: per-node logistic regression on the
         features and the latent. Densities and samples do not change; :meth:`predict_proba` then
         uses it. Refit after any further training (:func:`~dgl_iflow.training.fit` clears it)."""
-        num_classes = self._conditional_latent().num_classes
+        num_classes = self._class_latent("fit_readout").num_classes
         h, y = self._labelled_latents(graph, x, y)
         self.readout.fit(self.as_features(x), h, y, num_classes, l2=l2)
+
+    @torch.no_grad()
+    def predict(self, graph: GraphLike, x: Tensor) -> Tensor:
+        """:math:`E[Y_v \\mid X]` for every node of a model of real-valued targets, ``(N, V)`` or
+        ``(N, V, q)``: the posterior mean in the latent
+        (:meth:`~dgl_iflow.latents.LinearGaussianLatent.posterior_mean`)."""
+        latent = self._target_latent("predict")
+        return latent.posterior_mean(self.encode(graph, x, logdet=False)[0])
+
+    @torch.no_grad()
+    def predict_interval(self, graph: GraphLike, x: Tensor, level: float = 0.9) -> tuple[Tensor, Tensor]:
+        """Equal-tailed intervals ``(lower, upper)``, each ``(N, V)`` or ``(N, V, q)``, holding
+        ``level`` of every target coordinate's posterior given ``x``
+        (:meth:`~dgl_iflow.latents.LinearGaussianLatent.posterior_interval`)."""
+        latent = self._target_latent("predict_interval")
+        return latent.posterior_interval(self.encode(graph, x, logdet=False)[0], level)
 
     def _conditional_latent(self) -> LatentLaw:
         if self.latent is None:
             raise ValueError(f"an unconditional {type(self).__name__} has no classes")
+        return self.latent
+
+    def _class_latent(self, method: str) -> LatentLaw:
+        """The law, for ``method`` that needs classes; one line naming the alternative otherwise."""
+        latent = self._conditional_latent()
+        if not latent.discrete:
+            raise ValueError(f"{method} is for class labels; this {type(self).__name__} has real-valued "
+                             "targets: use predict or predict_interval")
+        return latent
+
+    def _target_latent(self, method: str) -> LatentLaw:
+        """The law, for ``method`` that needs real-valued targets; one line naming the alternative otherwise."""
+        if self.latent is None or self.latent.discrete:
+            raise ValueError(f"{method} is for real-valued targets; this {type(self).__name__} "
+                             f"{'has class labels: use predict_proba' if self.latent else 'is unconditional'}")
         return self.latent
 
     # -- generation ----------------------------------------------------------
@@ -283,7 +348,8 @@ class FlowModel(nn.Module):
         self, graph: GraphLike, y: Tensor | None = None, n: int = 1, generator: torch.Generator | None = None,
         tol: float | None = None, max_iter: int = 1000,
     ) -> Tensor:
-        """``n`` samples ``(n, V, d)`` of :math:`X \\mid Y = y` for one label vector ``y`` ``(V,)``.
+        """``n`` samples ``(n, V, d)`` of :math:`X \\mid Y = y` for one label vector ``y`` ``(V,)``
+        (real-valued targets: ``(V,)``, or ``(V, q)`` with ``label_dim``; any real values).
 
         Unconditional models take ``y=None`` and sample :math:`F^{-1}(Z)`, :math:`Z \\sim N(0, I)`.
         Raises :class:`~dgl_iflow.transforms.InversionError` if an inverse misses ``tol``.
@@ -296,9 +362,12 @@ class FlowModel(nn.Module):
             h = torch.randn(self.num_nodes, n, self.feats, generator=generator, dtype=self.dtype,
                             device=self.device).transpose(0, 1)
         else:
-            if y is None or y.shape != (self.num_nodes,):
-                raise ValueError(f"y must be one label vector of shape ({self.num_nodes},), got "
+            expected = (self.num_nodes, *self.label_shape)
+            if y is None or y.shape != expected:
+                raise ValueError(f"y must be one label vector of shape {expected}, got "
                                  f"{None if y is None else tuple(y.shape)}")
+            if self.continuous:
+                check_finite(y, "y")
             h = self.latent.sample(y, n, generator=generator)
         return self.generate(graph, h, tol=tol, max_iter=max_iter)
 
@@ -343,7 +412,7 @@ class FlowModel(nn.Module):
         :math:`V d = 2`, uniform on the sphere otherwise. Per-node sets:
         :meth:`node_uncertainty_sets`.
         """
-        latent = self._conditional_latent()
+        latent = self._class_latent("uncertainty_set")
         centers, scales = latent.confidence_region(self.as_labels(y), level)
         if radius is not None:
             if not (radius > 0.0 and math.isfinite(radius)):
@@ -362,19 +431,19 @@ class FlowModel(nn.Module):
     @torch.no_grad()
     def in_uncertainty_set(self, graph: GraphLike, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
         """Whether each whole sample lies in its ``level`` set (:meth:`uncertainty_set`), bool ``(N,)``."""
-        return self._conditional_latent().contains(*self._labelled_latents(graph, x, y), level)
+        return self._class_latent("in_uncertainty_set").contains(*self._labelled_latents(graph, x, y), level)
 
     @torch.no_grad()
     def whitened_distance(self, graph: GraphLike, x: Tensor, y: Tensor) -> Tensor:
         """How far each whole sample's latent lies from its law given ``y``, ``(N,)``
         (:meth:`NodeGaussianLatent.whitened_distance`); :meth:`in_uncertainty_set` bounds it."""
-        return self._conditional_latent().whitened_distance(*self._labelled_latents(graph, x, y))
+        return self._class_latent("whitened_distance").whitened_distance(*self._labelled_latents(graph, x, y))
 
     @torch.no_grad()
     def node_whitened_distance(self, graph: GraphLike, x: Tensor, y: Tensor) -> Tensor:
         """How far each node's latent lies from its node's law given ``y``, ``(N, V)``
         (:meth:`NodeGaussianLatent.node_whitened_distance`); :meth:`in_node_uncertainty_sets` bounds it."""
-        return self._conditional_latent().node_whitened_distance(*self._labelled_latents(graph, x, y))
+        return self._class_latent("node_whitened_distance").node_whitened_distance(*self._labelled_latents(graph, x, y))
 
     def _labelled_latents(self, graph: GraphLike, x: Any, y: Any) -> tuple[Tensor, Tensor]:
         """``F(x)`` and ``y``, both as users hold them, converted and checked: ``(N, V, d)``, ``(N, V)``."""
@@ -396,7 +465,7 @@ class FlowModel(nn.Module):
         ``V`` of them less often than ``level``: use :meth:`uncertainty_set` for that. Directions
         are evenly spaced for :math:`d = 2`, uniform otherwise; for plotting each node's set.
         """
-        latent = self._conditional_latent()
+        latent = self._class_latent("node_uncertainty_sets")
         centers, scales = latent.node_confidence_regions(self.as_labels(y), level)
         if self.feats == 2:
             angle = torch.linspace(0, 2 * math.pi, num_points, dtype=centers.dtype, device=centers.device)
@@ -411,7 +480,7 @@ class FlowModel(nn.Module):
     @torch.no_grad()
     def in_node_uncertainty_sets(self, graph: GraphLike, x: Tensor, y: Tensor, level: float = 0.9) -> Tensor:
         """Whether each node of each sample lies in its node's ``level`` set (:meth:`node_uncertainty_sets`), bool ``(N, V)``."""
-        return self._conditional_latent().node_contains(*self._labelled_latents(graph, x, y), level)
+        return self._class_latent("in_node_uncertainty_sets").node_contains(*self._labelled_latents(graph, x, y), level)
 
     # -- checkpoints ---------------------------------------------------------
 

@@ -37,8 +37,9 @@ class IGNN(FlowModel):
         The shared graph of :math:`V` nodes.
     feats : int
         Node feature size :math:`d`.
-    num_classes : int
-        Number of node classes :math:`K`.
+    num_classes : int, optional
+        Number of node classes :math:`K`; ``None`` with a law of real-valued targets
+        (``latent="linear_gaussian"``), or for an unconditional model.
     conv : str
         ``"l3"`` (spatial :class:`L3Conv`), ``"cheb"`` (spectral :class:`ChebConv`), ``"node"``
         (:class:`NodewiseConv`: no message passing) or ``"mlp"`` (graph-free baseline: the
@@ -63,7 +64,8 @@ class IGNN(FlowModel):
     means : Tensor, optional
         ``(K, d)`` latent class means; placed automatically far apart when absent.
     trainable_means : bool
-        Learn the means, kept apart by a log-barrier.
+        Learn the means, kept apart by a log-barrier; for real-valued targets, learn the map
+        :math:`A y + b` of :class:`~dgl_iflow.latents.LinearGaussianLatent`.
     min_separation : float, optional
         Distance the barrier keeps trainable means apart; by default the one that keeps every
         node on its own mean's side with probability 0.99 (:func:`~dgl_iflow.latents.default_separation`), which
@@ -99,13 +101,17 @@ class IGNN(FlowModel):
     latent : str, optional
         The latent law by its name in :data:`~dgl_iflow.latents.LAWS`, built with ``sigma``,
         ``means``, ``trainable_means`` and ``min_separation``; by default ``"label_context"``
-        with ``label_context``, else ``"node_gaussian"``.
+        with ``label_context``, else ``"node_gaussian"``. ``"linear_gaussian"`` takes
+        real-valued targets instead of classes (:meth:`predict`, :meth:`predict_interval`).
+    label_dim : int, optional
+        Real-valued targets only: ``q`` targets per node, ``(N, V, q)``; ``None`` for one,
+        ``(N, V)``.
 
     Notes
     -----
     The interface (densities, prediction, generation, uncertainty sets, checkpoints) is
     :class:`~dgl_iflow.models.base.FlowModel`'s: sample-first features ``(N, V, d)`` and labels
-    ``(N, V)``.
+    ``(N, V)`` (real-valued targets ``(N, V)`` or ``(N, V, q)``).
     """
 
     checkpoint_format = CHECKPOINT_FORMAT
@@ -115,7 +121,7 @@ class IGNN(FlowModel):
         self,
         graph: GraphLike,
         feats: int,
-        num_classes: int,
+        num_classes: int | None = None,
         *,
         conv: str = "l3",
         num_blocks: int = 8,
@@ -136,6 +142,7 @@ class IGNN(FlowModel):
         graph_mean_linear: bool = False,
         label_context: bool = False,
         latent: str | None = None,
+        label_dim: int | None = None,
     ) -> None:
         if num_blocks < 1 or not hidden_feats:
             raise ValueError(f"need num_blocks >= 1 and a non-empty hidden_feats, got {num_blocks}, {hidden_feats}")
@@ -163,8 +170,8 @@ class IGNN(FlowModel):
         if node_affine:
             blocks.append(NodeAffine(1 if self.flatten else num_nodes, flow_feats))
         self.flow = GraphFlow(blocks)
-        self.latent = self.build_latent(num_classes, sigma, means, latent, trainable_means=trainable_means,
-                                        min_separation=min_separation)
+        self.latent = self.build_latent(num_classes, sigma, means, latent, label_dim=label_dim,
+                                        trainable_means=trainable_means, min_separation=min_separation)
 
     @property
     def logdet_mode(self) -> str:
@@ -183,16 +190,21 @@ class IGNN(FlowModel):
 
         Returns a dict with ``loss`` and its terms: ``nll`` (negative log-likelihood per
         sample), ``ce`` (cross-entropy of the latent posterior, per node), ``transport``
-        (summed over blocks) and ``barrier`` (trainable means only).
+        (summed over blocks) and ``barrier`` (trainable means only). For real-valued targets
+        ``(N, V[, q])`` there are no classes to cross-entropy nor means to keep apart: the
+        objective is :math:`L_g + \gamma W`, without ``ce`` and ``barrier``, and
+        ``classification_weight`` is unused.
         """
         x, y = self.as_features(x), self.as_labels(y)
         graph = self.check_features(graph, x)
         self.check_labels(x, y)
         h, logdet, transport = self._encode(graph, x, True)
         nll = -(self.latent.log_prob(h, y) + logdet).mean()
+        transport = transport.mean()
+        if self.continuous:
+            return dict(loss=nll + transport_weight * transport, nll=nll, transport=transport)
         log_post = self.latent.log_posterior(h)
         ce = nn.functional.nll_loss(log_post.reshape(-1, self.num_classes), y.reshape(-1))
-        transport = transport.mean()
         barrier = self.latent.barrier_penalty()
         loss = nll + classification_weight * ce + transport_weight * transport + barrier
         return dict(loss=loss, nll=nll, ce=ce, transport=transport, barrier=barrier)

@@ -115,6 +115,8 @@ class JKOFlow(FlowModel):
             graph=graph if CONVS[self.conv_kind].needs_graph else None,
         )
         self.latent = self.build_latent(num_classes, sigma, means, latent)
+        if self.continuous:
+            raise ValueError(f"JKOFlow takes class labels so far; for real-valued targets (latent={latent!r}) use IGNN")
 
     # -- structure --------------------------------------------------------
 

@@ -167,7 +167,9 @@ class TrainHistory:
 
 def _check_samples(model: IGNN, graph: GraphLike, x: Tensor, y: Tensor, name: str) -> None:
     model.check_features(graph, x, f"{name} features")
-    model.check_labels(x, y)
+    model.check_labels(x, y, f"{name} labels")
+    if model.continuous:
+        return
     bad = (y < 0) | (y >= model.num_classes)
     if bad.any():
         raise ValueError(f"{name} labels must lie in [0, {model.num_classes}); found {sorted(set(y[bad].tolist()))}")
@@ -244,7 +246,8 @@ def fit(
     x_train : Tensor
         ``(N, V, d)`` training features (sample-first, as the data sets give them).
     y_train : Tensor
-        ``(N, V)`` labels.
+        ``(N, V)`` labels: classes, or real-valued targets (``(N, V)`` or ``(N, V, q)``) for a
+        model with a continuous law.
     config : TrainConfig
         Settings; defaults when absent.
     x_val, y_val : Tensor, optional
@@ -267,6 +270,9 @@ def fit(
     TrainHistory
     """
     config = config or TrainConfig()
+    if model.latent is None:
+        raise ValueError("fit trains a model of X given labels: build it with num_classes, or with "
+                         "latent=\"linear_gaussian\" for real-valued targets")
     graph = model.check_graph(graph)  # converted once, not at every mini-batch
     x_train, y_train = model.as_features(x_train, "x_train"), model.as_labels(y_train, "y_train")
     if x_val is not None:
@@ -275,6 +281,9 @@ def fit(
     if x_val is not None:
         _check_samples(model, graph, x_val, y_val, "validation")
     config.validate()
+    if config.readout and model.continuous:
+        raise ValueError("TrainConfig.readout fits class probabilities; a model of real-valued targets predicts "
+                         "by its posterior (predict): set readout=False")
     if config.patience is not None and x_val is None:
         raise ValueError("patience stops on the validation NLL: pass x_val and y_val")
     if config.readout:
@@ -355,7 +364,7 @@ def _train(
                 # Validation label vectors unseen in training are meant to be checked under the
                 # node law; the latent's warning about that fallback is for users' sampling.
                 warnings.filterwarnings("ignore", message=".*never seen in training")
-                drawn = model.latent.sample(y_check.repeat(repeats, 1))
+                drawn = model.latent.sample(y_check.repeat(repeats, *[1] * (y_check.ndim - 1)))
             return torch.cat([encoded, drawn])
 
         return repair_invertibility(model, graph, check_latents, config.inversion_rescale,
