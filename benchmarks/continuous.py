@@ -14,7 +14,9 @@ over seeds:
   on a fifth of the training rows held out) and the training mean; and the intervals calibrated
   by split conformal prediction per node (``conformal_quantile`` of the residual in units of the
   interval's half-width on the first 30 % of the test rows), their coverage and width on the
-  other 70 %, beside the model's own intervals on those rows.
+  other 70 %, beside the model's own intervals on those rows; and, to show what limits the
+  posterior mean, ridge regression of the targets on the same trained flow's latent of all nodes,
+  alone and beside the features.
 
     python benchmarks/continuous.py --dataset traffic --seeds 0 1 2 --out runs/continuous
     python benchmarks/continuous.py --dataset solar --epochs 200 --seeds 0 1 2 --out runs/continuous
@@ -137,6 +139,16 @@ def run_seed(dataset, epochs: int, seed: int, figures: Path | None = None) -> di
         "ridge": {"rmse": rmse(NodeRidge(x_train, y_train, l2=l2).predict(x_test), y_test), "l2": l2},
         "training_mean": {"rmse": rmse(y_train.mean(0).expand_as(y_test), y_test)},
     }
+    # The ablation of what limits the posterior mean: the same trained flow's latent read by
+    # ridge regression on all nodes, alone and beside the features.
+    with torch.no_grad():
+        h_train, h_test = (model.encode(graph, x, logdet=False)[0] for x in (x_train, x_test))
+    for name, (f_train, f_test) in {"ridge_on_latent": (h_train, h_test),
+                                    "ridge_on_features_and_latent": (torch.cat([x_train, h_train], -1),
+                                                                     torch.cat([x_test, h_test], -1))}.items():
+        penalty = chosen_ridge(f_train, y_train, seed)
+        results["prediction"][name] = {"rmse": rmse(NodeRidge(f_train, y_train, l2=penalty).predict(f_test), y_test),
+                                       "l2": penalty}
     if figures is not None:
         name = f"{dataset.name} (seed {seed}, {epochs} epoch{'s' if epochs > 1 else ''})"
         plots.target_sweep(x_test, y_test, flow_rows, figures / f"{dataset.name}_sweep.png",
