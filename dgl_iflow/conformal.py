@@ -88,10 +88,11 @@ def conformal_p_values(calibration: Tensor, scores: Tensor) -> Tensor:
 
     per trailing position. When :math:`s` is exchangeable with the calibration scores (a
     *normal* row, if those were normal rows), :math:`P(p(s) \le a) \le a` for every
-    :math:`a`: flagging :math:`p \le a` raises false alarms at rate :math:`a` at most.
+    :math:`a`: flagging :math:`p \le a` raises false alarms at rate :math:`a` at most. Without
+    calibration scores every p-value is 1: nothing is flagged.
     """
-    if calibration.dim() < 1 or calibration.shape[0] < 1:
-        raise ValueError(f"need at least one calibration score, got shape {tuple(calibration.shape)}")
+    if calibration.dim() < 1:
+        raise ValueError(f"calibration scores must be (n, *S), got shape {tuple(calibration.shape)}")
     if calibration.shape[1:] != scores.shape[1:]:
         raise ValueError(f"scores {tuple(scores.shape)} and calibration {tuple(calibration.shape)} must agree "
                          "after the first dimension")

@@ -71,6 +71,8 @@ def test_p_values_count_the_calibration_scores_at_least_as_large_and_are_super_u
         assert abs((p <= a).double().mean().item() - exact) < 4 * math.sqrt(max(exact * (1 - exact), 1e-4) / trials)
     with pytest.raises(ValueError, match="agree"):
         conformal_p_values(torch.zeros(3, 2), torch.zeros(4, 3))
+    # No calibration scores (a node never normal in the calibration rows): p = 1, never flagged.
+    torch.testing.assert_close(conformal_p_values(torch.zeros(0), torch.tensor([5.0, -5.0])), torch.ones(2))
 
 
 def test_split_conformal_object_remembers_its_calibration():

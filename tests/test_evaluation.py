@@ -72,3 +72,16 @@ def test_calibration_split_refusals():
     with pytest.raises(ValueError, match="at least 2"):
         split_for_calibration(1, 0.5)
     assert split_for_calibration(10, 0.01) == 1 and split_for_calibration(10, 0.99) == 9
+
+
+def test_a_node_never_normal_in_the_calibration_rows_is_never_flagged():
+    from dgl_iflow.evaluation import _anomaly_results
+
+    y_cal = torch.tensor([[0, 1], [0, 1], [1, 1]])
+    y_ev = torch.tensor([[0, 0], [1, 1]])
+    scores = {"s": torch.tensor([[0.1, 5.0], [0.2, 6.0], [0.3, 7.0]], dtype=torch.float64)}
+    results, curves = _anomaly_results(scores, y_cal, {"s": torch.tensor([[9.0, 9.0], [9.0, 9.0]], dtype=torch.float64)},
+                                       y_ev, per_node=True)
+    # Node 0: p = 1/3 against its two normal calibration nodes, flagged at alpha 0.5 only; node 1: p = 1.
+    assert results["s"]["0.1"]["precision"] != results["s"]["0.1"]["precision"]  # nothing flagged: NaN
+    assert math.isclose(curves["s"][GRID.index(0.35)], 0.5)  # node 0's normal row flagged, node 1's not
