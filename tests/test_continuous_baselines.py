@@ -96,7 +96,8 @@ def test_benchmark_script_runs_one_epoch(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["continuous_chordal_predictions.png",
                                                                 "continuous_chordal_sweep.png"]
     assert set(results["generation"]) == {"flow", "target_gaussian", "nearest_rows"}
-    assert set(results["prediction"]) == {"flow", "flow_calibrated", "linear", "ridge", "training_mean"}
+    assert set(results["prediction"]) == {"flow", "flow_calibrated", "linear", "ridge", "training_mean", "ridge_on_latent",
+                                          "ridge_on_features_and_latent"}
     scores = [value for task in ("generation", "prediction") for method in results[task].values()
               for value in method.values()]
     assert all(math.isfinite(value) for value in scores)
