@@ -217,8 +217,11 @@ def adaptive_conformal(
         raise ValueError(f"calibration and scores must be 1-D, got {tuple(calibration.shape)} and "
                          f"{tuple(scores.shape)}")
     seen = calibration.detach().double().cpu().tolist()
-    ordered = sorted(seen if window is None else seen[-window:])
-    recent = list(seen if window is None else seen[-window:])
+    if window is not None:
+        seen = seen[-window:]
+    ordered = sorted(seen)
+    # The window's scores in arrival order, to know which one leaves next (kept only with a window).
+    recent = seen if window is not None else None
     target = 1.0 - level
     alpha = target
     covered, thresholds, levels = [], [], []
@@ -237,9 +240,10 @@ def adaptive_conformal(
         levels.append(wanted)
         alpha += step * (target - (0.0 if hit else 1.0))
         bisect.insort(ordered, value)
-        recent.append(value)
-        if window is not None and len(recent) > window:
-            ordered.pop(bisect.bisect_left(ordered, recent.pop(0)))
+        if recent is not None:
+            recent.append(value)
+            if len(recent) > window:
+                ordered.pop(bisect.bisect_left(ordered, recent.pop(0)))
     dtype = scores.dtype if scores.is_floating_point() else torch.float64
     return AdaptiveRun(torch.tensor(covered, dtype=torch.bool), torch.tensor(thresholds, dtype=dtype),
                        torch.tensor(levels, dtype=dtype))

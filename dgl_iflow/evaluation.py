@@ -35,6 +35,7 @@ from . import metrics
 from .baselines import NodeLogistic
 from .conformal import adaptive_conformal, conformal_p_values, conformal_quantile, label_scores, label_sets
 from .graphs import GraphLike
+from .latents import LatentLaw
 from .models.base import FlowModel
 
 #: Levels reported in tables.
@@ -54,14 +55,12 @@ def split_for_calibration(n: int, calibration_fraction: float) -> int:
     return min(max(1, round(n * calibration_fraction)), n - 1)
 
 
-def _set_coverage(model: FlowModel, graph: GraphLike, cal: tuple[Tensor, Tensor], ev: tuple[Tensor, Tensor],
-                  step: float) -> tuple[dict[str, Any], dict[str, list[float]]]:
-    latent = model._conditional_latent()
-    s_cal = model.whitened_distance(graph, *cal).double().cpu()
-    s_ev = model.whitened_distance(graph, *ev).double().cpu()
-
+def _set_coverage(latent: LatentLaw, s_cal: Tensor, s_ev: Tensor, step: float
+                  ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+    """Coverage and radii of the three sets at :data:`LEVELS` and, for the diagram, at every :data:`GRID` level,
+    from the whitened distances of the calibration (``s_cal``) and scored (``s_ev``) rows."""
     def coverages(level: float) -> dict[str, float]:
-        raw_radius = latent.confidence_radius(level, model.num_nodes)
+        raw_radius = latent.confidence_radius(level, latent.num_nodes)
         split_radius = conformal_quantile(s_cal, level).item()
         adaptive = adaptive_conformal(s_cal, s_ev, level, step=step)
         finite = adaptive.thresholds[adaptive.thresholds.isfinite()]
@@ -69,10 +68,9 @@ def _set_coverage(model: FlowModel, graph: GraphLike, cal: tuple[Tensor, Tensor]
                     adaptive=adaptive.coverage, raw_radius=raw_radius, split_radius=split_radius,
                     adaptive_median_radius=finite.median().item() if len(finite) else math.inf)
 
-    table = {str(level): coverages(level) for level in LEVELS}
-    grid = [coverages(level) for level in GRID]
-    curves = {kind: [row[kind] for row in grid] for kind in ("raw", "split", "adaptive")}
-    return table, dict(levels=list(GRID), **curves)
+    found = {level: coverages(level) for level in sorted({*GRID, *LEVELS})}
+    curves = {kind: [found[level][kind] for level in GRID] for kind in ("raw", "split", "adaptive")}
+    return {str(level): found[level] for level in LEVELS}, dict(levels=list(GRID), **curves)
 
 
 def _label_results(proba_cal: Tensor, y_cal: Tensor, proba_ev: Tensor, y_ev: Tensor, seed: int) -> dict[str, Any]:
@@ -111,12 +109,12 @@ def _anomaly_results(scores_cal: dict[str, Tensor], y_cal: Tensor, scores_ev: di
     return results, curves
 
 
-def _anomaly_scores(model: FlowModel, graph: GraphLike, x: Tensor, proba: Tensor, logistic: Tensor) -> tuple[dict, dict]:
-    normal = torch.zeros(x.shape[:2], dtype=torch.long)
-    per_sample = {"flow, latent distance": model.whitened_distance(graph, x, normal).double().cpu(),
+def _anomaly_scores(latent: LatentLaw, h: Tensor, proba: Tensor, logistic: Tensor) -> tuple[dict, dict]:
+    normal = torch.zeros(h.shape[:2], dtype=torch.long, device=h.device)
+    per_sample = {"flow, latent distance": latent.whitened_distance(h, normal).double().cpu(),
                   "flow, P(anomaly)": 1.0 - proba[..., 0].prod(dim=-1),
                   "logistic, P(anomaly)": 1.0 - logistic[..., 0].prod(dim=-1)}
-    per_node = {"flow, latent distance": model.node_whitened_distance(graph, x, normal).double().cpu(),
+    per_node = {"flow, latent distance": latent.node_whitened_distance(h, normal).double().cpu(),
                 "flow, P(anomaly)": 1.0 - proba[..., 0], "logistic, P(anomaly)": 1.0 - logistic[..., 0]}
     return per_sample, per_node
 
@@ -156,19 +154,21 @@ def uncertainty_report(
         false-alarm rate on normal nodes when flagging :math:`p \le \alpha` for
         :math:`\alpha` in :data:`GRID`).
     """
+    latent = model._class_latent("uncertainty_report")
     x_test, y_test = model.as_features(x_test), model.as_labels(y_test)
     cut = split_for_calibration(len(x_test), calibration_fraction)
-    cal, ev = (x_test[:cut], y_test[:cut]), (x_test[cut:], y_test[cut:])
-    sets, set_curves = _set_coverage(model, graph, cal, ev, step)
+    h, y_test = model._labelled_latents(graph, x_test, y_test)  # every score below reads these latents
+    distance = latent.whitened_distance(h, y_test).double().cpu()
+    sets, set_curves = _set_coverage(latent, distance[:cut], distance[cut:], step)
 
-    proba = model.predict_proba(graph, x_test).double().cpu()
+    proba = model.proba_of_latents(x_test, h).double().cpu()
     logistic = NodeLogistic(model.as_features(x_train).cpu(), model.as_labels(y_train).cpu(), features="all",
                             num_classes=model.num_classes).predict_proba(x_test.cpu())
     y_cpu = y_test.cpu()
     labels = {name: _label_results(p[:cut], y_cpu[:cut], p[cut:], y_cpu[cut:], seed)
               for name, p in (("flow", proba), ("logistic", logistic))}
 
-    per_sample, per_node = _anomaly_scores(model, graph, x_test, proba, logistic)
+    per_sample, per_node = _anomaly_scores(latent, h, proba, logistic)
     anomalies, alarm_curves = {}, {}
     for unit, scores in (("per_sample", per_sample), ("per_node", per_node)):
         anomalies[unit], alarm_curves[unit] = _anomaly_results(

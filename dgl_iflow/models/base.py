@@ -276,10 +276,13 @@ class FlowModel(nn.Module):
     def predict_proba(self, graph: GraphLike, x: Tensor) -> Tensor:
         """:math:`P(Y_v = k \\mid X)` for every node, ``(N, V, K)``: the fitted :attr:`readout`
         (:meth:`fit_readout`), else Bayes' rule in the latent (:meth:`NodeGaussianLatent.posterior`)."""
-        latent = self._class_latent("predict_proba")
+        self._class_latent("predict_proba")
         x = self.as_features(x)
-        h, _, _ = self.encode(graph, x, logdet=False)
-        return self.readout(x, h) if self.readout.fitted else latent.posterior(h)
+        return self.proba_of_latents(x, self.encode(graph, x, logdet=False)[0])
+
+    def proba_of_latents(self, x: Tensor, h: Tensor) -> Tensor:
+        """:meth:`predict_proba` for features ``x`` ``(N, V, d)`` whose latents ``h = F(x)`` are already at hand."""
+        return self.readout(x, h) if self.readout.fitted else self._class_latent("predict_proba").posterior(h)
 
     @torch.no_grad()
     def fit_readout(self, graph: GraphLike, x: Tensor, y: Tensor, l2: float | None = None) -> None:
