@@ -510,6 +510,10 @@ class NearestRows:
         return self.x[pool[torch.randint(self.k, (n,), generator=self.generator)]].to(self.dtype)
 
 
+#: Ridge penalties :meth:`NodeRidge.cross_validated` chooses among.
+RIDGE_PENALTIES = tuple(10.0**k for k in range(-3, 5))
+
+
 class NodeRidge:
     r"""Every node's targets regressed on all ``V * d`` features of the graph: linear (``l2 = 0``) or ridge.
 
@@ -520,7 +524,10 @@ class NodeRidge:
             + \lambda \lVert W \rVert^2,
 
     one least-squares problem for all nodes, since they share the design; the intercept is not
-    penalized. Features are used as given (the loaders standardize them).
+    penalized. Features are used as given (the loaders standardize them). The fit is a linear
+    smoother :math:`\hat Y = H Y`, so its leave-one-out residuals are exact in closed form,
+    :math:`(Y_i - \hat Y_i) / (1 - H_{ii})`, without refitting: :meth:`cross_validated` chooses
+    :math:`\lambda` by them.
 
     Parameters
     ----------
@@ -537,20 +544,35 @@ class NodeRidge:
         ``(V d, V q)`` :math:`W`.
     bias : Tensor
         ``(V q,)`` :math:`b`.
+    loo_residuals : Tensor
+        ``(N, V[, q])`` float64: every training row's residual under the fit to the other rows.
     """
 
     def __init__(self, x: Tensor, y: Tensor, l2: float = 0.0) -> None:
         if not l2 >= 0.0:
             raise ValueError(f"l2 must be >= 0, got {l2}")
         x64, y64 = _check_target_rows(x, y)
-        self.target_shape, self.dtype = tuple(y.shape[1:]), x.dtype
+        self.l2, self.target_shape, self.dtype = float(l2), tuple(y.shape[1:]), x.dtype
         flat = x64.flatten(1)
         # Centring takes the unpenalized intercept out of the problem.
         x_mean, y_mean = flat.mean(0), y64.mean(0)
         centred = flat - x_mean
         gram = centred.T @ centred + l2 * torch.eye(flat.shape[1], dtype=torch.float64)
-        self.weight = torch.linalg.lstsq(gram, centred.T @ (y64 - y_mean)).solution
+        solved = torch.linalg.lstsq(gram, torch.cat([centred.T, centred.T @ (y64 - y_mean)], dim=1)).solution
+        inverse_design, self.weight = solved[:, :len(flat)], solved[:, len(flat):]
         self.bias = y_mean - x_mean @ self.weight
+        # The smoother's diagonal: 1/N from the intercept, c_i^T G^-1 c_i from the slopes.
+        leverage = 1.0 / len(flat) + (centred * inverse_design.T).sum(1)
+        residual = y64 - (flat @ self.weight + self.bias)
+        self.loo_residuals = (residual / (1.0 - leverage).clamp_min(1e-12).unsqueeze(1)).reshape(y.shape)
+
+    @classmethod
+    def cross_validated(cls, x: Tensor, y: Tensor, penalties: tuple[float, ...] = RIDGE_PENALTIES) -> NodeRidge:
+        """The fit whose penalty of ``penalties`` has the least leave-one-out squared error over all nodes."""
+        if not penalties:
+            raise ValueError("penalties must hold at least one value")
+        fits = [cls(x, y, l2=l2) for l2 in penalties]
+        return min(fits, key=lambda fit: float(fit.loo_residuals.pow(2).mean()))
 
     def predict(self, x: Tensor) -> Tensor:
         """Predicted targets ``(N, V[, q])`` for rows ``x (N, V, d)``."""

@@ -26,6 +26,9 @@ What is here, each a function of scores, so any model or baseline can use it:
 - :func:`label_scores` and :func:`label_sets`: conformal sets of node labels from class
   probabilities, by adaptive prediction sets (``"aps"``, Romano, Sesia and Candès 2020) or the
   least-ambiguous threshold (``"lac"``, Sadinle, Lei and Wasserman 2019).
+- :func:`interval_scores` and :func:`scale_intervals`: conformal intervals for real-valued
+  targets, any model's intervals widened or narrowed about their centres until they hold their
+  level (normalized residuals, Lei et al. 2018).
 
 The scores of a flow model are in :data:`SCORES`: the whitened latent distance of
 :meth:`~dgl_iflow.latents.NodeGaussianLatent.whitened_distance` (``"distance"``, whose
@@ -301,6 +304,39 @@ def label_sets(
     noise = _uniforms(proba.shape[:-1], proba, generator) if method == "aps" and randomized else None
     threshold = torch.as_tensor(threshold, dtype=proba.dtype, device=proba.device)
     return _label_set_scores(proba, method, noise) <= threshold.unsqueeze(-1)
+
+
+# -- real-valued targets --------------------------------------------------------
+
+def interval_scores(targets: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
+    r"""How many half-widths every target lies from its interval's centre, of the targets' shape.
+
+    .. math::
+
+        s = \frac{|y - c|}{w}, \qquad c = \frac{\text{lower} + \text{upper}}{2}, \quad
+        w = \frac{\text{upper} - \text{lower}}{2},
+
+    so an interval holds its target exactly when :math:`s \le 1`, and the intervals scaled about
+    their centres by a calibrated threshold :math:`\hat q` (:func:`conformal_quantile` of these
+    scores, per node for ``(n, V)`` targets; :func:`scale_intervals`) hold ``level`` of new
+    targets. A zero-width interval scores ``inf`` unless it holds its target.
+    """
+    if not (targets.shape == lower.shape == upper.shape):
+        raise ValueError(f"targets {tuple(targets.shape)}, lower {tuple(lower.shape)} and upper "
+                         f"{tuple(upper.shape)} must have one shape")
+    half = (upper - lower) / 2
+    distance = (targets - (lower + upper) / 2).abs()
+    return torch.where(distance == 0, torch.zeros_like(distance), distance / half)
+
+
+def scale_intervals(lower: Tensor, upper: Tensor, factor: Tensor | float) -> tuple[Tensor, Tensor]:
+    """The intervals scaled about their centres by ``factor`` (a calibrated :func:`interval_scores`
+    threshold, broadcast from the right: ``(V,)`` per node); ``inf`` widens them to the real line."""
+    factor = torch.as_tensor(factor, dtype=lower.dtype, device=lower.device)
+    centre, half = (lower + upper) / 2, (upper - lower) / 2
+    # inf * 0 would be NaN: an infinite factor leaves no finite bound, whatever the width.
+    reach = torch.where(torch.isinf(factor), factor.expand_as(half), factor * half)
+    return centre - reach, centre + reach
 
 
 # -- scores of a flow model -----------------------------------------------------

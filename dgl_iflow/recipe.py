@@ -44,24 +44,32 @@ def latent_means(scale: float = MEAN_SCALE) -> tuple[tuple[float, float], tuple[
     return ((scale, -scale), (-scale, scale))
 
 
-def recipe_model(graph: GraphLike, feats: int, num_classes: int, conv: str = "l3", **changes: Any) -> IGNN:
+def recipe_model(graph: GraphLike, feats: int, num_classes: int | None, conv: str = "l3",
+                 label_dim: int | None = None, **changes: Any) -> IGNN:
     """:class:`~dgl_iflow.models.IGNN` with the recipe's settings; ``changes`` override any keyword.
 
     8 residual blocks of widths ``HIDDEN_FEATS``, the graph-wide channel in every convolution
     and the graph-mean linear layer at the data end (both left out for ``conv="mlp"``, which
     sees one node), a per-node affine layer at the latent end, every block
-    ``LIPSCHITZ``-Lipschitz, latent sigma ``SIGMA``, learned means kept
-    ``MIN_SEPARATION`` apart (starting at :func:`latent_means` for two classes on two features,
-    else placed by :class:`~dgl_iflow.models.IGNN`), and the label context. Its parameters
-    include a ``(V, K - 1, V, d)`` label context: meant for graphs of tens to hundreds of nodes.
+    ``LIPSCHITZ``-Lipschitz. For ``num_classes`` classes: latent sigma ``SIGMA``, learned means
+    kept ``MIN_SEPARATION`` apart (starting at :func:`latent_means` for two classes on two
+    features, else placed by :class:`~dgl_iflow.models.IGNN`), and the label context, whose
+    ``(V, K - 1, V, d)`` parameters are meant for graphs of tens to hundreds of nodes. For
+    real-valued targets (``num_classes=None``; ``label_dim`` for ``(N, V, q)`` targets): the law
+    ``"linear_gaussian"`` with a learned map :math:`A y + b` and sigma 1 (``docs/continuous.md``).
     """
     graph_wide = conv != "mlp"
     settings: dict[str, Any] = dict(
         conv=conv, num_blocks=8, hidden_feats=HIDDEN_FEATS, graph_mean=graph_wide, graph_mean_linear=graph_wide,
-        node_affine=True, lipschitz_coeff=LIPSCHITZ, sigma=SIGMA,
-        means=latent_means() if (num_classes, feats) == (2, 2) else None,
-        trainable_means=True, min_separation=MIN_SEPARATION, label_context=True,
+        node_affine=True, lipschitz_coeff=LIPSCHITZ, trainable_means=True,
     )
+    if num_classes is None:
+        settings.update(latent="linear_gaussian", label_dim=label_dim, sigma=1.0)
+    else:
+        if label_dim is not None:
+            raise ValueError("label_dim is the size of real-valued targets; pass num_classes=None for them")
+        settings.update(sigma=SIGMA, means=latent_means() if (num_classes, feats) == (2, 2) else None,
+                        min_separation=MIN_SEPARATION, label_context=True)
     return IGNN(graph, feats, num_classes, **{**settings, **changes})
 
 
@@ -70,10 +78,11 @@ def recipe_config(dataset: str | None = None, **changes: Any) -> TrainConfig:
 
     ``EPOCHS`` of the data set (``DEFAULT_EPOCHS`` for others), batches of ``BATCH_SIZE``, Adam
     at 1e-3 with a cosine schedule, classification weight 1, no transport cost, and once trained
-    a joint latent Gaussian per training label vector (``label_vector_gaussians``): the trained
-    flow's node law leaves rare label vectors too wide (docs/reproduce.md); and the discriminative
-    head for prediction (``readout``): Bayes' rule in the latent trails logistic regression
-    (docs/uncertainty.md).
+    a joint latent Gaussian per training label vector (``label_vector_gaussians``, for laws of
+    classes): the trained flow's node law leaves rare label vectors too wide (docs/reproduce.md);
+    and the discriminative head for prediction (``readout``): Bayes' rule in the latent trails
+    logistic regression (docs/uncertainty.md), the posterior mean of real-valued targets trails
+    ridge regression (docs/continuous.md).
     """
     settings: dict[str, Any] = dict(epochs=EPOCHS.get(dataset, DEFAULT_EPOCHS), batch_size=BATCH_SIZE,
                                     classification_weight=1.0, transport_weight=0.0, label_vector_gaussians=True,

@@ -127,7 +127,6 @@ def test_errors_are_one_clear_line():
     assert "must be real" in message(lambda: model.log_prob(graph, x, y.to(torch.complex128)))
     assert "tensor, a NumPy array" in message(lambda: model.log_prob(graph, x, [["a"] * V] * 4))
     assert "shape (3,)" in message(lambda: model.sample(graph, y[:2], 2))
-    assert "readout=False" in message(lambda: fit(model, graph, x, y, TrainConfig(epochs=1, readout=True)))
     assert "num_classes" in message(lambda: IGNN(graph, D, 2, latent="linear_gaussian"))
     assert "label_dim" in message(lambda: IGNN(graph, D, 2, label_dim=2))
     assert "use IGNN" in message(lambda: JKOFlow(graph, D, latent="linear_gaussian"))

@@ -96,21 +96,36 @@ def test_benchmark_script_runs_one_epoch(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["continuous_chordal_predictions.png",
                                                                 "continuous_chordal_sweep.png"]
     assert set(results["generation"]) == {"flow", "target_gaussian", "nearest_rows"}
-    assert set(results["prediction"]) == {"flow", "flow_calibrated", "linear", "ridge", "training_mean", "ridge_on_latent",
-                                          "ridge_on_features_and_latent"}
+    assert set(results["prediction"]) == {"flow", "linear", "ridge", "training_mean", "posterior_mean",
+                                          "ridge_on_latent"}
+    assert set(results["intervals"]) == {"0.5", "0.9", "0.95"}
     scores = [value for task in ("generation", "prediction") for method in results[task].values()
               for value in method.values()]
     assert all(math.isfinite(value) for value in scores)
-    assert len(script.summary([results, results])) == len(scores)
+    # 9 calibration rows are too few for a split conformal 0.95 interval: ceil(10 * 0.95) > 9.
+    intervals = [(level, name, value) for level, row in results["intervals"].items() for name, value in row.items()]
+    assert [(level, name) for level, name, value in intervals if not math.isfinite(value)] == [("0.95", "split_width")]
+    assert len(script.summary([results, results])) == len(scores) + len(intervals)
 
 
-def test_benchmark_conformal_intervals_cover_by_construction():
-    """Exchangeable residuals: the rescaled intervals cover about the level, the model's own may not."""
-    script = _benchmark()
-    generator = torch.Generator().manual_seed(0)
-    y = 2.0 * torch.randn(4000, 3, generator=generator, dtype=torch.float64)  # residual sd 2
-    mean = torch.zeros_like(y)
-    scores = script.conformal_intervals(y, mean, mean - 1.0, mean + 1.0, 0.9)  # own intervals too narrow
-    assert abs(scores["conformal_coverage"] - 0.9) < 0.02 and scores["own_coverage"] < 0.5
-    # The 0.9 quantile of |N(0, 4)| is 2 * 1.645: the calibrated width 2 * 3.29.
-    assert abs(scores["conformal_width"] - 2 * 2 * 1.645) < 0.3 and scores["own_width"] == 2.0
+@pytest.mark.parametrize("q", [None, 2])
+@pytest.mark.parametrize("l2", [0.0, 5.0])
+def test_node_ridge_leave_one_out_residuals_are_the_refits_without_each_row(q, l2):
+    x, y = _rows(q, seed=3)
+    model = NodeRidge(x, y, l2=l2)
+    assert model.loo_residuals.shape == y.shape
+    for row in (0, 7, N - 1):
+        keep = torch.arange(N) != row
+        refit = NodeRidge(x[keep], y[keep], l2=l2)
+        torch.testing.assert_close(model.loo_residuals[row], (y[row:row + 1] - refit.predict(x[row:row + 1]))[0],
+                                   rtol=0, atol=1e-9)
+
+
+def test_node_ridge_cross_validated_takes_the_penalty_of_least_leave_one_out_error():
+    x, y = _rows(None, seed=4)
+    penalties = (0.0, 1.0, 100.0, 1e4)
+    chosen = NodeRidge.cross_validated(x, y, penalties)
+    errors = {l2: float(NodeRidge(x, y, l2=l2).loo_residuals.pow(2).mean()) for l2 in penalties}
+    assert chosen.l2 == min(errors, key=errors.get)
+    with pytest.raises(ValueError, match="at least one"):
+        NodeRidge.cross_validated(x, y, ())

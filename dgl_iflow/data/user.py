@@ -6,7 +6,9 @@ of tensors, with the entries
 ``x``
     ``(N, V, d)`` real node features: N samples of d features on each of the V nodes.
 ``y``
-    ``(N, V)`` node labels, whole numbers from 0; the classes are ``0 .. max(y)``.
+    ``(N, V)`` node labels, whole numbers from 0; the classes are ``0 .. max(y)``. With
+    ``target="real"`` (``dgl-iflow train --target real``): real-valued targets ``(N, V)`` or
+    ``(N, V, q)``, kept in their own units.
 ``edge_index`` (unless the edges come in their own file)
     ``(2, E)`` integer node ids in ``[0, V)``: row 0 the sources, row 1 the targets. An edge
     ``src -> dst`` means that ``dst`` aggregates ``src``; list both directions (or pass
@@ -38,10 +40,12 @@ import torch
 
 from .base import DataFileError, GraphDataset
 
-__all__ = ["DATA_SUFFIXES", "load_graph_data", "read_edge_list"]
+__all__ = ["DATA_SUFFIXES", "USER_TARGETS", "load_graph_data", "read_edge_list"]
 
 #: What a data file may end in.
 DATA_SUFFIXES = (".npz", ".pt")
+#: What ``y`` of a data file may hold (``load_graph_data(target=...)``).
+USER_TARGETS = ("classes", "real")
 
 
 def read_edge_list(path: str | os.PathLike) -> np.ndarray:
@@ -165,7 +169,7 @@ def _split(value: Any, num_samples: int, test_fraction: float, seed: int, path: 
 
 def load_graph_data(
     path: str | os.PathLike, edges: str | os.PathLike | None = None, *, undirected: bool = False,
-    test_fraction: float = 0.2, seed: int = 0,
+    test_fraction: float = 0.2, seed: int = 0, target: str = "classes",
 ) -> GraphDataset:
     """Read a data set of your own: features, labels and a graph (module docstring for the formats).
 
@@ -182,6 +186,10 @@ def load_graph_data(
         Share of the samples in the test part when ``path`` has no ``split``.
     seed : int
         Seed of that random test part.
+    target : {"classes", "real"}
+        What ``y`` holds: class labels, whole numbers from 0 (``(N, V)``), or real-valued targets
+        (``(N, V)`` or ``(N, V, q)``, finite; kept in their own units), for a model of
+        ``latent="linear_gaussian"``.
 
     Returns
     -------
@@ -216,15 +224,26 @@ def load_graph_data(
     num_samples, num_nodes, num_features = x.shape
     if num_samples < 2:
         raise DataFileError(f"data file {path}: x has {num_samples} sample; a training and a test part need 2")
-    y = _whole(_numeric(entries["y"], path, "y"), path, "y")
-    if y.shape != x.shape[:2]:
-        raise DataFileError(f"data file {path}: y must have shape (N, V) = {x.shape[:2]} like x, got {y.shape}")
-    if y.min() < 0:
-        raise DataFileError(f"data file {path}: labels y must be whole numbers from 0, found {int(y.min())}")
-    num_classes = int(y.max()) + 1
-    if num_classes < 2:
-        raise DataFileError(f"data file {path}: y holds the single label 0; a conditional model needs two classes "
-                            f"or more")
+    if target not in USER_TARGETS:
+        raise ValueError(f"target must be one of {USER_TARGETS}, got {target!r}")
+    if target == "real":
+        y = _numeric(entries["y"], path, "y").astype(np.float64)
+        if y.shape[:2] != x.shape[:2] or y.ndim not in (2, 3):
+            raise DataFileError(f"data file {path}: real-valued targets y must have shape (N, V) = {x.shape[:2]} or "
+                                f"(N, V, q) like x, got {y.shape}")
+        if not np.isfinite(y).all():
+            raise DataFileError(f"data file {path}: y holds NaN or infinite values")
+        num_classes = None
+    else:
+        y = _whole(_numeric(entries["y"], path, "y"), path, "y")
+        if y.shape != x.shape[:2]:
+            raise DataFileError(f"data file {path}: y must have shape (N, V) = {x.shape[:2]} like x, got {y.shape}")
+        if y.min() < 0:
+            raise DataFileError(f"data file {path}: labels y must be whole numbers from 0, found {int(y.min())}")
+        num_classes = int(y.max()) + 1
+        if num_classes < 2:
+            raise DataFileError(f"data file {path}: y holds the single label 0; a conditional model needs two "
+                                f"classes or more (or pass target=\"real\" for real-valued targets)")
 
     if ("edge_index" in entries) == (edges is not None):
         raise ValueError(f"give the graph once: as an edge_index entry of {path} or as an edge-list file, "

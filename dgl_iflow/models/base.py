@@ -287,28 +287,76 @@ class FlowModel(nn.Module):
     @torch.no_grad()
     def fit_readout(self, graph: GraphLike, x: Tensor, y: Tensor, l2: float | None = None) -> None:
         """Fit the discriminative head :attr:`readout` (:class:`~dgl_iflow.models.readout.LatentReadout`)
-        to training rows ``x`` ``(N, V, d)``, ``y`` ``(N, V)``: per-node logistic regression on the
-        features and the latent. Densities and samples do not change; :meth:`predict_proba` then
-        uses it. Refit after any further training (:func:`~dgl_iflow.training.fit` clears it)."""
-        num_classes = self._class_latent("fit_readout").num_classes
+        to training rows ``x`` ``(N, V, d)`` and their labels: per-node logistic regression on the
+        features and the latent for classes ``(N, V)`` (``l2`` as in
+        :class:`~dgl_iflow.baselines.NodeLogistic`), ridge regression for real-valued targets
+        (its penalty chosen by leave-one-out error; ``l2`` unused). Densities and samples do not
+        change; :meth:`predict_proba`, :meth:`predict` and :meth:`predict_interval` then use it.
+        Refit after any further training (:func:`~dgl_iflow.training.fit` clears it)."""
+        latent = self._conditional_latent()
         h, y = self._labelled_latents(graph, x, y)
-        self.readout.fit(self.as_features(x), h, y, num_classes, l2=l2)
+        x = self.as_features(x)
+        if latent.discrete:
+            self.readout.fit(x, h, y, latent.num_classes, l2=l2)
+        else:
+            self.readout.fit_targets(x, h, y.reshape(*y.shape[:2], -1))
 
     @torch.no_grad()
     def predict(self, graph: GraphLike, x: Tensor) -> Tensor:
         """:math:`E[Y_v \\mid X]` for every node of a model of real-valued targets, ``(N, V)`` or
-        ``(N, V, q)``: the posterior mean in the latent
-        (:meth:`~dgl_iflow.latents.LinearGaussianLatent.posterior_mean`)."""
+        ``(N, V, q)``: the fitted :attr:`readout` (:meth:`fit_readout`), else the posterior mean in
+        the latent (:meth:`~dgl_iflow.latents.LinearGaussianLatent.posterior_mean`)."""
         latent = self._target_latent("predict")
-        return latent.posterior_mean(self.encode(graph, x, logdet=False)[0])
+        x = self.as_features(x)
+        h = self.encode(graph, x, logdet=False)[0]
+        if self.readout.fitted:
+            return self.readout(x, h).reshape(*h.shape[:2], *self.label_shape)
+        return latent.posterior_mean(h)
 
     @torch.no_grad()
-    def predict_interval(self, graph: GraphLike, x: Tensor, level: float = 0.9) -> tuple[Tensor, Tensor]:
-        """Equal-tailed intervals ``(lower, upper)``, each ``(N, V)`` or ``(N, V, q)``, holding
-        ``level`` of every target coordinate's posterior given ``x``
-        (:meth:`~dgl_iflow.latents.LinearGaussianLatent.posterior_interval`)."""
+    def predict_interval(
+        self, graph: GraphLike, x: Tensor, level: float = 0.9, calibration: tuple[Any, Any] | None = None,
+    ) -> tuple[Tensor, Tensor]:
+        r"""Intervals ``(lower, upper)``, each ``(N, V)`` or ``(N, V, q)``, for every target coordinate given ``x``.
+
+        Without ``calibration``, the model's own: :meth:`predict` plus or minus
+        :math:`\Phi^{-1}((1 + \text{level}) / 2)` times the fitted :attr:`readout`'s
+        leave-one-out residual scale of the node, or else the posterior's equal-tailed intervals
+        (:meth:`~dgl_iflow.latents.LinearGaussianLatent.posterior_interval`). They hold
+        ``level`` as far as the model's errors are Gaussian of that scale.
+
+        ``calibration=(x_cal, y_cal)``, held-out rows ``(n, V, d)`` and their targets, makes them
+        split conformal per node: the own intervals scaled about their centres by the conformal
+        quantile of the calibration rows' :func:`~dgl_iflow.conformal.interval_scores`, so they hold
+        at least ``level`` of new rows exchangeable with the calibration ones. A node needs
+        :math:`\lceil (n + 1)\,\text{level} \rceil \le n` calibration rows, else its intervals
+        are the whole real line.
+        """
+        from ..conformal import conformal_quantile, interval_scores, scale_intervals
+
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level must lie in (0, 1), got {level}")
+        lower, upper = self._own_intervals(graph, x, level)
+        if calibration is None:
+            return lower, upper
+        x_cal, y_cal = calibration
+        x_cal, y_cal = self.as_features(x_cal, "x_cal"), self.as_labels(y_cal, "y_cal")
+        self.check_features(graph, x_cal, "x_cal")
+        self.check_labels(x_cal, y_cal, "y_cal")
+        factor = conformal_quantile(interval_scores(y_cal, *self._own_intervals(graph, x_cal, level)), level)
+        return scale_intervals(lower, upper, factor)
+
+    def _own_intervals(self, graph: GraphLike, x: Tensor, level: float) -> tuple[Tensor, Tensor]:
         latent = self._target_latent("predict_interval")
-        return latent.posterior_interval(self.encode(graph, x, logdet=False)[0], level)
+        x = self.as_features(x)
+        h = self.encode(graph, x, logdet=False)[0]
+        if not self.readout.fitted:
+            return latent.posterior_interval(h, level)
+        z = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)).item()
+        mean = self.readout(x, h)
+        half = z * self.readout.scale.to(mean.device, mean.dtype)
+        shape = (*h.shape[:2], *self.label_shape)
+        return (mean - half).reshape(shape), (mean + half).reshape(shape)
 
     def _conditional_latent(self) -> LatentLaw:
         if self.latent is None:

@@ -58,7 +58,9 @@ class TrainConfig:
         Once trained and checked, fit the model's discriminative head to the training rows
         (:meth:`~dgl_iflow.models.base.FlowModel.fit_readout`): per-node logistic regression
         on the features and the latent, which :meth:`~dgl_iflow.models.base.FlowModel.predict_proba`
-        then uses. Densities and samples are unchanged.
+        then uses, or ridge regression for real-valued targets, which
+        :meth:`~dgl_iflow.models.base.FlowModel.predict` and ``predict_interval`` use. Densities
+        and samples are unchanged.
     inversion_check_samples : int
         After every epoch, the relative error of :math:`F^{-1}(F(x))` on this many held-out
         samples is recorded, and these samples' latents together with as many latents drawn
@@ -281,13 +283,11 @@ def fit(
     if x_val is not None:
         _check_samples(model, graph, x_val, y_val, "validation")
     config.validate()
-    if config.readout and model.continuous:
-        raise ValueError("TrainConfig.readout fits class probabilities; a model of real-valued targets predicts "
-                         "by its posterior (predict): set readout=False")
     if config.patience is not None and x_val is None:
         raise ValueError("patience stops on the validation NLL: pass x_val and y_val")
-    if config.readout:
-        check_readout_size(model.num_nodes, model.feats, model.num_classes)  # refused before training, not after
+    if config.readout:  # refused before training, not after
+        outputs = math.prod(model.label_shape) if model.continuous else model.num_classes
+        check_readout_size(model.num_nodes, model.feats, outputs)
     with seeded(config.seed), frozen_gc():
         return _train(model, graph, x_train, y_train, config, x_val, y_val, resume_from, callback, make_batch_loss)
 
