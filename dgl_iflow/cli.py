@@ -105,11 +105,20 @@ def _device(text: str) -> str:
     return text
 
 
-def _parse_labels(text: str) -> torch.Tensor:
+def _parse_labels(text: str, real: bool = False) -> torch.Tensor:
+    """``--labels``: comma-separated integers, or finite numbers for a model of real-valued targets."""
     try:
-        return torch.tensor([int(value) for value in text.split(",")])
+        if real:
+            values = torch.tensor([float(value) for value in text.split(",")], dtype=torch.float64)
+            if values.isfinite().all():
+                return values
+        else:
+            return torch.tensor([int(value) for value in text.split(",")])
     except ValueError:
-        raise ValueError(f"--labels must be comma-separated integers such as 0,1,0; got {text!r}") from None
+        pass
+    example = "0.5,-1.2,2" if real else "0,1,0"
+    raise ValueError(f"--labels must be comma-separated {'finite numbers' if real else 'integers'} such as "
+                     f"{example}; got {text!r}")
 
 
 def _parse_means(text: str) -> list[list[float]]:
@@ -135,16 +144,30 @@ def _output(path: str, option: str) -> Path:
 
 # -- data sets ---------------------------------------------------------------------------------
 
-def _dataset(args: argparse.Namespace):
-    """The data set of ``--dataset NAME`` or ``--data FILE`` (with ``--edges``)."""
-    from .data import load_dataset
-    from .data.user import load_graph_data
+def _dataset(args: argparse.Namespace, target: str | None = None):
+    """The data set of ``--dataset NAME`` or ``--data FILE`` (with ``--edges``), its nodes labelled
+    by ``--target`` (else ``target``, else the data set's default)."""
+    from .data import dataset_targets, list_datasets, load_dataset
+    from .data.user import USER_TARGETS, load_graph_data
 
+    target = args.target or target
     if args.data is not None:
-        return load_graph_data(args.data, args.edges, undirected=args.undirected, test_fraction=args.test_fraction)
+        if target is not None and target not in USER_TARGETS:
+            raise ValueError(f"--target with --data is one of {', '.join(USER_TARGETS)}, got {target!r}")
+        return load_graph_data(args.data, args.edges, undirected=args.undirected, test_fraction=args.test_fraction,
+                               target=target or USER_TARGETS[0])
     if args.edges is not None or args.undirected:
         raise ValueError("--edges and --undirected go with --data (your own data set), not with --dataset")
-    kwargs = {"root": args.data_root} if args.data_root and args.dataset in ("traffic", "solar") else {}
+    kwargs: dict[str, Any] = {"root": args.data_root} if args.data_root and args.dataset in ("traffic", "solar") else {}
+    if target is not None and args.dataset in list_datasets():
+        choices = dataset_targets(args.dataset)
+        if target not in choices:
+            offered = "; ".join(f"{name}: {', '.join(dataset_targets(name))}" for name in list_datasets()
+                                if dataset_targets(name))
+            raise ValueError(f"--target {target!r} is not a target of {args.dataset} "
+                             f"({', '.join(choices) if choices else 'it has one kind of label'}); targets: {offered}; "
+                             f"--data: {', '.join(USER_TARGETS)}")
+        kwargs["target"] = target
     return load_dataset(args.dataset, **kwargs)
 
 
@@ -157,7 +180,8 @@ def _data_units(dataset) -> dict[str, Any]:
     mean, std = scale if scale is not None else (torch.zeros(shape, dtype=torch.float64),
                                                  torch.ones(shape, dtype=torch.float64))
     return dict(dataset=dataset.name, standardized=scale is not None, mean=mean, std=std,
-                node_names=list(dataset.node_names), feature_names=list(dataset.feature_names))
+                node_names=list(dataset.node_names), feature_names=list(dataset.feature_names),
+                target=dataset.info.get("target"))
 
 
 # -- commands ------------------------------------------------------------------------------------
@@ -223,6 +247,7 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
     edges = None if args.edges is None else str(Path(args.edges).resolve())
     settings: dict[str, Any] = {
         "--dataset": args.dataset, "--data": data, "--edges": edges, "--undirected": args.undirected,
+        "--target": args.target,
         "--test-fraction": args.test_fraction if data else None, "--conv": args.conv, "--blocks": args.blocks,
         "--hidden": args.hidden, "--sigma": args.sigma, "--means": args.means, "--fixed-means": args.fixed_means,
         "--lipschitz": args.lipschitz,
@@ -336,7 +361,14 @@ def _train(args: argparse.Namespace) -> None:
     changes.update({key: False for key in ("graph_mean", "graph_mean_linear", "node_affine", "label_context")
                     if not getattr(args, key)})
     if args.fixed_means:
-        changes.update(trainable_means=False, min_separation=None)
+        changes.update(trainable_means=False, **({} if dataset.num_classes is None else dict(min_separation=None)))
+    if dataset.num_classes is None:
+        if args.means is not None:
+            raise ValueError("--means places the latent means of classes; this data set has real-valued targets "
+                             "(their latent mean is a learned map A y + b)")
+        changes.pop("label_context", None)  # a law of targets has no label context to leave out
+        y_shape = dataset.split("train")[1].shape
+        changes["label_dim"] = y_shape[2] if len(y_shape) == 3 else None
     model = recipe_model(dataset.graph, dataset.num_features, dataset.num_classes, conv=args.conv, **changes)
     config = recipe_config(
         args.dataset, chunk_size=args.chunk_size, lr=args.lr, seed=args.seed, patience=args.patience,
@@ -383,24 +415,65 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from . import metrics
     from .checkpoints import read_checkpoint
-    from .evaluation import uncertainty_report
     from .files import atomic_write_text
     from .models import IGNN
-    from .progress import progress_bar
 
     out = None if args.out is None else _output(args.out, "--out")
     checkpoint = read_checkpoint(args.checkpoint)
     model = IGNN.from_checkpoint(checkpoint).eval()
-    dataset = _dataset(args)
-    model.check_graph(dataset.graph)  # another node count is said first, in the model's words
     trained_on = checkpoint.get("data_units")
+    dataset = _dataset(args, target=None if trained_on is None else trained_on.get("target"))
+    model.check_graph(dataset.graph)  # another node count is said first, in the model's words
+    if model.continuous != (dataset.num_classes is None):
+        kinds = ("real-valued targets", "class labels")
+        model_kind, data_kind = kinds[not model.continuous], kinds[dataset.num_classes is not None]
+        raise ValueError(f"{args.checkpoint} models {model_kind}, but {args.data or args.dataset} is labelled with "
+                         f"{data_kind}: give the --target it was trained with (its run.json lists it)")
     mean = _data_units(dataset)["mean"]
     if trained_on is not None and trained_on["mean"].shape == mean.shape and not torch.allclose(trained_on["mean"], mean):
         # The standardization is fitted on the training part: another split gives other statistics.
         raise ValueError(f"{args.data or args.dataset} is not split or scaled as when {args.checkpoint} was trained "
                          "(give the --test-fraction, --edges and --undirected that train had: its run.json lists them)")
+    report = (_target_metrics if model.continuous else _class_metrics)(args, model, dataset, out)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if out is not None:
+        atomic_write_text(out, text + "\n")
+
+
+def _target_metrics(args: argparse.Namespace, model, dataset, out: Path | None) -> dict[str, Any]:
+    """``evaluate``'s report for a model of real-valued targets (:func:`~dgl_iflow.evaluation.target_report`),
+    with ``FILE_sweep.png`` and ``FILE_predictions.png`` beside ``out``."""
+    from . import plots
+    from .evaluation import target_report
+
+    x_train, y_train = dataset.split("train")
+    x_test, y_test = dataset.split("test")
+    report = target_report(model, dataset.graph, x_train, y_train, x_test, y_test,
+                           calibration_fraction=args.calibration_fraction, seed=args.seed)
+    shown = report.pop("figure")
+    result = dict(dataset=dataset.name, checkpoint=str(args.checkpoint), **report)
+    if out is not None:
+        stem = out.with_suffix("")
+        result["figures"] = [
+            str(plots.target_sweep(x_test, y_test, shown["generated"], f"{stem}_sweep.png",
+                                   feature_name=dataset.feature_names[0],
+                                   title=f"{dataset.name}: test rows vs generated given their targets")),
+            str(plots.predicted_vs_true(shown["targets"], shown["prediction"], shown["lower"], shown["upper"],
+                                        f"{stem}_predictions.png", level=0.9,
+                                        title=f"{dataset.name}: predictions and calibrated intervals")),
+        ]
+    return result
+
+
+def _class_metrics(args: argparse.Namespace, model, dataset, out: Path | None) -> dict[str, Any]:
+    """``evaluate``'s report for a model of class labels: the paper's protocol, node accuracy and
+    :func:`~dgl_iflow.evaluation.uncertainty_report`, with three figures beside ``out``."""
+    from . import metrics
+    from .evaluation import uncertainty_report
+    from .progress import progress_bar
+
     x_test, y_test = dataset.split("test")
     graph = dataset.graph
     torch.manual_seed(args.seed)
@@ -429,10 +502,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     if out is not None:
         radius = uncertainty["sets"]["0.9"]["split_radius"]
         report["figures"] = _evaluation_figures(model, dataset, x_test, y_test, generated, proba, curves, radius, out)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if out is not None:
-        atomic_write_text(out, text + "\n")
+    return report
 
 
 def _evaluation_figures(model, dataset, x_test, y_test, generated, proba, curves, radius: float,
@@ -501,10 +571,17 @@ def _sample(args: argparse.Namespace) -> None:
     if out.suffix.lower() not in SAMPLE_FORMATS:
         raise ValueError(f"--out {out}: unknown file type {out.suffix or '(none)'!r}; sample writes "
                          f"{', '.join(SAMPLE_FORMATS)} by the name's ending")
-    labels = _parse_labels(args.labels)
     checkpoint = read_checkpoint(args.checkpoint)
     model = IGNN.from_checkpoint(checkpoint).eval()
-    if labels.shape != (model.num_nodes,) or int(labels.min()) < 0 or int(labels.max()) >= model.num_classes:
+    labels = _parse_labels(args.labels, real=model.continuous)
+    if model.continuous:
+        per_node = math.prod(model.label_shape)
+        if labels.numel() != model.num_nodes * per_node:
+            each = "one per node" if per_node == 1 else f"{per_node} per node, node by node"
+            raise ValueError(f"--labels needs {model.num_nodes * per_node} targets ({each} of the model's "
+                             f"{model.num_nodes} nodes); got {labels.numel()}")
+        labels = labels.reshape(model.num_nodes, *model.label_shape)
+    elif labels.shape != (model.num_nodes,) or int(labels.min()) < 0 or int(labels.max()) >= model.num_classes:
         raise ValueError(f"--labels needs {model.num_nodes} labels (one per node of the model's graph) in "
                          f"[0, {model.num_classes}); got {args.labels}")
     units = checkpoint.get("data_units")
@@ -528,7 +605,12 @@ def _sample(args: argparse.Namespace) -> None:
             plot_units = "standardized units"
         else:
             plot_units = None if units is None else f"{units['dataset']} units"
-        plots.generated_samples(samples, out, labels=labels, real=_real_rows(units, labels, args.standardized),
+        if model.continuous:  # no test row has exactly these targets; nodes grouped by index
+            shown = ", ".join(f"{value:g}" for value in labels.flatten()[:6].tolist())
+            extra = dict(labels=None, real=None, title=f"X | Y = ({shown}{', ...' if labels.numel() > 6 else ''})")
+        else:
+            extra = dict(labels=labels, real=_real_rows(units, labels, args.standardized))
+        plots.generated_samples(samples, out, **extra,
                                 feature_names=features[:2], node_names=units["node_names"] if units else None,
                                 units=plot_units)
     elif suffix == ".csv":
@@ -593,6 +675,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--undirected", action="store_true", help="with --data: add dst -> src for every edge")
         sub.add_argument("--test-fraction", type=_fraction, default=0.2,
                          help="with --data, when FILE has no split: the share of samples in the test part")
+        sub.add_argument("--target", default=None,
+                         help="what the nodes are labelled with: traffic anomaly (default) or next_flow, solar ramp "
+                              "(default) or next_dhi; with --data classes (default) or real. Real-valued targets "
+                              "train a model of X | Y = y for any real y (docs/continuous.md)")
         data_root(sub)
 
     demo = command("demo", "run a demonstration",
@@ -699,7 +785,9 @@ def build_parser() -> argparse.ArgumentParser:
                      f"units: the standardization of the data set the checkpoint was trained on is undone "
                      f"(--standardized keeps the model's units).")
     sample.add_argument("--checkpoint", required=True, help="model.pt written by `dgl-iflow train`")
-    sample.add_argument("--labels", required=True, help="label vector, one label per node, e.g. 0,1,0")
+    sample.add_argument("--labels", required=True,
+                        help="label vector, one label per node, e.g. 0,1,0; for a model of real-valued targets "
+                             "the targets, e.g. 0.5,-1.2,2 (in the units the model was trained on)")
     sample.add_argument("--n", type=_count(1), default=100, help="number of samples")
     sample.add_argument("--seed", type=_count(0), default=0, help="seeds the generated samples")
     sample.add_argument("--out", required=True, help=f"file ending in {', '.join(SAMPLE_FORMATS)}")

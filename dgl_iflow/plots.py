@@ -283,7 +283,7 @@ def _binned_means(targets: np.ndarray, values: np.ndarray, edges: np.ndarray) ->
 def target_sweep(real_x: ArrayLike, real_y: ArrayLike, generated: ArrayLike, path: str | os.PathLike,
                  node_groups: Mapping[str, Sequence[int]] | None = None, feature: int = 0,
                  feature_name: str | None = None, units: str | None = STANDARDIZED, bins: int = 12,
-                 title: str | None = None) -> Path:
+                 title: str | None = None, target: int = 0) -> Path:
     """A node feature against the node's real-valued target, real and generated, one panel per node group.
 
     Every node of every row is a point (its target ``Y_v``, its feature): the real rows in grey,
@@ -296,7 +296,7 @@ def target_sweep(real_x: ArrayLike, real_y: ArrayLike, generated: ArrayLike, pat
     real_x : array_like
         ``(N, V, d)`` real rows.
     real_y : array_like
-        ``(N, V)`` their targets.
+        ``(N, V)`` their targets, or ``(N, V, q)`` (coordinate ``target`` is drawn).
     generated : array_like
         ``(N, V, d)`` one generated row per real row, given that row's targets.
     path : str or PathLike
@@ -313,6 +313,8 @@ def target_sweep(real_x: ArrayLike, real_y: ArrayLike, generated: ArrayLike, pat
         Bins of the targets for the mean lines.
     title : str, optional
         Figure title.
+    target : int
+        The target coordinate on the horizontal axis, for ``(N, V, q)`` targets.
 
     Returns
     -------
@@ -320,9 +322,13 @@ def target_sweep(real_x: ArrayLike, real_y: ArrayLike, generated: ArrayLike, pat
         ``path``.
     """
     x, y, fake = _numpy(real_x), _numpy(real_y), _numpy(generated)
+    if y.ndim == 3:
+        if not 0 <= target < y.shape[2]:
+            raise ValueError(f"need a target coordinate in [0, {y.shape[2]}), got {target}")
+        y = y[..., target]
     if x.ndim != 3 or fake.shape != x.shape or y.shape != x.shape[:2]:
-        raise ValueError(f"need real_x and generated (N, V, d) and real_y (N, V) alike, got {x.shape}, "
-                         f"{fake.shape} and {y.shape}")
+        raise ValueError(f"need real_x and generated (N, V, d) and real_y (N, V[, q]) alike, got {x.shape}, "
+                         f"{fake.shape} and {np.shape(real_y)}")
     if not 0 <= feature < x.shape[2] or bins < 1:
         raise ValueError(f"need a feature in [0, {x.shape[2]}) and bins >= 1, got {feature} and {bins}")
     groups = _check_groups(node_groups or index_groups(x.shape[1]), x.shape[1])

@@ -397,6 +397,17 @@ def test_target_sweep_draws_one_panel_per_node_group(tmp_path, drawn):
         plots.target_sweep(x, y[:, :3], fake, tmp_path / "bad.png")
 
 
+def test_target_sweep_draws_the_chosen_coordinate_of_vector_targets(tmp_path, drawn):
+    x, y, fake = _target_rows()
+    stacked = torch.stack([torch.zeros_like(y), y], -1)  # (N, V, 2): coordinate 1 is y
+    plots.target_sweep(x, stacked, fake, tmp_path / "sweep.png", target=1)
+    (figure,) = drawn
+    real_points = data_axes(figure)[0].collections[0].get_offsets()
+    np.testing.assert_allclose(np.asarray(real_points)[:, 0], y[:, [0]].numpy().ravel(), rtol=1e-6)
+    with pytest.raises(ValueError, match="target coordinate"):
+        plots.target_sweep(x, stacked, fake, tmp_path / "bad.png", target=2)
+
+
 def test_predicted_vs_true_reports_the_coverage(tmp_path, drawn):
     _, y, _ = _target_rows()
     mean = y + 0.1

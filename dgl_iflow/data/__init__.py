@@ -28,7 +28,7 @@ from .traffic import traffic
 
 __all__ = [
     "DataFileError", "DataRoot", "FileReport", "GraphDataset", "checkerboard", "chordal", "continuous_chordal",
-    "download_dataset", "eight_gaussians", "holdout", "list_datasets", "load_dataset", "real_datasets",
+    "dataset_targets", "download_dataset", "eight_gaussians", "holdout", "list_datasets", "load_dataset", "real_datasets",
     "resolve_root", "rose", "solar", "three_moons", "three_node", "traffic", "tree",
     "verify_dataset",
 ]
@@ -71,6 +71,13 @@ def _real_module(name: str):
         raise ValueError(f"data set {name!r} is generated and has no files; data sets read "
                          f"from files: {', '.join(_REAL_MODULES)}")
     return _REAL_MODULES[name]
+
+
+def dataset_targets(name: str) -> tuple[str, ...]:
+    """What the loader of ``name`` can label the nodes with (its ``target=`` values, the default
+    first); empty for a data set with one kind of label."""
+    _check_name(name, list_datasets())
+    return getattr(_REAL_MODULES.get(name), "TARGETS", ())
 
 
 def load_dataset(name: str, **kwargs) -> GraphDataset:

@@ -281,6 +281,7 @@ def load_graph_data(
         "files": [str(path)] + ([] if edges is None else [str(edges)]),
         "graph": f"{as_graph(graph).num_edges()} edges from {source}" + (", both directions" if undirected else ""),
         "split": split_rule,
+        "target": target,
         "scaler": {"fit_on": "training part, per node and feature", "ddof": 0, "mean": mean.tolist(),
                    "std": std.tolist()},
     }
