@@ -129,7 +129,8 @@ def test_errors_are_one_clear_line():
     assert "shape (3,)" in message(lambda: model.sample(graph, y[:2], 2))
     assert "num_classes" in message(lambda: IGNN(graph, D, 2, latent="linear_gaussian"))
     assert "label_dim" in message(lambda: IGNN(graph, D, 2, label_dim=2))
-    assert "use IGNN" in message(lambda: JKOFlow(graph, D, latent="linear_gaussian"))
+    # JKOFlow takes real-valued targets too (tests/test_jko_targets.py), by the same rules.
+    assert "num_classes" in message(lambda: JKOFlow(graph, D, 2, latent="linear_gaussian"))
     # Without a law (no classes, no continuous law) there is nothing to condition on.
     unconditional = IGNN(graph, D, num_blocks=1, hidden_feats=(8,))
     assert "linear_gaussian" in message(lambda: fit(unconditional, graph, x, y, TrainConfig(epochs=1)))

@@ -132,10 +132,10 @@ def test_dtype_follows_the_input(case, dtype):
 
 # -- both models -------------------------------------------------------------------
 
-def trained_jko(graph: Graph, conv: str, num_classes: int | None = 2) -> JKOFlow:
+def trained_jko(graph: Graph, conv: str, num_classes: int | None = 2, **options) -> JKOFlow:
     # RK4: the adaptive solver's step size follows the whole batch, so its samples interact slightly
     # and a per-sample brute-force Jacobian would not apply.
-    model = JKOFlow(graph, D, num_classes, conv=conv, hidden_feats=(16, 16), steps=40, solver="rk4")
+    model = JKOFlow(graph, D, num_classes, conv=conv, hidden_feats=(16, 16), steps=40, solver="rk4", **options)
     for t0, t1 in ((0.0, 0.4), (0.4, 1.0)):
         model.blocks.append(trained_like(model.new_block(t0, t1)))
     return model
@@ -152,7 +152,16 @@ MODELS: dict[str, Callable[[Graph], torch.nn.Module]] = {
     "jko-l3": lambda g: trained_jko(g, "l3"),
     "jko-mlp": lambda g: trained_jko(g, "mlp"),
     "jko-node": lambda g: trained_jko(g, "node"),
+    # Real-valued targets: the same contract through the law of targets.
+    "jko-l3-targets": lambda g: trained_jko(g, "l3", None, latent="linear_gaussian"),
 }
+
+
+def random_labels(model: torch.nn.Module, n: int) -> torch.Tensor:
+    """``(n, V)`` labels the model's law takes: classes in {0, 1}, or real-valued targets."""
+    if model.continuous:
+        return 2.0 * torch.randn(n, V, dtype=torch.float64)
+    return torch.randint(0, 2, (n, V))
 
 
 @pytest.fixture(params=sorted(MODELS))
@@ -168,7 +177,7 @@ def model_case(request):
 def test_model_log_prob_is_the_change_of_variables(model_case):
     graph, model = model_case
     x = torch.randn(B, V, D, dtype=torch.float64)
-    y = torch.randint(0, 2, (B, V))
+    y = random_labels(model, B)
     log_px = model.log_prob(graph, x, y)
     h, _, _ = model.encode(graph, x, logdet=False)
     logdet = jacobian_logdet(lambda batch: model.encode(graph, batch, logdet=False)[0], x, samples_first=True)
@@ -179,13 +188,16 @@ def test_model_log_prob_is_the_change_of_variables(model_case):
 
 def test_model_samples_are_sample_first_and_encode_back(model_case):
     graph, model = model_case
-    labels = torch.tensor([0, 1, 1, 0])
+    labels = torch.tensor([-1.5, 0.5, 3.0, 0.0], dtype=torch.float64) if model.continuous else torch.tensor([0, 1, 1, 0])
     generator = torch.Generator().manual_seed(3)
     samples = model.sample(graph, labels, n=5, generator=generator)
     assert samples.shape == (5, V, D) and samples.dtype == torch.float64
     h = model.latent.sample(labels, 5, generator=torch.Generator().manual_seed(3))
     torch.testing.assert_close(model.encode(graph, samples, logdet=False)[0], h, rtol=0, atol=1e-6)
-    assert model.predict_proba(graph, samples).shape == (5, V, 2)
+    if model.continuous:
+        assert model.predict(graph, samples).shape == (5, V)
+    else:
+        assert model.predict_proba(graph, samples).shape == (5, V, 2)
     assert model.round_trip_error(graph, samples).shape == (5,)
 
 
@@ -193,7 +205,7 @@ def test_model_gradients_reach_every_parameter(model_case):
     graph, model = model_case
     model.train()
     x = torch.randn(B, V, D, dtype=torch.float64)
-    y = torch.randint(0, 2, (B, V))
+    y = random_labels(model, B)
     (-model.log_prob(graph, x, y).sum()).backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().max() > 0, name
@@ -203,7 +215,7 @@ def test_model_save_and_load(model_case, tmp_path):
     graph, model = model_case
     path = tmp_path / "model.pt"
     x = torch.randn(B, V, D, dtype=torch.float64)
-    y = torch.randint(0, 2, (B, V))
+    y = random_labels(model, B)
     model.log_prob(graph, x, y)  # as after training: spectral normalization has its vectors
     model.save(path, note="kept")
     loaded = type(model).load(path).eval()  # in training mode the power iteration would advance

@@ -29,8 +29,10 @@ class JKOFlow(FlowModel):
     .. math::
         \log p(X \mid Y) = \log q(F(X) \mid Y) + \sum_k \ell_k(X),
 
-    where :math:`q` is the class-conditional :class:`~dgl_iflow.latents.NodeGaussianLatent` (with ``num_classes``)
-    or :math:`N(0, I)` (unconditional, ``num_classes=None``). Blocks are added and trained one
+    where :math:`q` is the class-conditional :class:`~dgl_iflow.latents.NodeGaussianLatent` (with ``num_classes``),
+    the law of real-valued targets :class:`~dgl_iflow.latents.LinearGaussianLatent`
+    (``latent="linear_gaussian"``: :meth:`predict`, :meth:`predict_interval`) or :math:`N(0, I)`
+    (unconditional, ``num_classes=None``). Blocks are added and trained one
     at a time by :func:`~dgl_iflow.fit_jko`; a new model has none and is the identity. The
     interface (densities, prediction, generation, checkpoints) is
     :class:`~dgl_iflow.models.base.FlowModel`'s, on sample-first ``(N, V, d)`` features.
@@ -42,7 +44,8 @@ class JKOFlow(FlowModel):
     feats : int
         Node feature size :math:`d`.
     num_classes : int, optional
-        Number of node classes :math:`K`; ``None`` for an unconditional flow.
+        Number of node classes :math:`K`; ``None`` with a law of real-valued targets
+        (``latent="linear_gaussian"``), or for an unconditional flow.
     conv : str
         First layer of every velocity field: ``"l3"`` (:class:`~dgl_iflow.layers.L3Conv`),
         ``"cheb"`` (:class:`~dgl_iflow.layers.ChebConv`), ``"node"`` (the same MLP on every
@@ -70,9 +73,13 @@ class JKOFlow(FlowModel):
     n_probes : int
         Hutchinson probes.
     sigma, means
-        Latent standard deviation and ``(K, d)`` class means (conditional models).
+        Latent standard deviation and ``(K, d)`` class means (``means``: laws of classes only).
     latent : str
-        The latent law of conditional models by its name in :data:`~dgl_iflow.latents.LAWS`.
+        The latent law of conditional models by its name in :data:`~dgl_iflow.latents.LAWS`;
+        ``"linear_gaussian"`` takes real-valued targets instead of classes, with ``num_classes=None``.
+    label_dim : int, optional
+        Real-valued targets only: ``q`` targets per node, ``(N, V, q)``; ``None`` for one,
+        ``(N, V)``.
     """
 
     checkpoint_format = CHECKPOINT_FORMAT
@@ -99,6 +106,7 @@ class JKOFlow(FlowModel):
         sigma: float = 1.0,
         means: Tensor | Sequence[Sequence[float]] | None = None,
         latent: str = "node_gaussian",
+        label_dim: int | None = None,
     ) -> None:
         if not hidden_feats:
             raise ValueError("hidden_feats needs at least the width of the convolution output")
@@ -114,9 +122,9 @@ class JKOFlow(FlowModel):
             k=cheb_k, orders=tuple(orders), node_bias=node_bias, activation=activation,
             graph=graph if CONVS[self.conv_kind].needs_graph else None,
         )
-        self.latent = self.build_latent(num_classes, sigma, means, latent)
-        if self.continuous:
-            raise ValueError(f"JKOFlow takes class labels so far; for real-valued targets (latent={latent!r}) use IGNN")
+        # Fixed laws only: fit_jko trains each block's field alone, so a trainable map A y + b
+        # of the targets, or trainable class means, would never be trained.
+        self.latent = self.build_latent(num_classes, sigma, means, latent, label_dim=label_dim)
 
     # -- structure --------------------------------------------------------
 

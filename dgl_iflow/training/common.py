@@ -60,6 +60,20 @@ def frozen_gc() -> Iterator[None]:
         gc.unfreeze()
 
 
+def check_label_range(model: Any, y: Tensor | None, name: str) -> None:
+    """Raise ``ValueError`` unless the class labels ``y`` of ``model`` lie in ``[0, K)``.
+
+    Real-valued targets (a law that is not discrete; :meth:`~dgl_iflow.models.base.FlowModel.check_labels`
+    has checked them finite) and ``None`` (no law) have no range and pass: both trainers ask
+    the model's law, not the labels' dtype, which kind they hold.
+    """
+    if y is None or model.continuous:
+        return
+    bad = (y < 0) | (y >= model.num_classes)
+    if bad.any():
+        raise ValueError(f"{name} must lie in [0, {model.num_classes}); found {sorted(set(y[bad].tolist()))}")
+
+
 def check_lr_schedule(name: str) -> None:
     """Raise ``ValueError`` unless ``name`` is one of :data:`LR_SCHEDULES`."""
     if name not in LR_SCHEDULES:

@@ -19,8 +19,8 @@ from ..models import IGNN
 from ..models.readout import check_readout_size
 from ..progress import progress_bar
 from ..transforms import InversionError
-from .common import (backward_in_chunks, check_count, check_device, check_lr_schedule, check_number,
-                     config_differences, frozen_gc, lr_scheduler, respan_lr_schedule, seeded)
+from .common import (backward_in_chunks, check_count, check_device, check_label_range, check_lr_schedule,
+                     check_number, config_differences, frozen_gc, lr_scheduler, respan_lr_schedule, seeded)
 
 
 @dataclass
@@ -170,11 +170,7 @@ class TrainHistory:
 def _check_samples(model: IGNN, graph: GraphLike, x: Tensor, y: Tensor, name: str) -> None:
     model.check_features(graph, x, f"{name} features")
     model.check_labels(x, y, f"{name} labels")
-    if model.continuous:
-        return
-    bad = (y < 0) | (y >= model.num_classes)
-    if bad.any():
-        raise ValueError(f"{name} labels must lie in [0, {model.num_classes}); found {sorted(set(y[bad].tolist()))}")
+    check_label_range(model, y, f"{name} labels")
 
 
 @torch.no_grad()

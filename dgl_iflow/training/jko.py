@@ -17,8 +17,8 @@ from torch import Tensor
 from ..graphs import GraphLike
 from ..checkpoints import rng_state, set_rng_state
 from ..progress import Progress, progress_bar
-from .common import (check_count, check_device, check_lr_schedule, check_number, config_differences, frozen_gc,
-                     lr_scheduler, seeded)
+from .common import (check_count, check_device, check_label_range, check_lr_schedule, check_number,
+                     config_differences, frozen_gc, lr_scheduler, seeded)
 from ..transforms.ode_block import JKOBlock
 from ..models import JKOFlow
 from .jko_schedule import refine, reparametrize, step_size
@@ -41,8 +41,9 @@ class JKOConfig:
     tol : float
         The first pass stops once a block moves the data little:
         :math:`\\mathbb{E}\\|x(t_{k+1}) - x(t_k)\\|^2 / \\mathbb{E}\\|x(t_{k+1}) - \\mu_Y\\|^2 <` ``tol``,
-        with :math:`\\mu_Y` the latent class means of a conditional model (zero otherwise): far
-        apart class means would otherwise make every movement look small.
+        with :math:`\\mu_Y` the latent means of a conditional model (the law's ``centers``: class
+        means, or :math:`A y + b` for real-valued targets; zero otherwise): far apart means
+        would otherwise make every movement look small.
     iterations : int
         Mini-batches per block in the first pass.
     retrain_iterations : int, optional
@@ -276,7 +277,8 @@ class JKOHistory:
 @dataclass
 class _Position:
     """Samples pushed through the first blocks: features in the blocks' layout ``(V, N, d)``,
-    their ``(N, V)`` labels, and the mean log-determinant of those blocks per sample."""
+    their sample-first labels (``(N, V)`` classes, or targets ``(N, V)`` or ``(N, V, q)``), and
+    the mean log-determinant of those blocks per sample."""
 
     x: Tensor
     labels: Tensor | None
@@ -370,12 +372,14 @@ class JKOTrainer:
     x_train : Tensor
         ``(N, V, d)`` features, sample-first as the data sets give them.
     y_train : Tensor, optional
-        ``(N, V)`` labels; required by conditional models, refused by unconditional ones.
+        ``(N, V)`` class labels, or real-valued targets ``(N, V)`` or ``(N, V, q)`` for a model
+        of ``latent="linear_gaussian"``; required by conditional models, refused by
+        unconditional ones.
     config : JKOConfig, optional
     callback : callable, optional
         Called with every :class:`BlockRecord` as it is made.
     x_val, y_val : Tensor, optional
-        Held-out ``(M, V, d)`` features and ``(M, V)`` labels. With them every re-spacing and
+        Held-out ``(M, V, d)`` features and their labels, shaped as ``y_train``. With them every re-spacing and
         refinement stage is kept only if it lowers the validation NLL (by the model's own
         solver), and rolled back otherwise (:class:`StageDecision`).
     """
@@ -398,7 +402,8 @@ class JKOTrainer:
             raise ValueError(f"iterations, retrain_iterations, batch_size and max_blocks must be >= 1, got {counts}")
         x_train, y_train = model.as_features(x_train, "x_train"), model.as_labels(y_train, "y_train")
         graph = model.check_features(graph, x_train, "x_train")
-        model.check_labels(x_train, y_train)
+        model.check_labels(x_train, y_train, "y_train")
+        check_label_range(model, y_train, "y_train")
         self.model = model.to(self.config.device)
         self.callback = callback
         self.history = JKOHistory()
@@ -407,13 +412,17 @@ class JKOTrainer:
         self.data = _Position(x_flow, None if y_train is None else y_train.to(self.config.device))
         self.model_graph = graph
         if y_train is not None:
-            model.latent.fit_before_training(y_train)  # as fit does: predictions use the class frequencies
+            # As fit does: what the law takes from the labels alone before training, on the
+            # training device; predictions use it (the class frequencies, or for real-valued
+            # targets the prior N(m_v, S_v) of every node's target).
+            model.latent.fit_before_training(self.data.labels)
         self.validation = None
         self.validation_data: _Position | None = None
         if x_val is not None:
             x_val, y_val = model.as_features(x_val, "x_val"), model.as_labels(y_val, "y_val")
             model.check_features(graph, x_val, "x_val")
-            model.check_labels(x_val, y_val)
+            model.check_labels(x_val, y_val, "y_val")
+            check_label_range(model, y_val, "y_val")
             self.validation = (x_val.to(self.config.device, model.dtype),
                                None if y_val is None else y_val.to(self.config.device))
             #: The validation data before any block.
@@ -756,7 +765,8 @@ def fit_jko(
     x_train : Tensor
         ``(N, V, d)`` features.
     y_train : Tensor, optional
-        ``(N, V)`` labels of a conditional model.
+        ``(N, V)`` labels of a conditional model: classes, or real-valued targets (``(N, V)``
+        or ``(N, V, q)``) for ``latent="linear_gaussian"``.
     config : JKOConfig, optional
     callback : callable, optional
         Called with every :class:`BlockRecord`.
