@@ -40,6 +40,7 @@ from dgl_iflow import plots
 from dgl_iflow.baselines import NearestRows, NodeRidge
 from dgl_iflow.data import load_dataset
 from dgl_iflow.evaluation import generation_scores, rmse, target_report
+from dgl_iflow.latents import LAWS
 from dgl_iflow.recipe import recipe_config, recipe_model
 from dgl_iflow.training import fit
 from dgl_iflow.training.common import seeded
@@ -55,20 +56,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", required=True, choices=sorted(DATASETS))
     p.add_argument("--epochs", type=int, default=None, help="default: the recipe's for the data set")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--latent", choices=sorted(name for name, law in LAWS.items() if not law.discrete), default=None,
+                   help="the law of the targets (default: the recipe's)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", default="runs/continuous")
     return p.parse_args(argv)
 
 
-def run_seed(dataset, epochs: int | None, seed: int, figures: Path | None = None) -> dict[str, Any]:
-    """One seed's scores; with ``figures``, its two figures written into that folder."""
+def run_seed(dataset, epochs: int | None, seed: int, figures: Path | None = None,
+             latent: str | None = None) -> dict[str, Any]:
+    """One seed's scores; with ``figures``, its two figures written into that folder; ``latent``
+    replaces the recipe's law."""
     graph = dataset.graph
     x_train, y_train = dataset.split("train")
     x_test, y_test = dataset.split("test")
     label_dim = y_train.shape[2] if y_train.dim() == 3 else None
     with seeded(seed):
-        model = recipe_model(graph, dataset.num_features, None, label_dim=label_dim)
+        model = recipe_model(graph, dataset.num_features, None, label_dim=label_dim,
+                             **({} if latent is None else dict(latent=latent)))
     config = recipe_config(dataset.name, seed=seed, progress=False, **({} if epochs is None else dict(epochs=epochs)))
     history = fit(model, graph, x_train, y_train, config)
     report = target_report(model, graph, x_train, y_train, x_test, y_test,
@@ -124,11 +130,14 @@ def main(argv: list[str] | None = None) -> None:
     dataset = load_dataset(args.dataset, **kwargs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    runs = [run_seed(dataset, args.epochs, seed, out if i == 0 else None) for i, seed in enumerate(args.seeds)]
+    runs = [run_seed(dataset, args.epochs, seed, out if i == 0 else None, latent=args.latent)
+            for i, seed in enumerate(args.seeds)]
     epochs = args.epochs or recipe_config(args.dataset).epochs
-    print(f"{args.dataset}: {len(args.seeds)} seed(s), {epochs} epochs")
+    latent = args.latent or recipe_model(dataset.graph, dataset.num_features, None).config["latent"]
+    print(f"{args.dataset}: {len(args.seeds)} seed(s), {epochs} epochs, latent {latent}")
     print("\n".join(summary(runs)))
-    (out / f"{args.dataset}.json").write_text(json.dumps(dict(seeds=args.seeds, epochs=epochs, runs=runs), indent=1))
+    record = dict(seeds=args.seeds, epochs=epochs, latent=latent, runs=runs)
+    (out / f"{args.dataset}.json").write_text(json.dumps(record, indent=1))
 
 
 if __name__ == "__main__":

@@ -280,7 +280,7 @@ def target_report(
                        ridge_l2=ridge.l2, training_mean=rmse(y_train.mean(0).expand_as(y_test), y_test))
 
     intervals, figure = {}, None
-    y_cal, y_ev = y_test[:cut].cpu(), y_test[cut:].cpu()
+    y_ev = y_test[cut:].cpu()
     for level in LEVELS:
         lower, upper = (bound.cpu() for bound in model.predict_interval(graph, x_test, level))
         scores = interval_scores(y_test.cpu(), lower, upper)
@@ -289,15 +289,14 @@ def target_report(
         flat_cal, flat_ev = scores[:cut].flatten(1), scores[cut:].flatten(1)
         runs = [adaptive_conformal(flat_cal[:, j], flat_ev[:, j], level, step=step) for j in range(flat_ev.shape[1])]
         adaptive_factor = torch.stack([run.thresholds for run in runs], dim=1).reshape(y_ev.shape)
-        adaptive = scale_intervals(lower[cut:], upper[cut:], adaptive_factor)
+        adaptive_widths = adaptive_factor * (upper[cut:] - lower[cut:])
+        finite = adaptive_widths[adaptive_factor.isfinite() & (adaptive_factor >= 0)]
         own_coverage, own_width = _interval_coverage(y_ev, lower[cut:], upper[cut:])
         split_coverage, split_width = _interval_coverage(y_ev, *split)
-        finite = adaptive_factor.isfinite() & (adaptive_factor >= 0)
-        half = (upper[cut:] - lower[cut:]) / 2
         intervals[str(level)] = dict(
             own=own_coverage, own_width=own_width, split=split_coverage, split_width=split_width,
             adaptive=float(torch.stack([run.covered for run in runs]).double().mean()),
-            adaptive_median_width=float((2 * adaptive_factor * half)[finite].median()) if finite.any() else math.inf,
+            adaptive_median_width=float(finite.median()) if len(finite) else math.inf,
         )
         if level == 0.9:
             figure = dict(targets=y_ev, prediction=prediction[cut:].cpu(), lower=split[0], upper=split[1],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -414,7 +415,7 @@ def predicted_vs_true(y_true: ArrayLike, mean: ArrayLike, lower: ArrayLike, uppe
                _key_entry("black", label="prediction = truth", linestyle="--")]
     _key_below(figure, handles, columns=1)
     if title:
-        figure.suptitle(title)
+        figure.suptitle(textwrap.fill(title, 52))  # a narrow figure: long titles wrap rather than run off
     return _save(figure, path)
 
 

@@ -19,24 +19,29 @@ which stays the law of every other label vector. They need the trained flow's la
 cannot be a law chosen before training; they are saved in the law's extra state. The shared
 Gaussian tools (mean placement, densities, chi quantiles) are in ``gaussian.py``.
 
-Laws of class labels are :attr:`~LatentLaw.discrete`; one law takes real-valued targets:
+Laws of class labels are :attr:`~LatentLaw.discrete`; two laws take real-valued targets:
 
 ``"linear_gaussian"`` (:class:`LinearGaussianLatent`, ``linear_gaussian.py``)
     :math:`H_v \mid Y_v = y \sim N(A y + b, \sigma^2 I)` for targets ``(*, V)`` or ``(*, V, q)``,
     with a closed-form Gaussian posterior of every node's target (prediction and intervals).
+``"target_context"`` (:class:`TargetContextLatent`, ``target_context.py``)
+    the same with every node's mean moved by a linear map of all nodes' targets; the posterior
+    is joint over the nodes, still in closed form.
 """
 from .base import LatentLaw
 from .gaussian import default_separation, gaussian_log_prob, spread_means
 from .label_context import LabelContextLatent
 from .linear_gaussian import LinearGaussianLatent
 from .node_gaussian import NodeGaussianLatent
+from .target_context import TargetContextLatent
 
 #: The laws by the name models build them by (``IGNN(..., latent=name)``).
 LAWS: dict[str, type[LatentLaw]] = {
     "node_gaussian": NodeGaussianLatent,
     "label_context": LabelContextLatent,
     "linear_gaussian": LinearGaussianLatent,
+    "target_context": TargetContextLatent,
 }
 
-__all__ = ["LAWS", "LabelContextLatent", "LatentLaw", "LinearGaussianLatent", "NodeGaussianLatent", "default_separation",
-           "gaussian_log_prob", "spread_means"]
+__all__ = ["LAWS", "LabelContextLatent", "LatentLaw", "LinearGaussianLatent", "NodeGaussianLatent",
+           "TargetContextLatent", "default_separation", "gaussian_log_prob", "spread_means"]
