@@ -29,7 +29,6 @@ targets with the calibrated 90 % intervals).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,13 @@ from typing import Any
 import torch
 
 from dgl_iflow import plots
+from dgl_iflow.metrics import generation_scores, rmse
 from dgl_iflow.baselines import NearestRows, NodeRidge
 from dgl_iflow.data import load_dataset
-from dgl_iflow.evaluation import generation_scores, rmse, target_report
+from dgl_iflow.evaluation import target_report
+from dgl_iflow.files import json_text
 from dgl_iflow.latents import LAWS
-from dgl_iflow.recipe import recipe_config, recipe_model
+from dgl_iflow.recipe import TARGET_LAW, recipe_config, recipe_model
 from dgl_iflow.training import fit
 from dgl_iflow.training.common import seeded
 
@@ -133,11 +134,11 @@ def main(argv: list[str] | None = None) -> None:
     runs = [run_seed(dataset, args.epochs, seed, out if i == 0 else None, latent=args.latent)
             for i, seed in enumerate(args.seeds)]
     epochs = args.epochs or recipe_config(args.dataset).epochs
-    latent = args.latent or recipe_model(dataset.graph, dataset.num_features, None).config["latent"]
+    latent = args.latent or TARGET_LAW
     print(f"{args.dataset}: {len(args.seeds)} seed(s), {epochs} epochs, latent {latent}")
     print("\n".join(summary(runs)))
     record = dict(seeds=args.seeds, epochs=epochs, latent=latent, runs=runs)
-    (out / f"{args.dataset}.json").write_text(json.dumps(record, indent=1))
+    (out / f"{args.dataset}.json").write_text(json_text(record))
 
 
 if __name__ == "__main__":

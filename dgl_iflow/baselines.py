@@ -29,6 +29,8 @@ training features.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -564,7 +566,11 @@ class NodeRidge:
         # The smoother's diagonal: 1/N from the intercept, c_i^T G^-1 c_i from the slopes.
         leverage = 1.0 / len(flat) + (centred * inverse_design.T).sum(1)
         residual = y64 - (flat @ self.weight + self.bias)
-        self.loo_residuals = (residual / (1.0 - leverage).clamp_min(1e-12).unsqueeze(1)).reshape(y.shape)
+        # A row of leverage 1 (an interpolating fit: l2 = 0 and N <= V d + 1) has no finite
+        # leave-one-out residual: inf, so cross_validated never prefers that fit.
+        free = (1.0 - leverage).unsqueeze(1)
+        loo = torch.where(free > 1e-9, residual / free, torch.full_like(residual, math.inf))
+        self.loo_residuals = loo.reshape(y.shape)
 
     @classmethod
     def cross_validated(cls, x: Tensor, y: Tensor, penalties: tuple[float, ...] = RIDGE_PENALTIES) -> NodeRidge:

@@ -247,7 +247,7 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
     edges = None if args.edges is None else str(Path(args.edges).resolve())
     settings: dict[str, Any] = {
         "--dataset": args.dataset, "--data": data, "--edges": edges, "--undirected": args.undirected,
-        "--target": args.target,
+        "--target": args.target or _default_target(args.dataset, data),
         "--test-fraction": args.test_fraction if data else None, "--conv": args.conv, "--blocks": args.blocks,
         "--hidden": args.hidden, "--sigma": args.sigma, "--means": args.means, "--fixed-means": args.fixed_means,
         "--lipschitz": args.lipschitz,
@@ -258,6 +258,17 @@ def _run_settings(args: argparse.Namespace) -> dict[str, Any]:
                      "--patience": args.patience,
                      "--validation-fraction": None if args.patience is None else args.validation_fraction})
     return settings
+
+
+def _default_target(dataset: str | None, data: str | None) -> str | None:
+    """What the nodes of ``--dataset`` or ``--data`` are labelled with when ``--target`` is not given."""
+    from .data import dataset_targets, list_datasets
+    from .data.user import USER_TARGETS
+
+    if data is not None:
+        return USER_TARGETS[0]
+    targets = dataset_targets(dataset) if dataset in list_datasets() else ()
+    return targets[0] if targets else None
 
 
 def _shown(value: Any) -> str:
@@ -287,8 +298,10 @@ def _resumable(out: Path, settings: dict[str, Any], epochs: int | None) -> tuple
         except (ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{out / RUN_RECORD} is not the run record `dgl-iflow train` writes ({err}); pass "
                              f"--overwrite to train afresh in {out}") from None
-        # A --no-* option a run's record lacks came after the run: it was not given.
+        # An option a run's record lacks came after the run: a --no-* one was not given, and
+        # the nodes were labelled as they are by default.
         saved = {name: False for name in settings if name.startswith("--no-")} | saved
+        saved.setdefault("--target", _default_target(saved.get("--dataset"), saved.get("--data")))
         differences = [f"{name} {_shown(saved.get(name))} -> {_shown(value)}"
                        for name, value in settings.items() if saved.get(name) != value]
         if differences:
@@ -366,7 +379,9 @@ def _train(args: argparse.Namespace) -> None:
         if args.means is not None:
             raise ValueError("--means places the latent means of classes; this data set has real-valued targets "
                              "(their latent mean is a learned map A y + b)")
-        changes.pop("label_context", None)  # a law of targets has no label context to leave out
+        if not args.label_context:
+            raise ValueError("--no-label-context leaves out the label context of classes; this data set has "
+                             "real-valued targets")
         y_shape = dataset.split("train")[1].shape
         changes["label_dim"] = y_shape[2] if len(y_shape) == 3 else None
     model = recipe_model(dataset.graph, dataset.num_features, dataset.num_classes, conv=args.conv, **changes)
@@ -416,14 +431,18 @@ def _train(args: argparse.Namespace) -> None:
 
 def _evaluate(args: argparse.Namespace) -> None:
     from .checkpoints import read_checkpoint
-    from .files import atomic_write_text
+    from .files import atomic_write_text, json_text
     from .models import IGNN
 
     out = None if args.out is None else _output(args.out, "--out")
     checkpoint = read_checkpoint(args.checkpoint)
     model = IGNN.from_checkpoint(checkpoint).eval()
     trained_on = checkpoint.get("data_units")
-    dataset = _dataset(args, target=None if trained_on is None else trained_on.get("target"))
+    recorded = None if trained_on is None else trained_on.get("target")
+    if args.target is not None and recorded is not None and args.target != recorded:
+        raise ValueError(f"{args.checkpoint} was trained with --target {recorded}, not {args.target}: leave "
+                         "--target out to evaluate on the targets it was trained with")
+    dataset = _dataset(args, target=recorded)
     model.check_graph(dataset.graph)  # another node count is said first, in the model's words
     if model.continuous != (dataset.num_classes is None):
         kinds = ("real-valued targets", "class labels")
@@ -436,7 +455,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.data or args.dataset} is not split or scaled as when {args.checkpoint} was trained "
                          "(give the --test-fraction, --edges and --undirected that train had: its run.json lists them)")
     report = (_target_metrics if model.continuous else _class_metrics)(args, model, dataset, out)
-    text = json.dumps(report, indent=2)
+    text = json_text(report)
     print(text)
     if out is not None:
         atomic_write_text(out, text + "\n")

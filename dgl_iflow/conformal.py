@@ -330,12 +330,14 @@ def interval_scores(targets: Tensor, lower: Tensor, upper: Tensor) -> Tensor:
 
 
 def scale_intervals(lower: Tensor, upper: Tensor, factor: Tensor | float) -> tuple[Tensor, Tensor]:
-    """The intervals scaled about their centres by ``factor`` (a calibrated :func:`interval_scores`
-    threshold, broadcast from the right: ``(V,)`` per node); ``inf`` widens them to the real line."""
+    """The intervals scaled about their centres by ``factor``, a calibrated :func:`interval_scores`
+    threshold broadcast against them (``(V,)`` per node, ``(V, q)`` per node coordinate); ``inf``
+    widens them to the real line, ``-inf`` (an adaptive threshold's empty set) leaves them empty."""
     factor = torch.as_tensor(factor, dtype=lower.dtype, device=lower.device)
     centre, half = (lower + upper) / 2, (upper - lower) / 2
+    factor, half = torch.broadcast_tensors(factor, half)
     # inf * 0 would be NaN: an infinite factor leaves no finite bound, whatever the width.
-    reach = torch.where(torch.isinf(factor), factor.expand_as(half), factor * half)
+    reach = torch.where(torch.isinf(factor), factor, factor * half)
     return centre - reach, centre + reach
 
 

@@ -46,6 +46,8 @@ from .models.base import FlowModel
 
 #: Levels reported in tables.
 LEVELS = (0.5, 0.9, 0.95)
+#: The level of :func:`target_report`'s figure intervals, one of :data:`LEVELS`.
+FIGURE_LEVEL = 0.9
 #: Levels of the reliability diagram.
 GRID = tuple(round(0.05 * k, 2) for k in range(1, 20))
 #: False-alarm levels at which anomalies are flagged.
@@ -194,18 +196,6 @@ def uncertainty_report(
     )
 
 
-def generation_scores(real: Tensor, generated: Tensor) -> dict[str, float]:
-    """MMD at every kernel of :func:`~dgl_iflow.metrics.mmd` (``mmd_ALPHA``) and the energy distance
-    between real and generated rows ``(n, V, d)``."""
-    scores = {f"mmd_{alpha:g}": value for alpha, value in metrics.mmd(real, generated).items()}
-    return {**scores, "energy": metrics.energy_distance(real, generated)}
-
-
-def rmse(prediction: Tensor, truth: Tensor) -> float:
-    """Root mean squared error over every entry."""
-    return float((prediction.double().cpu() - truth.double().cpu()).pow(2).mean().sqrt())
-
-
 def _interval_coverage(y: Tensor, lower: Tensor, upper: Tensor) -> tuple[float, float]:
     """The share of targets inside their intervals and the intervals' mean width."""
     return float(((y >= lower) & (y <= upper)).double().mean()), float((upper - lower).double().mean())
@@ -220,7 +210,7 @@ def target_report(
 
     - ``generation``: one row generated per test row, given that row's own targets (a latent
       drawn from the law, then :math:`F^{-1}`), against the test rows
-      (:func:`generation_scores`), and the test NLL per sample; beside them the Gaussian with a
+      (:func:`~dgl_iflow.metrics.generation_scores`), and the test NLL per sample; beside them the Gaussian with a
       mean linear in the targets (:class:`~dgl_iflow.baselines.TargetGaussian`) fitted to the
       training rows.
     - ``prediction``: the test RMSE of :meth:`~dgl_iflow.models.base.FlowModel.predict`, of
@@ -231,7 +221,8 @@ def target_report(
       intervals, of their split conformal scaling per node calibrated on the calibration part,
       and of adaptive conformal inference per node (:func:`~dgl_iflow.conformal.adaptive_conformal`
       on :func:`~dgl_iflow.conformal.interval_scores`, in row order), whose coverage holds on a
-      time series too.
+      time series too (its widths vary: their median). A width is ``inf`` where too few
+      calibration rows leave an interval unbounded (``None`` once written as JSON).
 
     Parameters
     ----------
@@ -252,11 +243,12 @@ def target_report(
     -------
     dict
         ``protocol``, ``generation``, ``prediction``, ``intervals``, and ``figure`` (the test
-        targets, predictions and calibrated intervals at level 0.9 of the evaluation part, and
-        the generated rows, as tensors, for :func:`~dgl_iflow.plots.predicted_vs_true` and
-        :func:`~dgl_iflow.plots.target_sweep`).
+        targets, predictions and split conformal intervals at :data:`FIGURE_LEVEL` of the
+        evaluation part, and the generated rows, as tensors, for
+        :func:`~dgl_iflow.plots.predicted_vs_true` and :func:`~dgl_iflow.plots.target_sweep`).
     """
-    model._target_latent("target_report")
+    if not model.continuous:
+        raise ValueError("target_report is for a model of real-valued targets; use uncertainty_report for classes")
     x_train, y_train = model.as_features(x_train, "x_train"), model.as_labels(y_train, "y_train")
     x_test, y_test = model.as_features(x_test, "x_test"), model.as_labels(y_test, "y_test")
     model.check_features(graph, x_test, "x_test")
@@ -268,39 +260,39 @@ def target_report(
     gaussian = TargetGaussian(x_train.cpu(), y_train.cpu(), seed=seed)
     gaussian_rows = torch.cat([gaussian.generate(y, 1) for y in y_test.cpu()])
     generation = dict(
-        flow=dict(**generation_scores(x_test.cpu(), generated.cpu()),
+        flow=dict(**metrics.generation_scores(x_test.cpu(), generated.cpu()),
                   nll=float(-model.log_prob(graph, x_test, y_test).mean())),
-        target_gaussian=dict(**generation_scores(x_test.cpu(), gaussian_rows),
+        target_gaussian=dict(**metrics.generation_scores(x_test.cpu(), gaussian_rows),
                              nll=float(-gaussian.log_prob(x_test.cpu(), y_test.cpu()).mean())),
     )
 
     ridge = NodeRidge.cross_validated(x_train.cpu(), y_train.cpu())
     prediction = model.predict(graph, x_test)
-    predictions = dict(flow=rmse(prediction, y_test), ridge=rmse(ridge.predict(x_test.cpu()), y_test),
-                       ridge_l2=ridge.l2, training_mean=rmse(y_train.mean(0).expand_as(y_test), y_test))
+    predictions = dict(flow=metrics.rmse(prediction, y_test), ridge=metrics.rmse(ridge.predict(x_test.cpu()), y_test),
+                       ridge_l2=ridge.l2, training_mean=metrics.rmse(y_train.mean(0).expand_as(y_test), y_test))
 
-    intervals, figure = {}, None
+    intervals, calibrated = {}, {}
     y_ev = y_test[cut:].cpu()
     for level in LEVELS:
         lower, upper = (bound.cpu() for bound in model.predict_interval(graph, x_test, level))
         scores = interval_scores(y_test.cpu(), lower, upper)
-        split = scale_intervals(lower[cut:], upper[cut:], conformal_quantile(scores[:cut], level))
+        calibrated[level] = split = scale_intervals(lower[cut:], upper[cut:], conformal_quantile(scores[:cut], level))
         # One sequence per node coordinate, each calibrated on its own scores.
         flat_cal, flat_ev = scores[:cut].flatten(1), scores[cut:].flatten(1)
         runs = [adaptive_conformal(flat_cal[:, j], flat_ev[:, j], level, step=step) for j in range(flat_ev.shape[1])]
         adaptive_factor = torch.stack([run.thresholds for run in runs], dim=1).reshape(y_ev.shape)
-        adaptive_widths = adaptive_factor * (upper[cut:] - lower[cut:])
-        finite = adaptive_widths[adaptive_factor.isfinite() & (adaptive_factor >= 0)]
+        # An empty set (threshold -inf) has width 0; the whole line (inf) counts as inf.
+        adaptive_widths = torch.where(adaptive_factor == -math.inf, torch.zeros_like(adaptive_factor),
+                                      adaptive_factor * (upper[cut:] - lower[cut:]))
         own_coverage, own_width = _interval_coverage(y_ev, lower[cut:], upper[cut:])
         split_coverage, split_width = _interval_coverage(y_ev, *split)
         intervals[str(level)] = dict(
             own=own_coverage, own_width=own_width, split=split_coverage, split_width=split_width,
             adaptive=float(torch.stack([run.covered for run in runs]).double().mean()),
-            adaptive_median_width=float(finite.median()) if len(finite) else math.inf,
+            adaptive_median_width=float(adaptive_widths.median()),
         )
-        if level == 0.9:
-            figure = dict(targets=y_ev, prediction=prediction[cut:].cpu(), lower=split[0], upper=split[1],
-                          generated=generated.cpu())
+    figure = dict(targets=y_ev, prediction=prediction[cut:].cpu(), lower=calibrated[FIGURE_LEVEL][0],
+                  upper=calibrated[FIGURE_LEVEL][1], generated=generated.cpu())
     return dict(
         protocol=dict(calibration_rows=cut, evaluation_rows=len(x_test) - cut, adaptive_step=step,
                       intervals="split and adaptive conformal scaling of the model's own intervals, per node"),

@@ -13,6 +13,7 @@ sibling folder, which replaces the old one only once the run has finished.
 from __future__ import annotations
 
 import json
+import math
 import os
 import secrets
 import shutil
@@ -24,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "replacing_folder", "save_figure"]
+__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text", "json_text", "replacing_folder", "save_figure"]
 
 #: Attempts at a fresh random name before giving up (a collision of 32 random bits is rare).
 _NAME_ATTEMPTS = 100
@@ -108,9 +109,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda file: file.write(data))
 
 
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
+
+
+def json_text(value: Any) -> str:
+    """``value`` as indented JSON, every infinite or NaN float written ``null``: JSON has no such
+    numbers, and Python's ``Infinity`` is not JSON that other readers take."""
+    return json.dumps(_finite_or_none(value), indent=2, allow_nan=False)
+
+
 def atomic_write_json(path: str | os.PathLike, value: Any) -> Path:
-    """Write ``value`` as indented JSON, with a final newline, to ``path`` atomically."""
-    return atomic_write_text(path, json.dumps(value, indent=2) + "\n")
+    """Write ``value`` as :func:`json_text`, with a final newline, to ``path`` atomically."""
+    return atomic_write_text(path, json_text(value) + "\n")
 
 
 def save_figure(figure: Figure, path: str | os.PathLike, **savefig: Any) -> Path:

@@ -27,6 +27,7 @@ __all__ = [
     "ReliabilityBins",
     "calibration_error",
     "energy_distance",
+    "generation_scores",
     "mmd",
     "mmd_permutation_test",
     "node_accuracy",
@@ -35,6 +36,7 @@ __all__ = [
     "precision_recall",
     "reconstruction_error",
     "reliability_bins",
+    "rmse",
     "uncertainty_coverage",
 ]
 
@@ -156,6 +158,21 @@ def energy_distance(x: ArrayLike, y: ArrayLike) -> float:
         return (_sq_dist(a, b) + KERNEL_OFFSET).sqrt().mean()
 
     return float(2.0 * mean_dist(xr, yr) - mean_dist(xr, xr) - mean_dist(yr, yr))
+
+
+def generation_scores(real: ArrayLike, generated: ArrayLike) -> dict[str, float]:
+    """:func:`mmd` at every default kernel (``mmd_ALPHA``) and :func:`energy_distance` between real
+    and generated rows ``(n, V, d)``."""
+    scores = {f"mmd_{alpha:g}": value for alpha, value in mmd(real, generated).items()}
+    return {**scores, "energy": energy_distance(real, generated)}
+
+
+def rmse(prediction: ArrayLike, truth: ArrayLike) -> float:
+    """Root mean squared error over every entry of two arrays of one shape."""
+    prediction, truth = (torch.as_tensor(a).detach().cpu().to(torch.float64) for a in (prediction, truth))
+    if prediction.shape != truth.shape:
+        raise ValueError(f"prediction {tuple(prediction.shape)} and truth {tuple(truth.shape)} must have one shape")
+    return float((prediction - truth).pow(2).mean().sqrt())
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,8 @@ MEAN_SCALE = 1.0
 LIPSCHITZ = 0.97
 #: Distance the barrier keeps the learned means apart: small, so the data set the gap.
 MIN_SEPARATION = 1.0
+#: The law of real-valued targets (docs/continuous.md).
+TARGET_LAW = "linear_gaussian"
 #: Convolution width, then the node-wise hidden widths: on traffic L3Conv and ChebConv generate
 #: better at 32 than at 64 or 128 (docs/reproduce.md, ablation).
 HIDDEN_FEATS = (32, 32)
@@ -56,7 +58,7 @@ def recipe_model(graph: GraphLike, feats: int, num_classes: int | None, conv: st
     features, else placed by :class:`~dgl_iflow.models.IGNN`), and the label context, whose
     ``(V, K - 1, V, d)`` parameters are meant for graphs of tens to hundreds of nodes. For
     real-valued targets (``num_classes=None``; ``label_dim`` for ``(N, V, q)`` targets): the law
-    ``"linear_gaussian"`` with a learned map :math:`A y + b` and sigma 1 (``docs/continuous.md``).
+    ``TARGET_LAW`` with a learned map and sigma 1 (``docs/continuous.md``).
     """
     graph_wide = conv != "mlp"
     settings: dict[str, Any] = dict(
@@ -64,7 +66,7 @@ def recipe_model(graph: GraphLike, feats: int, num_classes: int | None, conv: st
         node_affine=True, lipschitz_coeff=LIPSCHITZ, trainable_means=True,
     )
     if num_classes is None:
-        settings.update(latent="linear_gaussian", label_dim=label_dim, sigma=1.0)
+        settings.update(latent=TARGET_LAW, label_dim=label_dim, sigma=1.0)
     else:
         if label_dim is not None:
             raise ValueError("label_dim is the size of real-valued targets; pass num_classes=None for them")

@@ -126,6 +126,7 @@ def test_resume_with_more_epochs_continues_from_the_last_epoch(run, capsys):
 def test_a_run_recorded_before_a_leave_out_option_existed_resumes(run):
     record = json.loads((run / "run.json").read_text())
     del record["settings"]["--no-readout"]  # as `train` wrote it before the readout
+    del record["settings"]["--target"]  # and before --target
     (run / "run.json").write_text(json.dumps(record))
     assert main([*TRAIN, "--epochs", "3", "--out", str(run), "--resume"]) == 0
     assert read_checkpoint(run / "model.pt")["epoch"] == 3

@@ -10,6 +10,7 @@ import torch
 
 from dgl_iflow.checkpoints import read_checkpoint
 from dgl_iflow.cli import main
+from dgl_iflow.data.scaling import to_data_units
 from dgl_iflow.models import IGNN
 
 TINY = ["--blocks", "1", "--hidden", "4", "4", "--no-progress"]
@@ -57,7 +58,9 @@ def test_evaluate_reports_generation_prediction_and_intervals(target_run, tmp_pa
     assert set(report["generation"]) == {"flow", "target_gaussian"}
     assert report["prediction"]["flow"] < report["prediction"]["training_mean"]
     assert set(report["intervals"]) == {"0.5", "0.9", "0.95"}
-    assert all(0.0 <= row[kind] <= 1.0 for row in report["intervals"].values() for kind in ("own", "split", "adaptive"))
+    # 40 test rows: 12 calibrate, too few for a split conformal 0.95 interval, whose width is null.
+    assert report["protocol"]["calibration_rows"] == 12 and report["intervals"]["0.95"]["split_width"] is None
+    assert report["intervals"]["0.5"]["own_width"] < report["intervals"]["0.9"]["own_width"]
     assert [Path(path).name for path in report["figures"]] == ["eval_sweep.png", "eval_predictions.png"]
     assert all(Path(path).stat().st_size > 0 for path in report["figures"])
 
@@ -67,14 +70,16 @@ def test_sample_takes_real_targets_node_by_node(target_run, tmp_path, capsys):
     assert main(["sample", "--checkpoint", str(target_run["out"] / "model.pt"), "--labels", targets, "--n", "30",
                  "--seed", "1", "--out", str(tmp_path / "s.pt")]) == 0
     samples = torch.load(tmp_path / "s.pt")
-    assert samples.shape == (30, 4, 2)
-    model = IGNN.load(target_run["out"] / "model.pt")
-    # In the data's units: the standardized draws of X | Y = y for these targets, mapped back.
     assert "in the units of the data (ring.npz)" in capsys.readouterr().out
+    # The model's own draws of X | Y = y for these targets, mapped back to the data's units.
+    checkpoint = read_checkpoint(target_run["out"] / "model.pt")
+    model, units = IGNN.from_checkpoint(checkpoint).eval(), checkpoint["data_units"]
+    torch.manual_seed(1)
+    drawn = model.sample(model.graph, torch.tensor([[10.5, 9.0]] * 4), 30)
+    torch.testing.assert_close(samples, to_data_units(drawn, units["mean"], units["std"]), rtol=0, atol=0)
     assert main(["sample", "--checkpoint", str(target_run["out"] / "model.pt"), "--labels", targets, "--n", "4",
                  "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
-    assert model.continuous
     capsys.readouterr()
     assert main(["sample", "--checkpoint", str(target_run["out"] / "model.pt"), "--labels", "1,2,3",
                  "--out", str(tmp_path / "t.pt")]) == 1
@@ -95,7 +100,10 @@ def test_target_mistakes_are_one_line(target_run, tmp_path, capsys):
     assert main(["train", "--data", data, *TINY, "--out", str(tmp_path / "d")]) == 1
     assert "whole numbers" in one_error_line(capsys)
     assert main(["evaluate", "--checkpoint", checkpoint, "--data", data, "--target", "classes", "--no-progress"]) == 1
-    assert "whole numbers" in one_error_line(capsys)
-    assert main(["train", "--data", data, "--target", "classes", *TINY, "--resume", "--out",
-                 str(target_run["out"])]) == 1
+    assert "was trained with --target real, not classes" in one_error_line(capsys)
+    assert main(["train", "--data", data, "--target", "real", "--no-label-context", *TINY,
+                 "--out", str(tmp_path / "e")]) == 1
+    assert "label context of classes" in one_error_line(capsys)
+    # Resumed without --target: the default, classes, is another setting than the run's.
+    assert main(["train", "--data", data, *TINY, "--resume", "--out", str(target_run["out"])]) == 1
     assert "--target real -> classes" in one_error_line(capsys)

@@ -129,3 +129,11 @@ def test_node_ridge_cross_validated_takes_the_penalty_of_least_leave_one_out_err
     assert chosen.l2 == min(errors, key=errors.get)
     with pytest.raises(ValueError, match="at least one"):
         NodeRidge.cross_validated(x, y, ())
+
+
+def test_an_interpolating_fit_has_no_finite_leave_one_out_error_and_is_never_chosen():
+    x, y = _rows(None, seed=5)
+    few_x, few_y = x[:5], y[:5]  # 5 rows, V d = 6 features: l2 = 0 interpolates
+    assert torch.isinf(NodeRidge(few_x, few_y, l2=0.0).loo_residuals).all()
+    chosen = NodeRidge.cross_validated(few_x, few_y, (0.0, 1.0))
+    assert chosen.l2 == 1.0 and torch.isfinite(chosen.loo_residuals).all()

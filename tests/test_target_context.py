@@ -101,3 +101,21 @@ def test_an_ignn_builds_it_by_name_and_learns_the_context():
     x, y = torch.randn(8, V, D, dtype=torch.float64), torch.randn(8, V, dtype=torch.float64)
     model.log_prob(model.graph, x, y).sum().backward()
     assert model.latent.context.grad.abs().max() > 0
+
+
+def test_trained_in_float32_it_predicts_through_the_readout_and_its_posterior():
+    from dgl_iflow.training import TrainConfig, fit
+
+    torch.manual_seed(0)
+    model = IGNN(cycle_graph(V), D, latent="target_context", num_blocks=1, hidden_feats=(8,), trainable_means=True)
+    generator = torch.Generator().manual_seed(1)
+    y = torch.randn(90, V, generator=generator)
+    x = torch.stack([y + y.roll(1, 1), y - y.roll(1, 1)], -1) + 0.3 * torch.randn(90, V, D, generator=generator)
+    fit(model, model.graph, x, y, TrainConfig(epochs=3, batch_size=30, lr=1e-2, progress=False))
+    assert model.latent.context.abs().max() > 0  # the context moved from its zero start
+    posterior = model.predict(model.graph, x)
+    assert posterior.dtype == torch.float32 and posterior.shape == (90, V)
+    assert float((posterior - y).pow(2).mean()) < float(y.var())
+    model.fit_readout(model.graph, x, y)
+    lower, upper = model.predict_interval(model.graph, x, 0.9)
+    assert lower.dtype == torch.float32 and bool((lower < upper).all())

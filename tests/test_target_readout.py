@@ -121,12 +121,14 @@ def test_training_fits_the_readout_when_asked_and_checkpoints_keep_it(tmp_path):
     assert not model.readout.fitted
 
 
-def test_target_report_is_its_definitions_recomputed():
+@pytest.mark.parametrize("label_dim", [None, 2])
+def test_target_report_is_its_definitions_recomputed(label_dim):
     from dgl_iflow.conformal import adaptive_conformal
-    from dgl_iflow.evaluation import rmse, target_report
+    from dgl_iflow.evaluation import target_report
+    from dgl_iflow.metrics import rmse
 
-    model, graph = _model(), cycle_graph(V)
-    x, y = _data(160)
+    model, graph = _model(label_dim), cycle_graph(V)
+    x, y = _data(160, label_dim)
     x_train, y_train, x_test, y_test = x[:100], y[:100], x[100:], y[100:]
     model.fit_readout(graph, x_train, y_train)
     report = target_report(model, graph, x_train, y_train, x_test, y_test, calibration_fraction=0.25, seed=3)
@@ -136,18 +138,22 @@ def test_target_report_is_its_definitions_recomputed():
     ridge = NodeRidge.cross_validated(x_train, y_train)
     assert report["prediction"]["ridge"] == pytest.approx(rmse(ridge.predict(x_test), y_test))
     assert report["generation"]["flow"]["nll"] == pytest.approx(float(-model.log_prob(graph, x_test, y_test).mean()))
+    y_new = y_test[cut:]
     for level in (0.5, 0.9):
-        lower, upper = model.predict_interval(graph, x_test, level)
-        split = model.predict_interval(graph, x_test[cut:], level, calibration=(x_test[:cut], y_test[:cut]))
-        inside = ((y_test[cut:] >= split[0]) & (y_test[cut:] <= split[1])).double().mean()
         row = report["intervals"][str(level)]
-        assert row["split"] == pytest.approx(float(inside))
-        assert row["own"] == pytest.approx(float(((y_test[cut:] >= lower[cut:]) & (y_test[cut:] <= upper[cut:]))
-                                                 .double().mean()))
-        scores = interval_scores(y_test, lower, upper)
-        adaptive = [adaptive_conformal(scores[:cut, v], scores[cut:, v], level).coverage for v in range(V)]
-        assert row["adaptive"] == pytest.approx(sum(adaptive) / V)
+        lower, upper = model.predict_interval(graph, x_test, level)
+        assert row["own"] == pytest.approx(float(((y_new >= lower[cut:]) & (y_new <= upper[cut:])).double().mean()))
+        assert row["own_width"] == pytest.approx(float((upper - lower)[cut:].mean()))
+        split = model.predict_interval(graph, x_test[cut:], level, calibration=(x_test[:cut], y_test[:cut]))
+        assert row["split"] == pytest.approx(float(((y_new >= split[0]) & (y_new <= split[1])).double().mean()))
+        assert row["split_width"] == pytest.approx(float((split[1] - split[0]).mean()))
+        # Adaptive conformal on every node coordinate's sequence of scores, in row order.
+        scores = interval_scores(y_test, lower, upper).reshape(len(y_test), -1)
+        runs = [adaptive_conformal(scores[:cut, j], scores[cut:, j], level) for j in range(scores.shape[1])]
+        assert row["adaptive"] == pytest.approx(sum(run.coverage for run in runs) / len(runs))
+        widths = torch.stack([run.thresholds for run in runs], 1) * (upper - lower)[cut:].reshape(45, -1)
+        assert row["adaptive_median_width"] == pytest.approx(float(widths.median()))
     assert report["figure"]["generated"].shape == x_test.shape
     with pytest.raises(ValueError, match="real-valued targets"):
-        target_report(IGNN(graph, D, 2, num_blocks=1, hidden_feats=(8,)), graph, x_train, y_train.round().long().clamp(0, 1),
-                      x_test, y_test.round().long().clamp(0, 1))
+        classes = torch.randint(0, 2, (100, V))
+        target_report(IGNN(graph, D, 2, num_blocks=1, hidden_feats=(8,)), graph, x_train, classes, x_test, classes[:60])

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["chi_quantile", "default_separation", "gaussian_log_prob", "spread_means"]
+__all__ = ["chi_quantile", "default_separation", "gaussian_log_prob", "linear_gaussian_posterior", "normal_quantile",
+           "spread_means"]
 
 
 def default_separation(
@@ -128,6 +129,56 @@ def chi_quantile(level: float, degrees: int) -> float:
     from scipy.stats import chi2
 
     return math.sqrt(chi2.ppf(level, degrees))
+
+
+def normal_quantile(level: float) -> float:
+    r""":math:`\Phi^{-1}((1 + \text{level}) / 2)`: the half-width, in standard deviations, of the
+    central interval holding ``level`` of a normal law."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    return math.sqrt(2.0) * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)).item()
+
+
+def linear_gaussian_posterior(
+    prior_mean: Tensor, prior_cov: Tensor, weight: Tensor, bias: Tensor, sigma: float, h: Tensor,
+) -> tuple[Tensor, Tensor]:
+    r"""The law of :math:`y \sim N(m, S)` given :math:`h = W y + b + \sigma \varepsilon`, in closed form.
+
+    .. math::
+
+        E[y \mid h] = m + G (h - W m - b), \qquad \operatorname{Cov}[y \mid h] = S - G W S,
+        \qquad G = S W^\top (W S W^\top + \sigma^2 I)^{-1},
+
+    through a Cholesky factor of :math:`W S W^\top + \sigma^2 I`, which :math:`\sigma > 0` keeps
+    well conditioned however near singular :math:`S` is (the form with :math:`S^{-1}` is not),
+    and in float64.
+
+    Parameters
+    ----------
+    prior_mean, prior_cov : Tensor
+        ``(*B, q)`` and ``(*B, q, q)``: :math:`m, S` of every one of a batch ``B`` of problems.
+    weight, bias : Tensor
+        ``(*B, p, q)`` :math:`W` and ``(*B, p)`` :math:`b`, or shared: ``(p, q)`` and ``(p,)``.
+    sigma : float
+        :math:`\sigma > 0`.
+    h : Tensor
+        ``(*, *B, p)`` observations.
+
+    Returns
+    -------
+    mean, cov : Tensor
+        ``(*, *B, q)`` and ``(*B, q, q)`` (the covariance does not depend on ``h``), in ``h``'s dtype.
+    """
+    m, s, w, b = (t.to(torch.float64) for t in (prior_mean, prior_cov, weight, bias))
+    s_wt = s @ w.transpose(-2, -1)  # (*B, q, p)
+    eye = torch.eye(w.shape[-2], dtype=torch.float64, device=w.device)
+    chol = torch.linalg.cholesky(w @ s_wt + sigma**2 * eye)
+    gain_t = torch.cholesky_solve(s_wt.transpose(-2, -1), chol)  # G^T = K^{-1} W S, (*B, p, q)
+    cov = s - s_wt @ gain_t
+    residual = h.to(torch.float64) - b - (w @ m.unsqueeze(-1)).squeeze(-1)
+    mean = m + (residual.unsqueeze(-2) @ gain_t).squeeze(-2)
+    # Symmetric to rounding, as MultivariateNormal requires.
+    return mean.to(h.dtype), ((cov + cov.transpose(-2, -1)) / 2).to(h.dtype)
 
 
 def gaussian_log_prob(x: Tensor, mean: Tensor, chol: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import LatentLaw
+from .gaussian import linear_gaussian_posterior, normal_quantile
 
 __all__ = ["LinearGaussianLatent"]
 
@@ -169,11 +170,7 @@ class LinearGaussianLatent(LatentLaw):
         (the module docstring's :math:`\\hat y_v` and :math:`C_v`; the covariance does not depend on ``h``)."""
         if h.ndim < 2 or h.shape[-2:] != (self.num_nodes, self.dim):
             raise ValueError(f"h must have shape (*, V, d) = (*, {self.num_nodes}, {self.dim}), got {tuple(h.shape)}")
-        prior_precision = torch.linalg.inv(self.prior_cov)  # (V, q, q)
-        cov = torch.linalg.inv(prior_precision + self.weight.T @ self.weight / self.sigma**2)
-        information = ((prior_precision @ self.prior_mean.unsqueeze(-1)).squeeze(-1)
-                       + (h - self.bias) @ self.weight / self.sigma**2)  # (*, V, q)
-        mean = (cov @ information.unsqueeze(-1)).squeeze(-1)
+        mean, cov = linear_gaussian_posterior(self.prior_mean, self.prior_cov, self.weight, self.bias, self.sigma, h)
         return mean, cov.expand(*mean.shape, mean.shape[-1])
 
     def posterior(self, h: Tensor) -> torch.distributions.MultivariateNormal:
@@ -196,6 +193,6 @@ class LinearGaussianLatent(LatentLaw):
         if not 0.0 < level < 1.0:
             raise ValueError(f"level must lie in (0, 1), got {level}")
         mean, cov = self.posterior_moments(h)
-        z = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)).item()  # Phi^-1((1 + level) / 2)
+        z = normal_quantile(level)
         half = z * cov.diagonal(dim1=-2, dim2=-1).sqrt()
         return self._labels(mean - half), self._labels(mean + half)

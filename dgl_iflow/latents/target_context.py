@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .gaussian import linear_gaussian_posterior
 from .linear_gaussian import LinearGaussianLatent
 
 __all__ = ["TargetContextLatent"]
@@ -81,10 +82,11 @@ class TargetContextLatent(LinearGaussianLatent):
         return own + self.context.permute(2, 3, 0, 1).reshape(num_nodes * self.dim, -1)
 
     def fit_before_training(self, y_train: Tensor) -> None:
-        r"""The per-node priors of :class:`~dgl_iflow.latents.LinearGaussianLatent` and the joint
-        prior :math:`N(m, S)` of all targets ``(N, V)`` or ``(N, V, q)``: their mean and covariance,
-        kept positive definite by :math:`10^{-6}` times the mean variance (at least
-        :math:`10^{-6}`) on the diagonal."""
+        r"""The joint prior :math:`N(m, S)` of all targets ``(N, V)`` or ``(N, V, q)``: their mean and
+        covariance, kept positive definite by :math:`10^{-6}` times the mean variance (at least
+        :math:`10^{-6}`) on the diagonal. The per-node priors of
+        :class:`~dgl_iflow.latents.LinearGaussianLatent`, its marginals, are fitted too, so that
+        both describe the same targets."""
         super().fit_before_training(y_train)
         flat = self._targets(y_train).detach().flatten(-2)  # (N, V q)
         centred = flat - flat.mean(0)
@@ -98,14 +100,10 @@ class TargetContextLatent(LinearGaussianLatent):
         all latents: the marginals of the joint posterior (module docstring)."""
         if h.ndim < 2 or h.shape[-2:] != (self.num_nodes, self.dim):
             raise ValueError(f"h must have shape (*, V, d) = (*, {self.num_nodes}, {self.dim}), got {tuple(h.shape)}")
-        mean_map = self.mean_map()
-        prior_precision = torch.linalg.inv(self.joint_prior_cov)
-        cov = torch.linalg.inv(prior_precision + mean_map.T @ mean_map / self.sigma**2)
-        cov = (cov + cov.T) / 2  # symmetric to rounding, as MultivariateNormal requires of the marginals
-        residual = (h - self.bias).flatten(-2)  # (*, V d)
-        information = prior_precision @ self.joint_prior_mean + residual @ mean_map / self.sigma**2
         q = self.weight.shape[1]
-        mean = (information @ cov).unflatten(-1, (self.num_nodes, q))
+        mean, cov = linear_gaussian_posterior(self.joint_prior_mean, self.joint_prior_cov, self.mean_map(),
+                                              self.bias.repeat(self.num_nodes), self.sigma, h.flatten(-2))
         blocks = cov.unflatten(0, (self.num_nodes, q)).unflatten(-1, (self.num_nodes, q))  # (V, q, V, q)
-        marginal = blocks.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (V, q, q)
+        marginal = blocks.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # node v's (q, q) block of the joint
+        mean = mean.unflatten(-1, (self.num_nodes, q))
         return mean, marginal.expand(*mean.shape, q)

@@ -18,6 +18,7 @@ from ..checkpoints import atomic_save, read_checkpoint
 from ..transforms import GraphFlow, InversionError, InversionWarning
 from ..transforms.base import check_finite
 from ..latents import LAWS, LatentLaw
+from ..latents.gaussian import normal_quantile
 from ..layers import CONVS as LAYER_CONVS
 from .readout import LatentReadout
 from .layout import single_node_graph, to_nodes_first, to_samples_first
@@ -290,7 +291,7 @@ class FlowModel(nn.Module):
         to training rows ``x`` ``(N, V, d)`` and their labels: per-node logistic regression on the
         features and the latent for classes ``(N, V)`` (``l2`` as in
         :class:`~dgl_iflow.baselines.NodeLogistic`), ridge regression for real-valued targets
-        (its penalty chosen by leave-one-out error; ``l2`` unused). Densities and samples do not
+        (its penalty chosen by leave-one-out error; ``l2`` must stay ``None``). Densities and samples do not
         change; :meth:`predict_proba`, :meth:`predict` and :meth:`predict_interval` then use it.
         Refit after any further training (:func:`~dgl_iflow.training.fit` clears it)."""
         latent = self._conditional_latent()
@@ -298,6 +299,9 @@ class FlowModel(nn.Module):
         x = self.as_features(x)
         if latent.discrete:
             self.readout.fit(x, h, y, latent.num_classes, l2=l2)
+        elif l2 is not None:
+            raise ValueError("l2 sets the logistic readout's penalty for classes; the ridge readout of real-valued "
+                             "targets chooses its own by leave-one-out error: leave l2=None")
         else:
             self.readout.fit_targets(x, h, y.reshape(*y.shape[:2], -1))
 
@@ -352,15 +356,14 @@ class FlowModel(nn.Module):
         h = self.encode(graph, x, logdet=False)[0]
         if not self.readout.fitted:
             return latent.posterior_interval(h, level)
-        z = math.sqrt(2.0) * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)).item()
         mean = self.readout(x, h)
-        half = z * self.readout.scale.to(mean.device, mean.dtype)
+        half = normal_quantile(level) * self.readout.scale.to(mean.device, mean.dtype)
         shape = (*h.shape[:2], *self.label_shape)
         return (mean - half).reshape(shape), (mean + half).reshape(shape)
 
     def _conditional_latent(self) -> LatentLaw:
         if self.latent is None:
-            raise ValueError(f"an unconditional {type(self).__name__} has no classes")
+            raise ValueError(f"an unconditional {type(self).__name__} has no labels to predict or condition on")
         return self.latent
 
     def _class_latent(self, method: str) -> LatentLaw:

@@ -122,8 +122,8 @@ class JKOFlow(FlowModel):
             k=cheb_k, orders=tuple(orders), node_bias=node_bias, activation=activation,
             graph=graph if CONVS[self.conv_kind].needs_graph else None,
         )
-        # Fixed laws only: fit_jko trains each block's field alone, so a trainable map A y + b
-        # of the targets, or trainable class means, would never be trained.
+        # Built with their means fixed: fit_jko trains each block's field alone, so whatever a law
+        # could learn (a label or target context) keeps its start, where it moves no mean.
         self.latent = self.build_latent(num_classes, sigma, means, latent, label_dim=label_dim)
 
     # -- structure --------------------------------------------------------
