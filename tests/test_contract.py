@@ -268,7 +268,7 @@ def test_unconditional_jko_flow(tmp_path):
     assert samples.shape == (5, V, D)
     with pytest.raises(ValueError, match="labels"):
         model.log_prob(graph, x, torch.zeros(B, V, dtype=torch.long))
-    with pytest.raises(ValueError, match="no classes"):
+    with pytest.raises(ValueError, match="no labels"):
         model.predict_proba(graph, x)
     model.save(tmp_path / "flow.pt")
     loaded = JKOFlow.load(tmp_path / "flow.pt").eval()

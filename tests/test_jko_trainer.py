@@ -317,7 +317,7 @@ def test_unconditional_model_samples_from_a_standard_normal_latent():
         model.sample(graph, torch.zeros(3, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="refused by an unconditional"):
         model.log_prob(graph, torch.zeros(1, 3, 2, dtype=torch.float64), torch.zeros(1, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="no classes"):
+    with pytest.raises(ValueError, match="no labels"):
         model.predict_proba(graph, torch.zeros(1, 3, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="labels are needed by a conditional JKOFlow"):
         fit_jko(JKOFlow(graph, 2, 2, conv="cheb"), graph, torch.zeros(5, 3, 2), None, _quick())

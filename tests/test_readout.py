@@ -70,7 +70,7 @@ def test_fit_clears_a_stale_readout_and_fits_it_when_asked():
 
 def test_an_unconditional_model_has_no_readout_to_fit():
     model = JKOFlow(path_graph(), 2, hidden_feats=(8, 8))
-    with pytest.raises(ValueError, match="no classes"):
+    with pytest.raises(ValueError, match="no labels"):
         model.fit_readout(path_graph(), *_rows())
 
 
