@@ -5,7 +5,7 @@ import torch
 from dgl_iflow import IGNN, TrainConfig
 from dgl_iflow.cli import main
 from dgl_iflow.data import load_dataset
-from dgl_iflow.recipe import EPOCHS, LIPSCHITZ, SIGMA, recipe_config, recipe_model
+from dgl_iflow.recipe import EPOCHS, LIPSCHITZ, SIGMA, TARGET_LAW, recipe_config, recipe_model
 from dgl_iflow.transforms import GraphMeanLinear, NodeAffine
 from test_reproduce_paper import load_script
 
@@ -27,6 +27,17 @@ def test_the_recipe_model_has_every_ingredient(dataset):
     assert changed["num_blocks"] == 3 and not changed["label_context"] and changed["graph_mean_linear"]
     three_classes = recipe_model(dataset.graph, 2, 3)  # the means are the recipe's for two classes only
     assert three_classes.config["means"] is None and three_classes.latent.means.shape == (3, 2)
+
+
+@pytest.mark.parametrize("label_dim", [None, 3])
+def test_the_recipe_model_of_real_valued_targets(dataset, label_dim):
+    model = recipe_model(dataset.graph, 2, None, label_dim=label_dim)
+    config = model.config
+    assert model.continuous and config["latent"] == TARGET_LAW and config["label_dim"] == label_dim
+    assert config["trainable_means"] and config["graph_mean"] and config["sigma"] == 1.0
+    assert config["num_classes"] is None and config["means"] is None and not config["label_context"]
+    with pytest.raises(ValueError, match="num_classes=None"):
+        recipe_model(dataset.graph, 2, 2, label_dim=3)
 
 
 def test_the_recipe_config_per_data_set():
