@@ -378,7 +378,7 @@ def _train(args: argparse.Namespace) -> None:
     if dataset.num_classes is None:
         if args.means is not None:
             raise ValueError("--means places the latent means of classes; this data set has real-valued targets "
-                             "(their latent mean is a learned map A y + b)")
+                             "(their latent mean is a learned linear map of the targets)")
         if not args.label_context:
             raise ValueError("--no-label-context leaves out the label context of classes; this data set has "
                              "real-valued targets")
@@ -652,7 +652,8 @@ def _convert_checkpoint(args: argparse.Namespace) -> None:
 _DATA_FORMATS = """\
 Your own data set (--data FILE), a NumPy .npz archive or a torch.save .pt dict of tensors:
   x            (N, V, d) real features: N samples, V nodes, d features per node
-  y            (N, V) integer labels 0, 1, ... (the classes are 0 .. max(y))
+  y            (N, V) integer labels 0, 1, ... (the classes are 0 .. max(y)); with --target real,
+               real-valued targets (N, V) or (N, V, q), kept in their own units
   edge_index   (2, E) integer node ids in [0, V): row 0 sources, row 1 targets; the target
                aggregates the source, so list both directions of an undirected edge (or give
                --undirected) and v -> v for a node to see itself. Or instead --edges FILE: a
@@ -787,10 +788,14 @@ def build_parser() -> argparse.ArgumentParser:
                        "(generated vs test samples of the most frequent label vectors, with the edge of the "
                        "calibrated 90 % set), FILE_proba.png (predicted label probabilities per node) and "
                        "FILE_reliability.png (nominal against observed coverage; confidence against accuracy; false "
-                       "alarms against alpha).")
+                       "alarms against alpha). A model of real-valued targets (train --target) gets generation "
+                       "given every test row's targets beside a linear-mean Gaussian, RMSE beside ridge "
+                       "regression, and its own, split and adaptive conformal intervals (docs/continuous.md); "
+                       "its figures are FILE_sweep.png and FILE_predictions.png.")
     evaluate.add_argument("--checkpoint", required=True, help="model.pt written by `dgl-iflow train`")
     data_arguments(evaluate, "the data the model was trained on, as given to `train`")
-    evaluate.add_argument("--top", type=_count(1), default=3, help="number of most frequent label vectors to compare")
+    evaluate.add_argument("--top", type=_count(1), default=3,
+                          help="number of most frequent label vectors to compare (class labels)")
     evaluate.add_argument("--seed", type=_count(0), default=0, help="seeds the generated samples and label sets")
     evaluate.add_argument("--calibration-fraction", type=_fraction, default=0.3,
                           help="share of the test rows, from the first, that calibrates the conformal sets")
