@@ -12,6 +12,7 @@ from dgl_iflow.checkpoints import read_checkpoint
 from dgl_iflow.cli import main
 from dgl_iflow.data.scaling import to_data_units
 from dgl_iflow.models import IGNN
+from dgl_iflow.recipe import TARGET_LAW
 
 TINY = ["--blocks", "1", "--hidden", "4", "4", "--no-progress"]
 
@@ -42,7 +43,7 @@ def target_run(tmp_path_factory) -> dict:
 def test_train_builds_a_model_of_the_targets_and_records_them(target_run):
     checkpoint = read_checkpoint(target_run["out"] / "model.pt")
     model = IGNN.from_checkpoint(checkpoint)
-    assert model.continuous and model.label_shape == (2,) and model.config["latent"] == "linear_gaussian"
+    assert model.continuous and model.label_shape == (2,) and model.config["latent"] == TARGET_LAW
     assert model.readout.regression  # the recipe's readout, by ridge regression for targets
     assert checkpoint["data_units"]["target"] == "real"
     record = json.loads((target_run["out"] / "run.json").read_text())
