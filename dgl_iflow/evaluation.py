@@ -42,6 +42,7 @@ from .conformal import (adaptive_conformal, conformal_p_values, conformal_quanti
                         label_sets, scale_intervals)
 from .graphs import GraphLike
 from .latents import LatentLaw
+from .latents.gaussian import central_interval
 from .models.base import FlowModel
 
 #: Levels reported in tables.
@@ -267,14 +268,14 @@ def target_report(
     )
 
     ridge = NodeRidge.cross_validated(x_train.cpu(), y_train.cpu())
-    prediction = model.predict(graph, x_test)
+    prediction, std = (part.cpu() for part in model.predict_distribution(graph, x_test))
     predictions = dict(flow=metrics.rmse(prediction, y_test), ridge=metrics.rmse(ridge.predict(x_test.cpu()), y_test),
                        ridge_l2=ridge.l2, training_mean=metrics.rmse(y_train.mean(0).expand_as(y_test), y_test))
 
     intervals, calibrated = {}, {}
     y_ev = y_test[cut:].cpu()
     for level in LEVELS:
-        lower, upper = (bound.cpu() for bound in model.predict_interval(graph, x_test, level))
+        lower, upper = central_interval(prediction, std, level)  # predict_interval's own intervals
         scores = interval_scores(y_test.cpu(), lower, upper)
         calibrated[level] = split = scale_intervals(lower[cut:], upper[cut:], conformal_quantile(scores[:cut], level))
         # One sequence per node coordinate, each calibrated on its own scores.
@@ -291,7 +292,7 @@ def target_report(
             adaptive=float(torch.stack([run.covered for run in runs]).double().mean()),
             adaptive_median_width=float(adaptive_widths.median()),
         )
-    figure = dict(targets=y_ev, prediction=prediction[cut:].cpu(), lower=calibrated[FIGURE_LEVEL][0],
+    figure = dict(targets=y_ev, prediction=prediction[cut:], lower=calibrated[FIGURE_LEVEL][0],
                   upper=calibrated[FIGURE_LEVEL][1], generated=generated.cpu())
     return dict(
         protocol=dict(calibration_rows=cut, evaluation_rows=len(x_test) - cut, adaptive_step=step,

@@ -7,8 +7,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["chi_quantile", "default_separation", "gaussian_log_prob", "linear_gaussian_posterior", "normal_quantile",
-           "spread_means"]
+__all__ = ["central_interval", "chi_quantile", "default_separation", "gaussian_log_prob", "linear_gaussian_posterior",
+           "normal_quantile", "spread_means"]
 
 
 def default_separation(
@@ -137,6 +137,13 @@ def normal_quantile(level: float) -> float:
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must lie in (0, 1), got {level}")
     return math.sqrt(2.0) * torch.special.erfinv(torch.tensor(level, dtype=torch.float64)).item()
+
+
+def central_interval(mean: Tensor, std: Tensor, level: float) -> tuple[Tensor, Tensor]:
+    """``(lower, upper)``: ``mean`` minus and plus :func:`normal_quantile` of ``level`` times ``std``,
+    the central interval holding ``level`` of a normal law of that mean and standard deviation."""
+    half = normal_quantile(level) * std
+    return mean - half, mean + half
 
 
 def linear_gaussian_posterior(

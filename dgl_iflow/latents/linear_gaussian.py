@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import LatentLaw
-from .gaussian import linear_gaussian_posterior, normal_quantile
+from .gaussian import central_interval, linear_gaussian_posterior
 
 __all__ = ["LinearGaussianLatent"]
 
@@ -190,9 +190,10 @@ class LinearGaussianLatent(LatentLaw):
         lower, upper : Tensor
             In the targets' layout, ``(*, V)`` or ``(*, V, q)``.
         """
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"level must lie in (0, 1), got {level}")
+        lower, upper = central_interval(*self.posterior_mean_and_std(h), level)
+        return self._labels(lower), self._labels(upper)
+
+    def posterior_mean_and_std(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and standard deviation ``(*, V, q)`` of every target coordinate's posterior given the latents."""
         mean, cov = self.posterior_moments(h)
-        z = normal_quantile(level)
-        half = z * cov.diagonal(dim1=-2, dim2=-1).sqrt()
-        return self._labels(mean - half), self._labels(mean + half)
+        return mean, cov.diagonal(dim1=-2, dim2=-1).sqrt()

@@ -25,6 +25,8 @@ hundreds of nodes: :math:`C` has :math:`V^2 q d` entries and the posterior solve
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -37,8 +39,9 @@ __all__ = ["TargetContextLatent"]
 class TargetContextLatent(LinearGaussianLatent):
     """:class:`~dgl_iflow.latents.LinearGaussianLatent` whose node means depend on the targets of all nodes.
 
-    Parameters are those of :class:`~dgl_iflow.latents.LinearGaussianLatent`; the context
-    :math:`C` is learned whether or not ``trainable`` learns :math:`A` and :math:`b`.
+    Parameters are those of :class:`~dgl_iflow.latents.LinearGaussianLatent` (``options`` its
+    keywords); the context :math:`C` is learned whether or not ``trainable`` learns :math:`A` and
+    :math:`b`.
 
     Attributes
     ----------
@@ -50,18 +53,8 @@ class TargetContextLatent(LinearGaussianLatent):
         :math:`N(0, I)` until :meth:`fit_before_training`.
     """
 
-    def __init__(
-        self,
-        dim: int,
-        num_nodes: int,
-        label_dim: int | None = None,
-        sigma: float = 1.0,
-        weight: Tensor | None = None,
-        scale: float = 3.0,
-        trainable: bool = False,
-    ) -> None:
-        super().__init__(dim, num_nodes, label_dim=label_dim, sigma=sigma, weight=weight, scale=scale,
-                         trainable=trainable)
+    def __init__(self, dim: int, num_nodes: int, **options: Any) -> None:
+        super().__init__(dim, num_nodes, **options)
         q = self.weight.shape[1]
         self.context = nn.Parameter(torch.zeros(num_nodes, q, num_nodes, dim))
         self.register_buffer("joint_prior_mean", torch.zeros(num_nodes * q))

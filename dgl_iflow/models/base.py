@@ -18,7 +18,7 @@ from ..checkpoints import atomic_save, read_checkpoint
 from ..transforms import GraphFlow, InversionError, InversionWarning
 from ..transforms.base import check_finite
 from ..latents import LAWS, LatentLaw
-from ..latents.gaussian import normal_quantile
+from ..latents.gaussian import central_interval
 from ..layers import CONVS as LAYER_CONVS
 from .readout import LatentReadout
 from .layout import single_node_graph, to_nodes_first, to_samples_first
@@ -308,14 +308,26 @@ class FlowModel(nn.Module):
     @torch.no_grad()
     def predict(self, graph: GraphLike, x: Tensor) -> Tensor:
         """:math:`E[Y_v \\mid X]` for every node of a model of real-valued targets, ``(N, V)`` or
-        ``(N, V, q)``: the fitted :attr:`readout` (:meth:`fit_readout`), else the posterior mean in
-        the latent (:meth:`~dgl_iflow.latents.LinearGaussianLatent.posterior_mean`)."""
-        latent = self._target_latent("predict")
+        ``(N, V, q)``: the mean of :meth:`predict_distribution`."""
+        return self.predict_distribution(graph, x)[0]
+
+    @torch.no_grad()
+    def predict_distribution(self, graph: GraphLike, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Every target coordinate's prediction and its standard deviation given ``x``, each ``(N, V)``
+        or ``(N, V, q)``, from one pass of the flow: the fitted :attr:`readout` (:meth:`fit_readout`)
+        and its leave-one-out residual scale of the node, else the law's posterior mean and standard
+        deviation (:meth:`~dgl_iflow.latents.LinearGaussianLatent.posterior_mean_and_std`).
+        :meth:`predict` and :meth:`predict_interval` read it."""
+        latent = self._target_latent("predict_distribution")
         x = self.as_features(x)
         h = self.encode(graph, x, logdet=False)[0]
         if self.readout.fitted:
-            return self.readout(x, h).reshape(*h.shape[:2], *self.label_shape)
-        return latent.posterior_mean(h)
+            mean = self.readout(x, h)
+            std = self.readout.scale.to(mean.device, mean.dtype).expand_as(mean)
+        else:
+            mean, std = latent.posterior_mean_and_std(h)
+        shape = (*h.shape[:2], *self.label_shape)
+        return mean.reshape(shape), std.reshape(shape)
 
     @torch.no_grad()
     def predict_interval(
@@ -323,11 +335,10 @@ class FlowModel(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         r"""Intervals ``(lower, upper)``, each ``(N, V)`` or ``(N, V, q)``, for every target coordinate given ``x``.
 
-        Without ``calibration``, the model's own: :meth:`predict` plus or minus
-        :math:`\Phi^{-1}((1 + \text{level}) / 2)` times the fitted :attr:`readout`'s
-        leave-one-out residual scale of the node, or else the posterior's equal-tailed intervals
-        (:meth:`~dgl_iflow.latents.LinearGaussianLatent.posterior_interval`). They hold
-        ``level`` as far as the model's errors are Gaussian of that scale.
+        Without ``calibration``, the model's own: the prediction plus or minus
+        :math:`\Phi^{-1}((1 + \text{level}) / 2)` standard deviations of
+        :meth:`predict_distribution` (the readout's leave-one-out residual scale, or the
+        posterior's). They hold ``level`` as far as the model's errors are Gaussian of that scale.
 
         ``calibration=(x_cal, y_cal)``, held-out rows ``(n, V, d)`` and their targets, makes them
         split conformal per node: the own intervals scaled about their centres by the conformal
@@ -338,28 +349,15 @@ class FlowModel(nn.Module):
         """
         from ..conformal import conformal_quantile, interval_scores, scale_intervals
 
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"level must lie in (0, 1), got {level}")
-        lower, upper = self._own_intervals(graph, x, level)
+        own = central_interval(*self.predict_distribution(graph, x), level)
         if calibration is None:
-            return lower, upper
+            return own
         x_cal, y_cal = calibration
         x_cal, y_cal = self.as_features(x_cal, "x_cal"), self.as_labels(y_cal, "y_cal")
         self.check_features(graph, x_cal, "x_cal")
         self.check_labels(x_cal, y_cal, "y_cal")
-        factor = conformal_quantile(interval_scores(y_cal, *self._own_intervals(graph, x_cal, level)), level)
-        return scale_intervals(lower, upper, factor)
-
-    def _own_intervals(self, graph: GraphLike, x: Tensor, level: float) -> tuple[Tensor, Tensor]:
-        latent = self._target_latent("predict_interval")
-        x = self.as_features(x)
-        h = self.encode(graph, x, logdet=False)[0]
-        if not self.readout.fitted:
-            return latent.posterior_interval(h, level)
-        mean = self.readout(x, h)
-        half = normal_quantile(level) * self.readout.scale.to(mean.device, mean.dtype)
-        shape = (*h.shape[:2], *self.label_shape)
-        return (mean - half).reshape(shape), (mean + half).reshape(shape)
+        on_calibration = central_interval(*self.predict_distribution(graph, x_cal), level)
+        return scale_intervals(*own, conformal_quantile(interval_scores(y_cal, *on_calibration), level))
 
     def _conditional_latent(self) -> LatentLaw:
         if self.latent is None:
